@@ -448,7 +448,13 @@ def bind(
             candidates = complete
         elif spec.default_set in (complete or candidates):
             candidates = {spec.default_set}  # type: ignore[arg-type]
-    chosen = next(iter(candidates)) if len(candidates) == 1 else None
+    if len(candidates) > 1:
+        raise _binding_error(
+            spec,
+            "Parameter set cannot be resolved using the specified named parameters.",
+            "AmbiguousParameterSet",
+        )
+    chosen = next(iter(candidates)) if candidates else None
 
     missing = [
         p.name
