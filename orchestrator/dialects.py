@@ -1,0 +1,165 @@
+"""Exchange 2007 vs 2010 certificate cmdlet syntax: the one place that knows the difference.
+
+Per ../shared/reference/exchange-cmdlets.md §1.0:
+- 2007 reads and writes files on the server (`-Path`), has no `-Server`, and its Import has no
+  `-PrivateKeyExportable`;
+- 2010 takes and returns bytes (`-FileData`, `.FileData`), and every cmdlet gets an explicit
+  `-Server` (the reference's rule: never rely on which server a 2010 cmdlet picks by default).
+Enable-ExchangeCertificate always gets `-Force`, so the SMTP overwrite prompt is answered and
+never blocks a non-interactive session (§3.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.commands import (
+    Blob,
+    Captured,
+    Command,
+    Flag,
+    Number,
+    Param,
+    Secret,
+    Shell,
+    Switch,
+    Text,
+    TextList,
+    Thumbprint,
+    arg,
+    switch,
+    text,
+)
+from orchestrator.playbook import CertificateSpec, Server, Service
+
+PFX_PASSWORD = Secret("pfx-password", "the PFX password")
+
+
+def remote_path(server: Server, file_name: str) -> str:
+    return server.workdir.rstrip("\\") + "\\" + file_name
+
+
+# --- Windows-level commands (the full-language session) ---------------------------------------
+
+
+def write_file(server: Server, path: str, data: Blob) -> Command:
+    return Command("Set-Content", (text("Path", path), Param("Value", data), text("Encoding", "Byte")),
+                   shell=Shell.SYSTEM)
+
+
+def read_file(server: Server, path: str, capture: str) -> Command:
+    return Command(
+        "Get-Content",
+        (text("Path", path), text("Encoding", "Byte"), Param("ReadCount", Number(0))),
+        shell=Shell.SYSTEM,
+        capture=capture,
+        changes=False,
+    )
+
+
+def remove_file(server: Server, path: str) -> Command:
+    return Command("Remove-Item", (text("Path", path),), shell=Shell.SYSTEM)
+
+
+def add_to_ca_store(server: Server, path: str) -> Command:
+    """certutil -addstore CA: Import-Certificate does not exist before Windows 2012 (§6)."""
+    return Command("certutil.exe", (arg("-addstore"), arg("CA"), arg(path)), shell=Shell.SYSTEM, native=True)
+
+
+def add_snapin(server: Server) -> Command | None:
+    if server.snapin is None:
+        return None
+    return Command("Add-PSSnapin", (text("Name", server.snapin),), changes=False)
+
+
+# --- Exchange cmdlets -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dialect:
+    version: int
+
+    def _server(self, server: Server) -> tuple[Param, ...]:
+        return (text("Server", server.name),) if self.version == 2010 else ()
+
+    def new_request(self, server: Server, cert: CertificateSpec, csr_path: str) -> list[Command]:
+        params: list[Param] = [
+            switch("GenerateRequest"),
+            text("SubjectName", cert.subject.x500()),
+            Param("DomainName", TextList(tuple(cert.domains))),
+            Param("KeySize", Number(cert.key_size)),
+            Param("PrivateKeyExportable", Flag(cert.private_key_exportable)),
+        ]
+        if cert.friendly_name:
+            params.append(text("FriendlyName", cert.friendly_name))
+        if self.version == 2010:
+            # 2010 returns the request text; exmig keeps it (the blog's `$Data = ...; Set-Content`).
+            return [Command("New-ExchangeCertificate", (*params, *self._server(server)), capture="Request")]
+        # 2007 writes the request file on the server; read it back so exmig holds the CSR.
+        return [
+            Command("New-ExchangeCertificate", (*params, text("Path", csr_path))),
+            read_file(server, csr_path, capture="Request"),
+        ]
+
+    def import_response(self, server: Server, response: Blob, file_name: str) -> list[Command]:
+        """Complete the pending request with the CA's certificate."""
+        if self.version == 2010:
+            return [Command("Import-ExchangeCertificate", (Param("FileData", response), *self._server(server)),
+                            capture="Imported")]
+        path = remote_path(server, file_name)
+        return [
+            write_file(server, path, response),
+            Command("Import-ExchangeCertificate", (text("Path", path),), capture="Imported"),
+            remove_file(server, path),
+        ]
+
+    def import_pfx(self, server: Server, pfx: Blob, file_name: str, exportable: bool) -> list[Command]:
+        if self.version == 2010:
+            return [Command(
+                "Import-ExchangeCertificate",
+                (Param("FileData", pfx), Param("Password", PFX_PASSWORD),
+                 Param("PrivateKeyExportable", Flag(exportable)), *self._server(server)),
+                capture="Imported",
+            )]
+        return [Command("Import-ExchangeCertificate",
+                        (text("Path", remote_path(server, file_name)), Param("Password", PFX_PASSWORD)),
+                        capture="Imported")]
+
+    def enable(self, server: Server, thumb: Thumbprint, services: list[Service]) -> Command:
+        return Command(
+            "Enable-ExchangeCertificate",
+            (Param("Thumbprint", thumb), Param("Services", TextList(tuple(s.value for s in services))),
+             switch("Force"), *self._server(server)),
+        )
+
+    def export(self, server: Server, thumb: Thumbprint, file_name: str) -> list[Command]:
+        params = (Param("Thumbprint", thumb), Param("BinaryEncoded", Switch()), Param("Password", PFX_PASSWORD))
+        if self.version == 2010:
+            return [Command("Export-ExchangeCertificate", (*params, *self._server(server)), capture="Export")]
+        path = remote_path(server, file_name)
+        return [
+            Command("Export-ExchangeCertificate", (*params, text("Path", path))),
+            read_file(server, path, capture="Export"),
+            remove_file(server, path),
+        ]
+
+    def get_certificate(self, server: Server, thumb: Thumbprint) -> Command:
+        return Command("Get-ExchangeCertificate", (Param("Thumbprint", thumb), *self._server(server)),
+                       changes=False)
+
+    def list_certificates(self, server: Server) -> Command:
+        return Command("Get-ExchangeCertificate", self._server(server), changes=False)
+
+
+def dialect_for(server: Server) -> Dialect:
+    return Dialect(server.version)
+
+
+def exported_pfx(file_name: str) -> Blob:
+    return Blob("pfx", Captured("Export", "FileData", f"the PFX exported on the source ({file_name})"))
+
+
+__all__ = [
+    "Dialect", "PFX_PASSWORD", "Text", "add_snapin", "add_to_ca_store", "dialect_for", "exported_pfx",
+    "read_file", "remote_path", "remove_file", "write_file",
+]

@@ -1,0 +1,543 @@
+"""The migration playbook: what the admin writes, validated with errors that point at the line.
+
+A playbook names the certificate to request, the servers (exactly one `source` where the
+request is made, any number of `target`s that receive the PFX), how the signed certificate is
+obtained (`issuer`) and where the PFX password comes from. It never holds a password: secrets
+are references (environment variable, prompt, generated).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.errors import PlaybookError
+from orchestrator.yamlsource import SourceMap, load_yaml
+
+EXCHANGE_2007_SNAPIN = "Microsoft.Exchange.Management.PowerShell.Admin"
+
+
+class Service(str, Enum):
+    """Services Enable-ExchangeCertificate accepts on both 2007 and 2010 (Federation is 2010-only and
+    cannot be enabled with that cmdlet, so it is not offered)."""
+
+    IIS = "IIS"
+    SMTP = "SMTP"
+    POP = "POP"
+    IMAP = "IMAP"
+    UM = "UM"
+
+
+class Role(str, Enum):
+    SOURCE = "source"
+    TARGET = "target"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+# --- secrets by reference ----------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SecretRef(_Model):
+    """Where a secret comes from: an environment variable, a prompt, or (PFX only) generated."""
+
+    env: StrictStr | None = None
+    prompt: StrictBool = False
+    generate: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        chosen = [name for name, on in (("env", self.env is not None), ("prompt", self.prompt),
+                                          ("generate", self.generate)) if on]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of `env: VARIABLE`, `prompt: true` or `generate: true`")
+        if self.env is not None and not _ENV_NAME.match(self.env):
+            raise ValueError(f"'{self.env}' is not an environment variable name (letters, digits, _)")
+        return self
+
+    def describe(self) -> str:
+        if self.env is not None:
+            return f"environment variable {self.env}"
+        return "prompt" if self.prompt else "generated for this run"
+
+
+def _reject_inline_secret(value: Any, field_name: str) -> Any:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        raise ValueError(
+            f"a password must not be written in the playbook; use `{field_name}: {{env: VARIABLE}}` "
+            f"or `{field_name}: {{prompt: true}}`"
+        )
+    return value
+
+
+class Credentials(_Model):
+    username: StrictStr | SecretRef
+    password: SecretRef
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_inline_password(cls, value: Any) -> Any:
+        return _reject_inline_secret(value, "password")
+
+    @field_validator("password")
+    @classmethod
+    def _not_generated(cls, value: SecretRef) -> SecretRef:
+        if value.generate:
+            raise ValueError("a server password cannot be generated; use `env: VARIABLE` or `prompt: true`")
+        return value
+
+
+# --- certificate -------------------------------------------------------------------------------
+
+# Exchange's DomainName rule: a-z, 0-9 and hyphen per label, at most 255 characters.
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def check_hostname(name: str) -> str:
+    name = name.strip().lower().rstrip(".")
+    if not name or len(name) > 255:
+        raise ValueError(f"'{name}' is not a host name (1 to 255 characters)")
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            raise ValueError(f"'{name}': a wildcard needs a domain below it, e.g. *.example.com")
+    if len(labels) < 2:
+        raise ValueError(f"'{name}' is not a fully qualified host name (e.g. mail.example.com)")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise ValueError(
+                f"'{name}' is not a valid host name: labels use a-z, 0-9 and '-' only, "
+                "1 to 63 characters, not starting or ending with '-'"
+            )
+    return name
+
+
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+class Subject(_Model):
+    """The X.500 subject of the request, as in the seed's `c=.., s=.., l=.., o=.., CN=..`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, populate_by_name=True)
+
+    C: StrictStr | None = None
+    S: StrictStr | None = None
+    L: StrictStr | None = None
+    O: StrictStr | None = None  # noqa: E741 - the X.500 attribute is called O
+    OU: StrictStr | None = None
+    CN: StrictStr
+
+    @field_validator("C")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        if value is not None and not _COUNTRY.match(value.upper()):
+            raise ValueError(f"'{value}' is not a two-letter ISO country code (e.g. US, DE)")
+        return value.upper() if value is not None else None
+
+    @field_validator("CN")
+    @classmethod
+    def _cn(cls, value: str) -> str:
+        return check_hostname(value)
+
+    @field_validator("S", "L", "O", "OU")
+    @classmethod
+    def _plain_text(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(ord(ch) < 32 for ch in value)):
+            raise ValueError("must be non-empty text without control characters")
+        return value
+
+    def x500(self) -> str:
+        """The -SubjectName string in the order Exchange's examples use (c, s, l, o, ou, cn)."""
+        parts = []
+        for key, value in (("C", self.C), ("S", self.S), ("L", self.L), ("O", self.O), ("OU", self.OU),
+                           ("CN", self.CN)):
+            if value is not None:
+                parts.append(f"{key}={_escape_rdn(value)}")
+        return ", ".join(parts)
+
+
+def _escape_rdn(value: str) -> str:
+    """RFC 4514-style escaping, which X500DistinguishedName parses, so a ',' in O stays in O."""
+    if any(ch in value for ch in ',+"\\<>;=') or value != value.strip() or value.startswith("#"):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+class CertificateSpec(_Model):
+    subject: Subject
+    domains: Annotated[list[StrictStr], Field(min_length=1)]
+    key_size: Literal[1024, 2048, 4096] = 2048
+    private_key_exportable: StrictBool = True
+    friendly_name: StrictStr | None = None
+    services: Annotated[list[Service], Field(min_length=1)] = [Service.IIS, Service.SMTP, Service.POP,
+                                                               Service.IMAP]
+    # Whether the key stays exportable on the 2010 servers that import the PFX (2007 has no such
+    # parameter). Off by default: the source keeps the one exportable copy.
+    exportable_on_targets: StrictBool = False
+
+    @field_validator("key_size", mode="before")
+    @classmethod
+    def _key_size(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value not in (1024, 2048, 4096):
+            raise ValueError(f"{value} is not a key size Exchange accepts; use 1024, 2048 or 4096")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        names = [check_hostname(v) for v in value]
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"'{name}' is listed twice")
+            seen.add(name)
+        return names
+
+    @field_validator("friendly_name")
+    @classmethod
+    def _friendly(cls, value: str | None) -> str | None:
+        if value is not None and len(value) >= 64:
+            raise ValueError(f"is {len(value)} characters; Exchange requires fewer than 64")
+        if value is not None and any(ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _unique_services(cls, value: list[Service]) -> list[Service]:
+        if len(set(value)) != len(value):
+            raise ValueError("a service is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _cn_in_domains(self) -> CertificateSpec:
+        if self.subject.CN not in self.domains:
+            raise ValueError(
+                f"domains must include the subject CN '{self.subject.CN}' (clients check the names list, "
+                "not the CN); add it to certificate.domains"
+            )
+        return self
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+class Endpoint(_Model):
+    """Where a PowerShell session is opened: the URL parts and the PSRP configuration."""
+
+    scheme: Literal["http", "https"]
+    port: int
+    path: str
+    configuration: str
+
+    def url(self, host: str) -> str:
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+class Connection(_Model):
+    host: StrictStr
+    scheme: Literal["http", "https"] | None = None
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    path: StrictStr | None = None
+    configuration: StrictStr | None = None
+    auth: Literal["basic", "ntlm", "negotiate", "kerberos", "credssp"] | None = None
+    transport: Literal["psrp", "winrs"] = "psrp"
+    verify_tls: StrictBool = True
+    ca_file: StrictStr | None = None
+    # Exchange 2007: the snap-in added to the Microsoft.PowerShell session.
+    snapin: StrictStr | None = None
+    # Exchange 2010: the standard WinRM listener used for Windows-level steps (files, certutil),
+    # which the restricted Microsoft.Exchange endpoint cannot do.
+    system_scheme: Literal["http", "https"] | None = None
+    system_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    system_path: StrictStr | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "/ @?#") or any(ord(ch) < 33 for ch in value):
+            raise ValueError(f"'{value}' is not a host name or address")
+        return value
+
+    @field_validator("path", "system_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            return "/" + value
+        return value
+
+
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+_WINDOWS_DIR = re.compile(r"^[A-Za-z]:\\(?:[^<>:\"/\\|?*\x00-\x1f]+\\?)*$")
+
+
+class Server(_Model):
+    name: StrictStr
+    version: Literal[2007, 2010]
+    role: Role
+    connection: Connection
+    credentials: Credentials
+    workdir: StrictStr = "C:\\Certs"
+    services: list[Service] | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if value not in (2007, 2010):
+            raise ValueError(f"{value!r} is not supported; use 2007 or 2010")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _SERVER_NAME.match(value):
+            raise ValueError(
+                f"'{value}' is not a server (NetBIOS/host) name: letters, digits and '-', up to 63 characters"
+            )
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        if not _WINDOWS_DIR.match(value):
+            raise ValueError(f"'{value}' is not an absolute Windows folder such as C:\\Certs")
+        return value.rstrip("\\") if len(value) > 3 else value
+
+    # Derived connection facts, with per-version defaults -------------------------------------
+
+    @property
+    def auth(self) -> str:
+        if self.connection.auth:
+            return self.connection.auth
+        return "kerberos" if self.version == 2010 else "negotiate"
+
+    @property
+    def exchange_endpoint(self) -> Endpoint:
+        """The session the Exchange cmdlets run in."""
+        c = self.connection
+        if self.version == 2010:
+            scheme = c.scheme or "http"
+            return Endpoint(scheme=scheme, port=c.port or (80 if scheme == "http" else 443),
+                            path=c.path or "/PowerShell", configuration=c.configuration or "Microsoft.Exchange")
+        scheme = c.scheme or "http"
+        return Endpoint(scheme=scheme, port=c.port or (5985 if scheme == "http" else 5986),
+                        path=c.path or "/wsman", configuration=c.configuration or "Microsoft.PowerShell")
+
+    @property
+    def system_endpoint(self) -> Endpoint:
+        """The full-language session for files and certutil (the same one on 2007)."""
+        if self.version == 2007:
+            return self.exchange_endpoint
+        c = self.connection
+        scheme = c.system_scheme or c.scheme or "http"
+        return Endpoint(scheme=scheme, port=c.system_port or (5985 if scheme == "http" else 5986),
+                        path=c.system_path or "/wsman", configuration="Microsoft.PowerShell")
+
+    @property
+    def snapin(self) -> str | None:
+        if self.version == 2007:
+            return self.connection.snapin or EXCHANGE_2007_SNAPIN
+        return None
+
+    def services_for(self, certificate: CertificateSpec) -> list[Service]:
+        return list(self.services) if self.services is not None else list(certificate.services)
+
+
+# --- issuer and PFX password -------------------------------------------------------------------
+
+
+class ManualIssuer(_Model):
+    type: Literal["manual"]
+    # Where the CSR is written for the admin, relative to the playbook.
+    csr_file: StrictStr | None = None
+
+
+class FilesIssuer(_Model):
+    type: Literal["files"]
+    certificate: StrictStr | None = None
+    chain: list[StrictStr] = []
+    bundle: StrictStr | None = None  # a CA's .zip, .p7b or PEM bundle holding leaf and chain
+
+    @model_validator(mode="after")
+    def _something(self) -> FilesIssuer:
+        if self.certificate is None and self.bundle is None:
+            raise ValueError("give `certificate:` (with `chain:`) or `bundle:` (the CA's zip/p7b/pem)")
+        return self
+
+
+class LabIssuer(_Model):
+    type: Literal["lab"]
+    ca_dir: StrictStr | None = None
+
+
+Issuer = Annotated[ManualIssuer | FilesIssuer | LabIssuer, Field(discriminator="type")]
+
+
+class RetryPolicy(_Model):
+    attempts: Annotated[StrictInt, Field(ge=1, le=20)] = 5
+    max_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    initial_backoff: Annotated[float, Field(gt=0, le=60)] = 0.5
+    max_backoff: Annotated[float, Field(gt=0, le=300)] = 10.0
+    operation_timeout: Annotated[StrictInt, Field(ge=5, le=600)] = 20
+    read_timeout: Annotated[StrictInt, Field(ge=10, le=900)] = 30
+
+
+class Playbook(_Model):
+    certificate: CertificateSpec
+    servers: Annotated[list[Server], Field(min_length=2)]
+    issuer: Issuer
+    pfx_password: SecretRef = SecretRef(generate=True)
+    retry: RetryPolicy = RetryPolicy()
+
+    @field_validator("pfx_password", mode="before")
+    @classmethod
+    def _no_inline_pfx_password(cls, value: Any) -> Any:
+        return _reject_inline_secret(value, "pfx_password")
+
+    @model_validator(mode="after")
+    def _roles(self) -> Playbook:
+        sources = [s for s in self.servers if s.role is Role.SOURCE]
+        if len(sources) != 1:
+            raise ValueError(
+                f"exactly one server must have `role: source` (the one where the request is made); "
+                f"found {len(sources)}"
+            )
+        names = [s.name.lower() for s in self.servers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"server names must be unique; '{duplicates[0]}' is used twice")
+        if not self.certificate.private_key_exportable:
+            raise ValueError(
+                "certificate.private_key_exportable must be true: the certificate goes to other servers, "
+                "and a key that cannot be exported cannot be moved (the seed's -privatekeyExportable:$true)"
+            )
+        return self
+
+    @property
+    def source(self) -> Server:
+        return next(s for s in self.servers if s.role is Role.SOURCE)
+
+    @property
+    def targets(self) -> list[Server]:
+        return [s for s in self.servers if s.role is Role.TARGET]
+
+    def server(self, name: str) -> Server:
+        for s in self.servers:
+            if s.name.lower() == name.lower():
+                return s
+        raise KeyError(name)
+
+
+class LoadedPlaybook(BaseModel):
+    """A validated playbook together with where it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    playbook: Playbook
+    path: Path
+    source_map: SourceMap
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A file named in the playbook, relative to the playbook's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.directory / p
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    msg = str(error["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key; check the spelling (see README: playbook reference)"
+    if kind == "missing":
+        return "is required"
+    if kind.startswith("literal_error"):
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{error.get('input')!r} is not allowed; use {expected}"
+    if kind in ("string_type", "int_type", "bool_type", "list_type", "dict_type", "model_type",
+                "float_type", "model_attributes_type"):
+        wanted = {"string_type": "text", "int_type": "a whole number", "bool_type": "true or false",
+                  "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+                  "model_attributes_type": "a mapping", "float_type": "a number"}[kind]
+        return f"must be {wanted}, not {type(error.get('input')).__name__} {error.get('input')!r}"
+    if kind == "union_tag_invalid":
+        return f"{error.get('ctx', {}).get('tag')!r} is not an issuer type; use manual, files or lab"
+    if kind == "union_tag_not_found":
+        return "needs `type:` (manual, files or lab)"
+    if kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{error.get('input')!r} is not allowed; use {expected}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return msg
+
+
+def _first_error(exc: ValidationError, source: SourceMap) -> PlaybookError:
+    errors = exc.errors()
+    # Union branches (strict str | model) report once per branch; the model branch says more.
+    error = max(errors, key=lambda e: (len(e["loc"]), e["type"] != "string_type"))
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("manual", "files", "lab",
+                                                                                     "SecretRef", "str"))]
+    if error["type"] == "extra_forbidden" or error["type"] == "missing":
+        return source.error(loc, _message(error))
+    return source.error(loc, _message(error))
+
+
+def parse_playbook(data: Any, source: SourceMap) -> Playbook:
+    if not isinstance(data, dict):
+        raise source.error((), "a playbook is a YAML mapping with certificate, servers and issuer")
+    try:
+        return Playbook.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, source) from None
+
+
+def load_playbook(path: Path | str) -> LoadedPlaybook:
+    p = Path(path)
+    data, source = load_yaml(p)
+    playbook = parse_playbook(data, source)
+    loaded = LoadedPlaybook(playbook=playbook, path=p.resolve(), source_map=source)
+    _check_files(loaded)
+    return loaded
+
+
+def _check_files(loaded: LoadedPlaybook) -> None:
+    """Files the playbook names must exist now, not halfway through a run."""
+    issuer = loaded.playbook.issuer
+    if isinstance(issuer, FilesIssuer):
+        named: list[tuple[tuple[str | int, ...], str]] = []
+        if issuer.certificate:
+            named.append((("issuer", "certificate"), issuer.certificate))
+        if issuer.bundle:
+            named.append((("issuer", "bundle"), issuer.bundle))
+        named += [(("issuer", "chain", i), c) for i, c in enumerate(issuer.chain)]
+        for loc, name in named:
+            if not loaded.resolve(name).is_file():
+                raise loaded.source_map.error(loc, f"file '{name}' not found (relative to the playbook's folder)")
+    for index, server in enumerate(loaded.playbook.servers):
+        if server.connection.ca_file and not loaded.resolve(server.connection.ca_file).is_file():
+            raise loaded.source_map.error(
+                ("servers", index, "connection", "ca_file"), f"file '{server.connection.ca_file}' not found"
+            )

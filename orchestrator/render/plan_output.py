@@ -1,0 +1,154 @@
+"""A plan printed for people (text), for programs (JSON) and as one PowerShell script per server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator.commands import (
+    Blob,
+    Captured,
+    Command,
+    Flag,
+    LocalFile,
+    Number,
+    Pending,
+    Secret,
+    Shell,
+    Switch,
+    Text,
+    TextList,
+    Thumbprint,
+    Value,
+)
+from orchestrator.dialects import add_snapin
+from orchestrator.plan import WORKSTATION, Plan, Step
+from orchestrator.playbook import Playbook, Server
+from orchestrator.render.powershell import render_command
+
+
+def _server_heading(server: Server) -> str:
+    ep = server.exchange_endpoint
+    transport = "" if server.connection.transport == "psrp" else f", {server.connection.transport}"
+    return (f"{server.name} (Exchange {server.version}, {server.role.value}) "
+            f"{ep.url(server.connection.host)} [{ep.configuration}, {server.auth}{transport}]")
+
+
+def _session_note(server: Server, command: Command) -> str | None:
+    if server.version == 2010 and command.shell is Shell.SYSTEM:
+        return f"# in Windows PowerShell on {server.name} ({server.system_endpoint.configuration} at "\
+               f"{server.system_endpoint.url(server.connection.host)}), not the Exchange endpoint"
+    return None
+
+
+def render_text(plan: Plan, playbook: Playbook) -> str:
+    lines: list[str] = []
+    current: str | None = None
+    for number, step in enumerate(plan.steps, 1):
+        if step.server != current:
+            current = step.server
+            if lines:
+                lines.append("")
+            if step.server == WORKSTATION:
+                lines.append("workstation (this machine)")
+            else:
+                lines.append(_server_heading(playbook.server(step.server)))
+        lines.append(f"  {number:>2}. {step.name.value}: {step.why}")
+        if step.local_action:
+            lines.append(f"      -> {step.local_action}")
+        server = playbook.server(step.server) if step.server != WORKSTATION else None
+        last_note: str | None = None
+        for command in step.commands:
+            note = _session_note(server, command) if server else None
+            if note and note != last_note:
+                lines.append("      " + note)
+            last_note = note
+            lines.append("      " + render_command(command))
+        if step.unresolved:
+            lines.append("      (waiting for: " + "; ".join(step.unresolved) + ")")
+    return "\n".join(lines) + "\n"
+
+
+def render_ps1(plan: Plan, playbook: Playbook) -> dict[str, str]:
+    """One script per server, in plan order, for an admin to read or paste into that server's shell."""
+    scripts: dict[str, str] = {}
+    for name in plan.servers:
+        if name == WORKSTATION:
+            continue
+        server = playbook.server(name)
+        lines = [
+            f"# exmig plan for {server.name} (Exchange {server.version}, {server.role.value})",
+            "# Generated from the playbook; exmig sends these as commands with typed parameters.",
+            "# Values in <angle brackets> are not known yet; (Get-Credential).Password stands for a secret.",
+        ]
+        snapin = add_snapin(server)
+        if snapin is not None:
+            lines.append(render_command(snapin))
+        for step in plan.for_server(name):
+            lines.append("")
+            lines.append(f"# --- {step.name.value}: {step.why}")
+            last_note: str | None = None
+            for command in step.commands:
+                note = _session_note(server, command)
+                if note and note != last_note:
+                    lines.append(note)
+                last_note = note
+                lines.append(render_command(command))
+        scripts[server.name] = "\n".join(lines) + "\n"
+    return scripts
+
+
+def _value_json(value: Value) -> Any:
+    if isinstance(value, Text):
+        return value.value
+    if isinstance(value, TextList):
+        return list(value.values)
+    if isinstance(value, Number):
+        return value.value
+    if isinstance(value, (Flag,)):
+        return value.value
+    if isinstance(value, Switch):
+        return {"switch": value.present}
+    if isinstance(value, Thumbprint):
+        return {"thumbprint": value.value}
+    if isinstance(value, Secret):
+        return {"secret": value.key}  # the name of the secret, never its value
+    if isinstance(value, Blob):
+        origin = value.origin
+        if isinstance(origin, LocalFile):
+            source: dict[str, Any] = {"file": origin.path}
+        elif isinstance(origin, Captured):
+            source = {"output_of": origin.variable, "property": origin.property}
+        else:
+            assert isinstance(origin, Pending)
+            source = {"pending": origin.description}
+        return {"bytes": value.key, **source}
+    raise TypeError(type(value).__name__)
+
+
+def command_json(command: Command) -> dict[str, Any]:
+    return {
+        "command": command.name,
+        "session": command.shell.value,
+        "native": command.native,
+        "changes": command.changes,
+        "capture": command.capture,
+        "parameters": [{"name": p.name, "value": _value_json(p.value)} for p in command.params],
+        "powershell": render_command(command),
+    }
+
+
+def step_json(number: int, step: Step) -> dict[str, Any]:
+    return {
+        "number": number,
+        "step": step.name.value,
+        "server": step.server,
+        "why": step.why,
+        "local_action": step.local_action,
+        "waiting_for": step.unresolved,
+        "commands": [command_json(c) for c in step.commands],
+    }
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps({"steps": [step_json(n, s) for n, s in enumerate(plan.steps, 1)]}, indent=2) + "\n"
