@@ -1,0 +1,263 @@
+"""HTTP authentication and WinRM message encryption, as a WinRM listener does them.
+
+- Basic: credentials on every request, checked against the lab users. Accepted over HTTPS;
+  over HTTP only when the server allows unencrypted traffic (WinRM's AllowUnencrypted).
+- Negotiate/NTLM: a per-TCP-connection handshake with pyspnego as the acceptor (it takes raw
+  NTLMSSP tokens as pypsrp `auth='ntlm'` sends them, and SPNEGO-wrapped ones). Over HTTP the
+  bodies are then `multipart/encrypted` (MS-WSMV 2.2.9.1); a plain body on such a connection
+  is refused with 401, as a listener with AllowUnencrypted=false does.
+
+pyspnego's NTLM acceptor reads its users only from the file named by the NTLM_USER_FILE
+environment variable. Each server writes a private temp file holding only its lab users,
+and every acceptor step runs under one process-wide lock with the variable pointing at that
+file, so several lab servers with different users can live in one process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import re
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import spnego
+import spnego.exceptions
+
+SPNEGO_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
+BOUNDARY = "Encrypted Boundary"
+SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
+
+_ENV_LOCK = threading.Lock()
+
+
+class UserFile:
+    """A 0600 temp file in pyspnego's `DOMAIN:USER:PASSWORD` format with only the lab users."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="exmig-lab-ntlm-", suffix=".txt")
+        lines = []
+        for name, password in users.items():
+            if "\\" in name:
+                domain, user = name.split("\\", 1)
+            else:
+                domain, user = "", name
+            lines.append(f"{domain}:{user}:{password}\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with _ENV_LOCK:
+            previous = os.environ.get("NTLM_USER_FILE")
+            os.environ["NTLM_USER_FILE"] = self.path
+            try:
+                yield
+            finally:
+                if previous is None:
+                    os.environ.pop("NTLM_USER_FILE", None)
+                else:
+                    os.environ["NTLM_USER_FILE"] = previous
+
+
+@dataclass
+class ConnectionAuth:
+    """Authentication state of one TCP connection."""
+
+    context: Any = None  # spnego acceptor, in progress or complete
+    username: str | None = None
+    scheme: str = ""
+    encrypted: bool = False  # an NTLM/Negotiate session that requires encrypted bodies
+
+    def reset(self) -> None:
+        self.context = None
+        self.username = None
+        self.scheme = ""
+        self.encrypted = False
+
+
+@dataclass
+class AuthResult:
+    """Either a reply to send now (`status` set) or the plain request body to execute."""
+
+    status: int | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    username: str | None = None
+    scheme: str = ""
+    encrypted: bool = False  # the request was encrypted, so the reply must be too
+    context: Any = None  # the connection's security context when `encrypted`
+
+
+class Authenticator:
+    def __init__(
+        self,
+        users: dict[str, str],
+        schemes: tuple[str, ...],
+        tls: bool,
+        allow_unencrypted: bool = False,
+    ) -> None:
+        self._users = {k.lower(): (k, v) for k, v in users.items()}
+        self.schemes = tuple(s.lower() for s in schemes)
+        self.tls = tls
+        self.allow_unencrypted = allow_unencrypted
+        self._user_file = UserFile(users) if self._wants_negotiate else None
+
+    @property
+    def _wants_negotiate(self) -> bool:
+        return "negotiate" in self.schemes or "ntlm" in self.schemes
+
+    def close(self) -> None:
+        if self._user_file is not None:
+            self._user_file.remove()
+
+    def challenge_headers(self) -> list[tuple[str, str]]:
+        headers = []
+        if self._wants_negotiate:
+            headers.append(("WWW-Authenticate", "Negotiate"))
+        if "basic" in self.schemes and (self.tls or self.allow_unencrypted):
+            headers.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
+        return headers
+
+    def _unauthorized(self, extra: list[tuple[str, str]] | None = None) -> AuthResult:
+        return AuthResult(status=401, headers=extra if extra is not None else self.challenge_headers())
+
+    def _check_basic(self, value: str) -> str | None:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, _, password = decoded.partition(":")
+        entry = self._users.get(user.lower())
+        if entry is None:
+            return None
+        # Constant-time compare: the lab is local, but there is no reason to teach bad habits.
+        return entry[0] if hmac.compare_digest(entry[1].encode(), password.encode()) else None
+
+    def authenticate(self, conn: ConnectionAuth, headers: Any, body: bytes) -> AuthResult:
+        header = headers.get("Authorization", "")
+        scheme, _, value = header.strip().partition(" ")
+        scheme_l = scheme.lower()
+
+        if scheme_l == "basic" and "basic" in self.schemes:
+            if not (self.tls or self.allow_unencrypted):
+                return self._unauthorized()
+            user = self._check_basic(value.strip())
+            if user is None:
+                return self._unauthorized()
+            conn.reset()
+            return AuthResult(body=body, username=user, scheme="basic")
+
+        if scheme_l in ("negotiate", "ntlm") and self._wants_negotiate:
+            return self._negotiate_step(conn, value.strip())
+
+        if scheme:
+            return self._unauthorized()
+
+        # No Authorization header: only an established Negotiate session may continue.
+        if conn.context is None or not conn.context.complete:
+            return self._unauthorized()
+        return self._session_body(conn, headers, body)
+
+    def _negotiate_step(self, conn: ConnectionAuth, value: str) -> AuthResult:
+        try:
+            token = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            conn.reset()
+            return self._unauthorized()
+        assert self._user_file is not None
+        try:
+            with self._user_file.active():
+                if conn.context is None or conn.context.complete:
+                    conn.reset()
+                    conn.context = spnego.server(protocol="negotiate")
+                out = conn.context.step(token)
+        except (spnego.exceptions.SpnegoError, ValueError, struct.error):
+            # Wrong user or password: Windows answers a fresh 401 with the bare challenge.
+            conn.reset()
+            return self._unauthorized()
+        out_header = [("WWW-Authenticate", "Negotiate " + base64.b64encode(out).decode())] if out else []
+        if not conn.context.complete:
+            return AuthResult(status=401, headers=out_header)
+        principal = str(conn.context.client_principal or "")
+        user = self._known_user(principal)
+        if user is None:
+            conn.reset()
+            return self._unauthorized()
+        conn.username = user
+        conn.scheme = "negotiate"
+        conn.encrypted = not self.tls
+        # The request carrying the final token is executed (clients send it with an empty body).
+        # The final SPNEGO token (mechListMIC) must reach the client, or sequence numbers drift.
+        return AuthResult(body=b"", username=user, scheme="negotiate", headers=out_header)
+
+    def _known_user(self, principal: str) -> str | None:
+        entry = self._users.get(principal.lower())
+        if entry is None and "\\" in principal:
+            entry = self._users.get(principal.split("\\", 1)[1].lower())
+        return entry[0] if entry else None
+
+    def _session_body(self, conn: ConnectionAuth, headers: Any, body: bytes) -> AuthResult:
+        ctype = headers.get("Content-Type", "")
+        if ctype.lower().startswith(("multipart/encrypted", "multipart/x-multi-encrypted")):
+            try:
+                plain = unwrap(conn.context, body)
+            except (spnego.exceptions.SpnegoError, ValueError, struct.error):
+                return AuthResult(status=400)
+            return AuthResult(body=plain, username=conn.username, scheme=conn.scheme, encrypted=True,
+                              context=conn.context)
+        if conn.encrypted and not self.allow_unencrypted and body:
+            # Plain text after an encrypted session was set up: refused like AllowUnencrypted=false.
+            return self._unauthorized()
+        return AuthResult(body=body, username=conn.username, scheme=conn.scheme)
+
+
+_PART_SPLIT = re.compile(rb"--\s*" + re.escape(BOUNDARY.encode()) + rb"(?:--)?\r\n")
+
+
+def unwrap(context: Any, body: bytes) -> bytes:
+    """multipart/encrypted -> the SOAP bytes (MS-WSMV 2.2.9.1)."""
+    parts = [p for p in _PART_SPLIT.split(body) if p.strip()]
+    if len(parts) < 2:
+        raise ValueError("encrypted body without its two MIME parts")
+    out = bytearray()
+    for i in range(0, len(parts) - 1, 2):
+        meta, payload = parts[i], parts[i + 1]
+        m = re.search(rb"Length=(\d+)", meta)
+        if m is None:
+            raise ValueError("encrypted part without OriginalContent length")
+        length = int(m.group(1))
+        payload = payload.replace(b"\tContent-Type: application/octet-stream\r\n", b"", 1)
+        sig_len = struct.unpack("<i", payload[:4])[0]
+        sig = payload[4 : 4 + sig_len]
+        data = payload[4 + sig_len :]
+        plain = context.unwrap_winrm(sig, data)
+        if len(plain) != length:
+            raise ValueError("decrypted length differs from OriginalContent")
+        out += plain
+    return bytes(out)
+
+
+def wrap(context: Any, plain: bytes) -> tuple[str, bytes]:
+    """SOAP bytes -> (Content-Type, multipart/encrypted body)."""
+    sig, data, _ = context.wrap_winrm(plain)
+    body = (
+        f"--{BOUNDARY}\r\n\tContent-Type: {SPNEGO_PROTOCOL}\r\n"
+        f"\tOriginalContent: type={SOAP_CONTENT_TYPE};Length={len(plain)}\r\n"
+        f"--{BOUNDARY}\r\n\tContent-Type: application/octet-stream\r\n"
+    ).encode() + struct.pack("<i", len(sig)) + sig + data + f"--{BOUNDARY}--\r\n".encode()
+    ctype = f'multipart/encrypted;protocol="{SPNEGO_PROTOCOL}";boundary="{BOUNDARY}"'
+    return ctype, body

@@ -1,0 +1,352 @@
+"""A PSRP shell (one runspace pool) on top of psrpcore's server classes.
+
+psrpcore is sans-IO and not thread-safe: every call into the pool or its pipelines happens
+under this shell's `Condition`. Commands run in a worker thread (never in the HTTP thread),
+which takes the lock only to write records. Outgoing data is drained from psrpcore right
+after every change and sorted into one queue per target (the pool, or one pipeline id),
+because a Receive must only carry data for the CommandId it names (pypsrp concatenates
+whatever it gets).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from psrpcore import ServerPipeline, ServerRunspacePool
+from psrpcore._payload import PSRPPayload, StreamType
+from psrpcore.types import (
+    ErrorCategory as PSErrorCategory,
+)
+from psrpcore.types import (
+    ErrorCategoryInfo,
+    ErrorRecord,
+    NETException,
+    PSInvocationState,
+)
+
+from orchestrator.lab import engine, serialize
+from orchestrator.lab.registry import LabError, Registry, Session
+
+# Fragment payload size per queued chunk. Each chunk holds whole fragments, so a Receive can
+# take any number of chunks without splitting one.
+FRAGMENT_SIZE = 32 * 1024
+# How long a pipeline Receive waits for a fast pipeline to finish before returning partial
+# data (protocol notes §4.5): real WinRM returns at once, which costs a request more.
+FAST_PIPELINE_GRACE = 0.05
+
+
+def fail_pipeline(pipeline: ServerPipeline, record: ErrorRecord) -> None:
+    """Move a running pipeline to Failed with its terminating ErrorRecord.
+
+    psrpcore exposes complete() and stop() but nothing for a terminating error; its private
+    state change is the one place that emits PIPELINE_STATE with ExceptionAsErrorRecord.
+    """
+    pipeline._change_state(PSInvocationState.Failed, error=record)
+
+
+def _exception(err: LabError) -> NETException:
+    exc = NETException(Message=err.message, HResult=-2146233087)
+    names = [err.exception_type]
+    for base in ("System.SystemException", "System.Exception", "System.Object"):
+        if base not in names:
+            names.append(base)
+    exc.PSObject.type_names = names
+    return exc
+
+
+def _category(err: LabError) -> ErrorCategoryInfo:
+    reason = err.exception_type.rsplit(".", 1)[-1]
+    target_name = "" if err.target is None else str(err.target)
+    target_type = "" if err.target is None else {str: "String", int: "Int32", bool: "Boolean"}.get(
+        type(err.target), type(err.target).__name__
+    )
+    return ErrorCategoryInfo(
+        Category=PSErrorCategory(err.category.value),
+        Activity=err.activity or "",
+        Reason=reason,
+        TargetName=target_name,
+        TargetType=target_type,
+    )
+
+
+def _target(err: LabError) -> Any:
+    try:
+        return serialize.to_ps(err.target)
+    except TypeError:
+        return str(err.target)
+
+
+def error_record(err: LabError) -> ErrorRecord:
+    return ErrorRecord(
+        Exception=_exception(err),
+        CategoryInfo=_category(err),
+        TargetObject=_target(err),
+        FullyQualifiedErrorId=err.error_id,
+    )
+
+
+@dataclass
+class _Pipeline:
+    pipeline: ServerPipeline
+    command_id: str  # as the client spelled it, echoed back
+    input: list[Any] = field(default_factory=list)
+    started: bool = False
+    finished: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    worker: threading.Thread | None = None
+
+
+class ShellClosed(Exception):
+    pass
+
+
+class PsrpShell:
+    resource_prefix = "http://schemas.microsoft.com/powershell/"
+
+    def __init__(
+        self,
+        shell_id: str,
+        configuration: str,
+        registry: Registry,
+        username: str,
+        language: engine.LanguageMode,
+    ) -> None:
+        self.shell_id = shell_id
+        self.configuration = configuration
+        self.registry = registry
+        self.language = language
+        self.session = Session(configuration=configuration, username=username)
+        self._cond = threading.Condition()
+        self._pool = ServerRunspacePool()
+        self._queues: dict[uuid.UUID | None, deque[bytes]] = {None: deque()}
+        self._pipes: dict[uuid.UUID, _Pipeline] = {}
+        self._closed = False
+        self.worker_errors: list[str] = []
+
+    # --- helpers (all called with the lock held) --------------------------------------------
+
+    def _drain(self) -> None:
+        while True:
+            payload = self._pool.data_to_send(FRAGMENT_SIZE)
+            if payload is None:
+                break
+            self._queues.setdefault(payload.pipeline_id, deque()).append(payload.data)
+        self._cond.notify_all()
+
+    def _feed(self, data: bytes, pipeline_id: uuid.UUID | None) -> None:
+        self._pool.receive_data(PSRPPayload(data, StreamType.default, pipeline_id))
+        while True:
+            event = self._pool.next_event()
+            if event is None:
+                break
+            self._on_event(event)
+        self._drain()
+
+    def _on_event(self, event: Any) -> None:
+        name = type(event).__name__
+        if name == "InitRunspacePoolEvent":
+            host = self._pool.host
+            # pypsrp's default host=None sends IsHostNull: nothing can answer a prompt.
+            self.session.can_prompt = bool(host is not None and not host.IsHostNull and not host.IsHostUINull)
+        elif name == "CreatePipelineEvent":
+            pipe = self._pipes.get(event.pipeline_id)
+            if pipe is not None and event.pipeline.no_input:
+                self._start(pipe, None)
+        elif name == "PipelineInputEvent":
+            pipe = self._pipes.get(event.pipeline_id)
+            if pipe is not None:
+                pipe.input.append(serialize.from_ps(event.data))
+        elif name == "EndOfPipelineInputEvent":
+            pipe = self._pipes.get(event.pipeline_id)
+            if pipe is not None and not pipe.started:
+                self._start(pipe, pipe.input)
+        elif name == "GetAvailableRunspacesEvent":
+            self._pool.runspace_availability_response(event.ci, 1)
+
+    def _statements(self, pipe: _Pipeline) -> list[engine.Statement]:
+        metadata = pipe.pipeline.metadata
+        statements: list[engine.Statement] = [[]]
+        for cmd in metadata.commands:
+            args = [(name, serialize.from_ps(value)) for name, value in cmd.parameters]
+            statements[-1].append(engine.Invocation(name=cmd.command_text, arguments=args,
+                                                    is_script=bool(cmd.is_script)))
+            if cmd.end_of_statement:
+                statements.append([])
+        return [s for s in statements if s]
+
+    def _start(self, pipe: _Pipeline, input_objects: list[Any] | None) -> None:
+        pipe.started = True
+        pipe.pipeline.start()
+        try:
+            statements = self._statements(pipe)
+        except LabError as err:  # e.g. a SecureString without a session key
+            self._finish(pipe, err)
+            return
+        pipe.worker = threading.Thread(
+            target=self._run, args=(pipe, statements, input_objects),
+            name=f"lab-psrp-{pipe.command_id[:8]}", daemon=True,
+        )
+        pipe.worker.start()
+
+    def _finish(self, pipe: _Pipeline, error: LabError | None) -> None:
+        if pipe.pipeline.state == PSInvocationState.Running:
+            if error is None:
+                pipe.pipeline.complete()
+            else:
+                fail_pipeline(pipe.pipeline, error_record(error))
+        pipe.finished = True
+        self._drain()
+
+    # --- worker ------------------------------------------------------------------------------
+
+    def _run(self, pipe: _Pipeline, statements: list[engine.Statement], input_objects: list[Any] | None) -> None:
+        shell = self
+
+        class _Sink:
+            def _live(self) -> ServerPipeline:
+                if pipe.pipeline.state != PSInvocationState.Running or shell._closed:
+                    raise engine.PipelineStopped()
+                return pipe.pipeline
+
+            def output(self, value: Any) -> None:
+                ps_value = serialize.to_ps(value)
+                with shell._cond:
+                    self._live().write_output(ps_value)
+                    shell._drain()
+
+            def error(self, error: LabError) -> None:
+                with shell._cond:
+                    self._live().write_error(
+                        _exception(error), _category(error), _target(error), error.error_id
+                    )
+                    shell._drain()
+
+            def warning(self, text: str) -> None:
+                with shell._cond:
+                    self._live().write_warning(text)
+                    shell._drain()
+
+        failure: LabError | None = None
+        try:
+            engine.run_pipeline(self.registry, self.session, statements, _Sink(), self.language,
+                                input_objects, pipe.stop)
+        except LabError as err:
+            failure = err
+        except engine.PipelineStopped:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a handler bug becomes a visible terminating error
+            import traceback
+
+            self.worker_errors.append(traceback.format_exc())
+            failure = LabError(
+                message=f"Lab handler failure: {type(exc).__name__}: {exc}",
+                error_id="LabHandlerFailure",
+                exception_type="System.InvalidOperationException",
+            )
+        with self._cond:
+            if not self._closed:
+                self._finish(pipe, failure)
+            pipe.finished = True
+            self._cond.notify_all()
+
+    # --- WSMan operations --------------------------------------------------------------------
+
+    def create(self, creation_xml_b64: str) -> None:
+        with self._cond:
+            self._feed(base64.b64decode(creation_xml_b64), None)
+
+    def command(self, command_id: str, arguments_b64: str | None) -> None:
+        pid = uuid.UUID(command_id)
+        with self._cond:
+            self._check_open()
+            # The pipeline must exist before its CREATE_PIPELINE fragments are fed.
+            pipeline = ServerPipeline(self._pool, pid)
+            self._pipes[pid] = _Pipeline(pipeline=pipeline, command_id=command_id)
+            self._queues.setdefault(pid, deque())
+            if arguments_b64:
+                self._feed(base64.b64decode(arguments_b64), pid)
+
+    def has_command(self, command_id: str) -> bool:
+        try:
+            pid = uuid.UUID(command_id)
+        except ValueError:
+            return False
+        with self._cond:
+            return pid in self._pipes
+
+    def send(self, command_id: str | None, data: bytes) -> None:
+        pid = uuid.UUID(command_id) if command_id else None
+        with self._cond:
+            self._check_open()
+            self._feed(data, pid)
+
+    def receive(self, command_id: str | None, timeout: float, max_bytes: int) -> tuple[list[bytes], bool] | None:
+        """Chunks for this target and whether the pipeline is done; None on OperationTimeout."""
+        pid = uuid.UUID(command_id) if command_id else None
+        start = time.monotonic()
+        deadline = start + max(timeout, 0.0)
+        with self._cond:
+            while True:
+                self._check_open()
+                queue = self._queues.setdefault(pid, deque())
+                pipe = self._pipes.get(pid) if pid else None
+                done = pipe is not None and pipe.finished
+                now = time.monotonic()
+                queued = sum(len(c) for c in queue)
+                if queue and (
+                    pid is None or done or queued >= max_bytes or now - start >= FAST_PIPELINE_GRACE
+                ):
+                    break
+                if now >= deadline:
+                    if queue:
+                        break
+                    return None
+                wait = deadline - now
+                if queue:
+                    wait = min(wait, FAST_PIPELINE_GRACE - (now - start))
+                self._cond.wait(max(wait, 0.001))
+            chunks: list[bytes] = []
+            total = 0
+            while queue and (not chunks or total + len(queue[0]) <= max_bytes):
+                chunk = queue.popleft()
+                chunks.append(chunk)
+                total += len(chunk)
+            done = pipe is not None and pipe.finished and not queue
+            return chunks, done
+
+    def signal(self, command_id: str | None, code: str) -> None:
+        code_l = code.lower()
+        pid = uuid.UUID(command_id) if command_id else None
+        with self._cond:
+            pipe = self._pipes.get(pid) if pid else None
+            if pipe is None:
+                return
+            if code_l.endswith("/ctrl_c") or code_l.endswith("/terminate"):
+                pipe.stop.set()
+                if pipe.pipeline.state == PSInvocationState.Running:
+                    pipe.pipeline.begin_stop()
+                    pipe.pipeline.stop()
+                    self._drain()
+            if code_l.endswith("/terminate"):
+                if pipe.pipeline.state != PSInvocationState.Running:
+                    pipe.pipeline.close()
+                self._pipes.pop(pid, None)  # type: ignore[arg-type]
+                self._queues.pop(pid, None)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for pipe in self._pipes.values():
+                pipe.stop.set()
+            self._cond.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShellClosed(self.shell_id)

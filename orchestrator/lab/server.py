@@ -1,0 +1,444 @@
+"""`LabServer`: one emulated Windows/Exchange WinRM endpoint on 127.0.0.1.
+
+Layers, outside in: httpserver (sockets, TLS, keep-alive) -> auth (Basic / Negotiate + WinRM
+message encryption) -> fault plan and latency hooks -> wsman (envelopes) -> shells
+(psrp_shell for PowerShell configurations, winrs_shell for cmd) -> engine/registry.
+Every request ends up in the request log.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+from orchestrator.lab import wsman
+from orchestrator.lab.auth import SOAP_CONTENT_TYPE, AuthResult, Authenticator, ConnectionAuth, wrap
+from orchestrator.lab.engine import LanguageMode
+from orchestrator.lab.faults import FaultKind, FaultPlan, FaultRule
+from orchestrator.lab.httpserver import HttpRequest, HttpResponse, LabHTTPServer, ServerThread, require_loopback
+from orchestrator.lab.psrp_shell import PsrpShell, ShellClosed
+from orchestrator.lab.registry import Registry
+from orchestrator.lab.requestlog import RequestLog, RequestRecord
+from orchestrator.lab.winrs_shell import WinrsShell
+
+MAX_OPERATION_TIMEOUT = 60.0  # bound on how long a Receive may be held open
+DEFAULT_OPERATION_TIMEOUT = 20.0
+DEFAULT_ENVELOPE = 153600
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A PowerShell session configuration a server offers, and where."""
+
+    configuration: str
+    path: str
+    language: LanguageMode
+
+
+EXCHANGE = Endpoint("Microsoft.Exchange", "/PowerShell", LanguageMode.NO_LANGUAGE)
+POWERSHELL = Endpoint("Microsoft.PowerShell", "/wsman", LanguageMode.FULL)
+KNOWN_ENDPOINTS = {e.configuration.lower(): e for e in (EXCHANGE, POWERSHELL)}
+
+
+def _endpoints(configs: Iterable[str | Endpoint]) -> list[Endpoint]:
+    out = []
+    for c in configs:
+        if isinstance(c, Endpoint):
+            out.append(c)
+        elif c.lower() in KNOWN_ENDPOINTS:
+            out.append(KNOWN_ENDPOINTS[c.lower()])
+        else:
+            raise ValueError(f"unknown configuration {c!r}; pass an Endpoint for custom ones")
+    return out
+
+
+def _norm_path(path: str) -> str:
+    return "/" + path.split("?", 1)[0].strip("/").lower()
+
+
+class LabServer:
+    """A lab WinRM server.
+
+    Args:
+        name: machine name shown in faults and as the shell owner's host.
+        registry: the commands this server knows.
+        users: {username: password} accepted by Basic and NTLM ("DOMAIN\\user" or "user").
+        configurations: PowerShell configurations offered ("Microsoft.Exchange" at /PowerShell,
+            "Microsoft.PowerShell" at /wsman) or `Endpoint`s.
+        auth: schemes offered: "basic", "negotiate" (also accepts "ntlm" tokens).
+        tls: an `ssl.SSLContext`, a (cert_pem, key_pem) pair, or None for plain HTTP.
+        host/port: loopback address; port 0 = any free port.
+        latency: seconds added to every request (benchmarks).
+        faults: a FaultPlan (settable later through `.faults`).
+        allow_unencrypted: WinRM's AllowUnencrypted: Basic over HTTP and plain bodies after
+            Negotiate over HTTP are accepted.
+        cmd_shell: offer the WinRS cmd shell at /wsman.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        registry: Registry,
+        users: dict[str, str],
+        configurations: Iterable[str | Endpoint] = ("Microsoft.PowerShell",),
+        auth: Iterable[str] = ("negotiate", "basic"),
+        tls: ssl.SSLContext | tuple[bytes | str, bytes | str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        faults: FaultPlan | None = None,
+        allow_unencrypted: bool = False,
+        cmd_shell: bool = True,
+    ) -> None:
+        require_loopback(host)
+        self.name = name
+        self.registry = registry
+        self.endpoints = _endpoints(configurations)
+        self.host = host
+        self._port = port
+        self.latency = latency
+        self.faults = faults or FaultPlan()
+        self.log = RequestLog()
+        self.cmd_shell = cmd_shell
+        self.ssl_context = _ssl_context(tls)
+        self.auth = Authenticator(users, tuple(auth), tls=self.ssl_context is not None,
+                                  allow_unencrypted=allow_unencrypted)
+        self._shells: dict[str, PsrpShell | WinrsShell] = {}
+        self._owners: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._http: LabHTTPServer | None = None
+        self._thread: ServerThread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> LabServer:
+        if self._http is not None:
+            return self
+        self._http = LabHTTPServer(self.host, self._port, self, self.ssl_context)
+        self._thread = ServerThread(self._http)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+        with self._lock:
+            shells = list(self._shells.values())
+            self._shells.clear()
+        for shell in shells:
+            shell.close()
+        self.auth.close()
+        self._http = None
+        self._thread = None
+
+    def __enter__(self) -> LabServer:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._http is None:
+            raise RuntimeError("server not started")
+        return int(self._http.server_address[1])
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    def url(self, path: str = "wsman") -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/{path.lstrip('/')}"
+
+    @property
+    def errors(self) -> list[str]:
+        """Unexpected exceptions in layers or handlers (tests assert this stays empty)."""
+        out = list(self._http.errors) if self._http else []
+        with self._lock:
+            for shell in self._shells.values():
+                out.extend(shell.worker_errors)
+        return out
+
+    def shell_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._shells)
+
+    # --- HTTP entry --------------------------------------------------------------------------
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        t0 = time.monotonic()
+        seq = self.log.next_seq()
+        rule = self.faults.http_request()
+        if self.latency:
+            time.sleep(self.latency)
+        conn = request.connection.state.setdefault("auth", ConnectionAuth())
+        record = RequestRecord(seq=seq, method=request.method, path=request.path, action="", status=0,
+                               bytes_in=len(request.body), bytes_out=0, duration=0.0,
+                               connection=request.connection.id)
+
+        def finish(resp: HttpResponse) -> HttpResponse:
+            record.status = 0 if resp.reset else resp.status
+            record.bytes_out = len(resp.body)
+            record.duration = time.monotonic() - t0
+            self.log.add(record)
+            return resp
+
+        auth = self.auth.authenticate(conn, request.headers, request.body)
+        record.auth = auth.scheme
+        record.encrypted = auth.encrypted
+        if auth.status is not None:
+            if rule is not None:
+                return finish(self._pre_fault(rule, record, None) or HttpResponse(auth.status, headers=auth.headers))
+            return finish(HttpResponse(auth.status, headers=auth.headers))
+
+        if not auth.body:
+            # The Negotiate handshake's last leg (or an empty keep-alive POST).
+            if rule is not None:
+                pre = self._pre_fault(rule, record, None)
+                if pre is not None:
+                    return finish(pre)
+            return finish(HttpResponse(200, headers=auth.headers))
+
+        try:
+            req = wsman.parse_request(auth.body)
+        except wsman.WSManFault as fault:
+            return finish(self._reply(auth, wsman.fault_envelope(fault, None, self.name), 500, record, fault))
+        record.action = req.short_action
+        record.shell_id = req.shell_id
+        action_rule = self.faults.wsman_request(req.short_action)
+        rule = rule or action_rule
+        if rule is not None:
+            pre = self._pre_fault(rule, record, req)
+            if pre is not None:
+                if pre.body and auth.encrypted:
+                    return finish(self._reply(auth, pre.body, pre.status, record, None))
+                return finish(pre)
+        try:
+            body, command_id = self._dispatch(request, req, auth.username or "")
+            status, fault = 200, None
+        except wsman.WSManFault as f:
+            body, command_id, status, fault = wsman.fault_envelope(f, req.message_id, self.name), None, 500, f
+        record.command_id = command_id
+        if rule is not None and rule.kind is FaultKind.RESET_AFTER:
+            return finish(HttpResponse(0, reset=True))
+        return finish(self._reply(auth, body, status, record, fault))
+
+    def _reply(self, auth: AuthResult, body: bytes, status: int, record: RequestRecord,
+               fault: wsman.WSManFault | None) -> HttpResponse:
+        if fault is not None:
+            record.wsman_fault = fault.code
+        headers = list(auth.headers)
+        if auth.encrypted:
+            # The connection's context unwrapped the request; it wraps the reply too.
+            ctype, wrapped = wrap(auth.context, body)
+            return HttpResponse(status, wrapped, headers + [("Content-Type", ctype)])
+        return HttpResponse(status, body, headers + [("Content-Type", SOAP_CONTENT_TYPE)])
+
+    def _pre_fault(self, rule: FaultRule, record: RequestRecord, req: wsman.WSManRequest | None) -> HttpResponse | None:
+        """Apply the part of a fault that happens before executing; None = go on executing."""
+        record.fault = rule.kind.value
+        if rule.kind is FaultKind.RESET_BEFORE:
+            return HttpResponse(0, reset=True)
+        if rule.kind is FaultKind.HTTP_500:
+            return HttpResponse(500)
+        if rule.kind is FaultKind.HTTP_503:
+            return HttpResponse(503, headers=[("Retry-After", "1")])
+        if rule.kind is FaultKind.OPERATION_TIMEOUT:
+            fault = wsman.operation_timeout_fault()
+            record.wsman_fault = fault.code
+            return HttpResponse(500, wsman.fault_envelope(fault, req.message_id if req else None, self.name),
+                                [("Content-Type", SOAP_CONTENT_TYPE)])
+        if rule.kind is FaultKind.STALL:
+            time.sleep(max(0.0, min(rule.seconds, MAX_OPERATION_TIMEOUT)))
+        return None
+
+    # --- WSMan dispatch ----------------------------------------------------------------------
+
+    def _endpoint_for(self, path: str, resource_uri: str) -> Endpoint | None:
+        if not resource_uri.lower().startswith(wsman.PS_RESOURCE_PREFIX.lower()):
+            return None
+        conf = resource_uri[len(wsman.PS_RESOURCE_PREFIX):]
+        for ep in self.endpoints:
+            if ep.configuration.lower() == conf.lower() and _norm_path(ep.path) == path:
+                return ep
+        return None
+
+    def _dispatch(self, http: HttpRequest, req: wsman.WSManRequest, user: str) -> tuple[bytes, str | None]:
+        path = _norm_path(http.path)
+        known_paths = {_norm_path(e.path) for e in self.endpoints} | ({"/wsman"} if self.cmd_shell else set())
+        if path not in known_paths:
+            raise wsman.unknown_resource_fault(req.resource_uri)
+        try:
+            action = wsman.Action(req.action)
+        except ValueError:
+            raise wsman.action_not_supported_fault(req.action) from None
+        if action is wsman.Action.CREATE:
+            return self._create(http, req, path, user), None
+        shell_id = req.shell_id
+        if not shell_id:
+            raise wsman.invalid_selectors_fault()
+        with self._lock:
+            shell = self._shells.get(shell_id.upper())
+            owner = self._owners.get(shell_id.upper())
+        if shell is None:
+            raise wsman.shell_not_found_fault(shell_id)
+        if owner is not None and owner.lower() != user.lower():
+            raise wsman.access_denied_fault()
+        try:
+            if action is wsman.Action.DELETE:
+                with self._lock:
+                    self._shells.pop(shell_id.upper(), None)
+                    self._owners.pop(shell_id.upper(), None)
+                shell.close()
+                return wsman.response(req), None
+            if isinstance(shell, PsrpShell):
+                return self._psrp(shell, req, action)
+            return self._winrs(shell, req, action)
+        except ShellClosed:
+            raise wsman.shell_not_found_fault(shell_id) from None
+
+    def _create(self, http: HttpRequest, req: wsman.WSManRequest, path: str, user: str) -> bytes:
+        body = req.body
+        if req.resource_uri.lower() == wsman.CMD_RESOURCE_URI.lower():
+            if not (self.cmd_shell and path == "/wsman"):
+                raise wsman.unknown_resource_fault(req.resource_uri)
+            shell_id = str(uuid.uuid4()).upper()
+            shell: PsrpShell | WinrsShell = WinrsShell(shell_id, self.registry, user,
+                                                       codepage=req.options.get("WINRS_CODEPAGE"))
+            streams = ("stdin", "stdout stderr")
+        else:
+            ep = self._endpoint_for(path, req.resource_uri)
+            if ep is None:
+                raise wsman.unknown_resource_fault(req.resource_uri)
+            creation = wsman.find(body, "creationXml:creationXml")
+            if creation is None or not (creation.text or "").strip():
+                raise wsman.invalid_message_fault("PowerShell shell Create without creationXml")
+            # pypsrp names the shell after its RunspacePool id; keep it.
+            shell_id = (body.get("ShellId") if body is not None else None) or str(uuid.uuid4())
+            shell_id = shell_id.upper()
+            shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language)
+            shell.create(creation.text or "")
+            streams = ("stdin pr", "stdout")
+        with self._lock:
+            self._shells[shell_id] = shell
+            self._owners[shell_id] = user
+        address = self.url(http.path)
+        return wsman.response(
+            req, *wsman.shell_created(address, req.resource_uri, shell_id, user, streams[0], streams[1])
+        )
+
+    def _timeout(self, req: wsman.WSManRequest) -> float:
+        t = req.operation_timeout if req.operation_timeout is not None else DEFAULT_OPERATION_TIMEOUT
+        return min(t, MAX_OPERATION_TIMEOUT)
+
+    def _psrp(self, shell: PsrpShell, req: wsman.WSManRequest, action: wsman.Action) -> tuple[bytes, str | None]:
+        body = req.body
+        if action is wsman.Action.COMMAND:
+            line = body
+            if line is None or line.tag != f"{{{wsman.SHELL_NS}}}CommandLine":
+                raise wsman.invalid_message_fault("Command without rsp:CommandLine")
+            command_id = line.get("CommandId") or str(uuid.uuid4()).upper()
+            args = wsman.find(line, "rsp:Arguments")
+            shell.command(command_id, args.text if args is not None else None)
+            return wsman.response(req, wsman.command_response(command_id)), command_id
+        if action is wsman.Action.SEND:
+            import base64
+
+            command_id = None
+            data = b""
+            for st in wsman.findall(body, "rsp:Stream"):
+                command_id = st.get("CommandId") or command_id
+                if st.get("Name", "stdin") == "stdin" or st.get("Name") == "pr":
+                    data += base64.b64decode(st.text or "")
+            if command_id and not shell.has_command(command_id):
+                raise wsman.invalid_selectors_fault()
+            shell.send(command_id, data)
+            return wsman.response(req, wsman.send_response()), command_id
+        if action is wsman.Action.RECEIVE:
+            desired = wsman.find(body, "rsp:DesiredStream")
+            command_id = desired.get("CommandId") if desired is not None else None
+            if command_id and not shell.has_command(command_id):
+                raise wsman.invalid_selectors_fault()
+            envelope = req.max_envelope_size or DEFAULT_ENVELOPE
+            max_bytes = max(4096, (envelope - 2048) * 3 // 4)
+            got = shell.receive(command_id, self._timeout(req), max_bytes)
+            if got is None:
+                raise wsman.operation_timeout_fault()
+            chunks, done = got
+            streams = [wsman.StreamChunk("stdout", c, command_id) for c in chunks]
+            state = wsman.COMMAND_STATE_DONE if done else None
+            return wsman.response(req, wsman.receive_response(streams, command_id, state)), command_id
+        if action is wsman.Action.SIGNAL:
+            sig = body
+            command_id = sig.get("CommandId") if sig is not None else None
+            code_el = wsman.find(sig, "rsp:Code")
+            shell.signal(command_id, (code_el.text or "") if code_el is not None else "")
+            return wsman.response(req, wsman.signal_response()), command_id
+        raise wsman.action_not_supported_fault(req.action)
+
+    def _winrs(self, shell: WinrsShell, req: wsman.WSManRequest, action: wsman.Action) -> tuple[bytes, str | None]:
+        body = req.body
+        if action is wsman.Action.COMMAND:
+            program_el = wsman.find(body, "rsp:Command")
+            program = (program_el.text or "").strip() if program_el is not None else ""
+            args = [a.text or "" for a in wsman.findall(body, "rsp:Arguments")]
+            command_id = shell.command(program, args)
+            return wsman.response(req, wsman.command_response(command_id)), command_id
+        if action is wsman.Action.SEND:
+            import base64
+
+            command_id = None
+            for st in wsman.findall(body, "rsp:Stream"):
+                command_id = st.get("CommandId") or command_id
+                if command_id:
+                    shell.send(command_id, base64.b64decode(st.text or ""))
+            return wsman.response(req, wsman.send_response()), command_id
+        if action is wsman.Action.RECEIVE:
+            desired = wsman.find(body, "rsp:DesiredStream")
+            command_id = desired.get("CommandId") if desired is not None else None
+            if not command_id or not shell.has_command(command_id):
+                raise wsman.invalid_selectors_fault()
+            got = shell.receive(command_id, self._timeout(req))
+            if got is None:
+                raise wsman.operation_timeout_fault()
+            out, err, code = got
+            done = code is not None
+            streams = [
+                wsman.StreamChunk("stdout", out, command_id, end=done),
+                wsman.StreamChunk("stderr", err, command_id, end=done),
+            ]
+            state = wsman.COMMAND_STATE_DONE if done else wsman.COMMAND_STATE_RUNNING
+            return wsman.response(req, wsman.receive_response(streams, command_id, state, code)), command_id
+        if action is wsman.Action.SIGNAL:
+            command_id = body.get("CommandId") if body is not None else None
+            code_el = wsman.find(body, "rsp:Code")
+            if command_id:
+                shell.signal(command_id, (code_el.text or "") if code_el is not None else "")
+            return wsman.response(req, wsman.signal_response()), command_id
+        raise wsman.action_not_supported_fault(req.action)
+
+
+def _ssl_context(tls: ssl.SSLContext | tuple[bytes | str, bytes | str] | None) -> ssl.SSLContext | None:
+    if tls is None or isinstance(tls, ssl.SSLContext):
+        return tls
+    cert_pem, key_pem = tls
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # load_cert_chain needs files; write them 0600 to a private temp dir and remove at once.
+    with tempfile.TemporaryDirectory(prefix="exmig-lab-tls-") as d:
+        cert_path = os.path.join(d, "cert.pem")
+        key_path = os.path.join(d, "key.pem")
+        for path, data in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.encode() if isinstance(data, str) else data)
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx

@@ -1,0 +1,330 @@
+"""WS-Management (MS-WSMV) envelopes: parse a request, build responses and faults.
+
+Pure functions over bytes and ElementTree; no sockets, no shells. Clients parse by
+namespace, so prefixes are cosmetic, but we keep the ones Windows uses to make captured
+traffic easy to compare.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from enum import Enum
+
+NS = {
+    "s": "http://www.w3.org/2003/05/soap-envelope",
+    "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
+    "x": "http://schemas.xmlsoap.org/ws/2004/09/transfer",
+    "w": "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd",
+    "p": "http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd",
+    "rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell",
+    "f": "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault",
+    "creationXml": "http://schemas.microsoft.com/powershell",
+}
+for _prefix, _uri in NS.items():
+    ET.register_namespace(_prefix, _uri)
+
+ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
+SHELL_NS = NS["rsp"]
+CMD_RESOURCE_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
+PS_RESOURCE_PREFIX = "http://schemas.microsoft.com/powershell/"
+COMMAND_STATE_DONE = SHELL_NS + "/CommandState/Done"
+COMMAND_STATE_RUNNING = SHELL_NS + "/CommandState/Running"
+
+
+class Action(Enum):
+    CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
+    DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
+    COMMAND = SHELL_NS + "/Command"
+    SEND = SHELL_NS + "/Send"
+    RECEIVE = SHELL_NS + "/Receive"
+    SIGNAL = SHELL_NS + "/Signal"
+
+    @property
+    def short(self) -> str:
+        return self.name.capitalize()
+
+
+def short_action(action_uri: str) -> str:
+    """'Create', 'Receive', ... for a known action URI; the last path segment otherwise."""
+    for a in Action:
+        if a.value == action_uri:
+            return a.short
+    return action_uri.rstrip("/").rsplit("/", 1)[-1] or "(none)"
+
+
+# WSManFault codes Windows uses (winerror.h ERROR_WSMAN_*), as the clients read them.
+CODE_ACCESS_DENIED = 5
+CODE_OPERATION_TIMEOUT = 2150858793  # 0x80338029
+CODE_INVALID_RESOURCE_URI = 2150858811  # 0x8033803B
+CODE_INVALID_SELECTORS = 2150858813  # 0x8033803D
+CODE_SHELL_NOT_FOUND = 2150858843  # 0x8033805B
+CODE_ACTION_NOT_SUPPORTED = 2150858780  # 0x8033801C
+CODE_INVALID_MESSAGE = 2150858817  # 0x80338041 (schema validation / malformed body)
+CODE_INTERNAL_ERROR = 2150859046  # lab: a shell handler failed unexpectedly
+
+
+@dataclass
+class WSManFault(Exception):
+    """A SOAP fault as WinRM sends it: HTTP 500, s:Code/Subcode, f:WSManFault@Code."""
+
+    code: int
+    message: str
+    subcode: str = "w:InternalError"
+    sender: bool = True  # s:Sender vs s:Receiver
+
+    def __post_init__(self) -> None:
+        super().__init__(f"{self.code}: {self.message}")
+
+
+def operation_timeout_fault() -> WSManFault:
+    return WSManFault(
+        CODE_OPERATION_TIMEOUT,
+        "The WS-Management service cannot complete the operation within the time specified in "
+        "OperationTimeout.  ",
+        subcode="w:TimedOut",
+        sender=False,
+    )
+
+
+def shell_not_found_fault(shell_id: str | None) -> WSManFault:
+    return WSManFault(
+        CODE_SHELL_NOT_FOUND,
+        f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell was "
+        "not found on the server. Possible causes are: the specified ShellId is incorrect or the shell no "
+        "longer exists on the server. Provide the correct ShellId or create a new shell and try again. ",
+        subcode="w:InvalidSelectors",
+    )
+
+
+def invalid_selectors_fault() -> WSManFault:
+    return WSManFault(
+        CODE_INVALID_SELECTORS,
+        "The WS-Management service cannot process the request because the request contained invalid "
+        "selectors for the resource. ",
+        subcode="w:InvalidSelectors",
+    )
+
+
+def unknown_resource_fault(resource_uri: str) -> WSManFault:
+    # Text as a real WinRM listener answers a configuration it does not host (reference §4.3).
+    return WSManFault(
+        CODE_INVALID_RESOURCE_URI,
+        f"The resource URI ({resource_uri}) was not found in the WS-Management catalog.",
+        subcode="w:DestinationUnreachable",
+    )
+
+
+def access_denied_fault() -> WSManFault:
+    return WSManFault(CODE_ACCESS_DENIED, "Access is denied. ", subcode="w:AccessDenied")
+
+
+def action_not_supported_fault(action: str) -> WSManFault:
+    return WSManFault(
+        CODE_ACTION_NOT_SUPPORTED,
+        f"The WS-Management service cannot process the request. The action {action} is not supported by "
+        "the lab server. ",
+        subcode="a:ActionNotSupported",
+    )
+
+
+def invalid_message_fault(detail: str) -> WSManFault:
+    return WSManFault(
+        CODE_INVALID_MESSAGE,
+        f"The WS-Management service cannot process the request because the XML is invalid: {detail}",
+        subcode="w:SchemaValidationError",
+    )
+
+
+@dataclass
+class WSManRequest:
+    action: str
+    message_id: str
+    resource_uri: str
+    selectors: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    operation_timeout: float | None = None
+    max_envelope_size: int | None = None
+    body: ET.Element | None = None  # the first child of s:Body, if any
+
+    @property
+    def short_action(self) -> str:
+        return short_action(self.action)
+
+    @property
+    def shell_id(self) -> str | None:
+        for key, value in self.selectors.items():
+            if key.lower() == "shellid":
+                return value
+        return None
+
+
+_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+
+
+def parse_duration(text: str | None) -> float | None:
+    """xs:duration as WSMan uses it (PT20S, PT60.000S) -> seconds."""
+    if not text:
+        return None
+    m = _DURATION.match(text.strip())
+    if not m:
+        return None
+    days, hours, minutes, seconds = m.groups()
+    return (
+        int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0.0)
+    )
+
+
+def _q(prefix: str, tag: str) -> str:
+    return f"{{{NS[prefix]}}}{tag}"
+
+
+def parse_request(data: bytes) -> WSManRequest:
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise invalid_message_fault(str(exc)) from None
+    header = root.find("s:Header", NS)
+    if root.tag != _q("s", "Envelope") or header is None:
+        raise invalid_message_fault("not a SOAP 1.2 envelope")
+
+    def text(path: str) -> str:
+        el = header.find(path, NS)
+        return (el.text or "").strip() if el is not None else ""
+
+    selectors = {
+        el.get("Name", ""): (el.text or "") for el in header.findall("w:SelectorSet/w:Selector", NS)
+    }
+    options = {el.get("Name", ""): (el.text or "") for el in header.findall("w:OptionSet/w:Option", NS)}
+    max_env = text("w:MaxEnvelopeSize")
+    body_el = root.find("s:Body", NS)
+    body = body_el[0] if body_el is not None and len(body_el) else None
+    return WSManRequest(
+        action=text("a:Action"),
+        message_id=text("a:MessageID"),
+        resource_uri=text("w:ResourceURI"),
+        selectors=selectors,
+        options=options,
+        operation_timeout=parse_duration(text("w:OperationTimeout")),
+        max_envelope_size=int(max_env) if max_env.isdigit() else None,
+        body=body,
+    )
+
+
+def _envelope(action: str, relates_to: str | None) -> tuple[ET.Element, ET.Element]:
+    env = ET.Element(_q("s", "Envelope"))
+    header = ET.SubElement(env, _q("s", "Header"))
+    ET.SubElement(header, _q("a", "Action")).text = action
+    ET.SubElement(header, _q("a", "MessageID")).text = f"uuid:{str(uuid.uuid4()).upper()}"
+    ET.SubElement(header, _q("a", "To")).text = ANONYMOUS
+    if relates_to:
+        ET.SubElement(header, _q("a", "RelatesTo")).text = relates_to
+    body = ET.SubElement(env, _q("s", "Body"))
+    return env, body
+
+
+def response(request: WSManRequest, *content: ET.Element) -> bytes:
+    """A successful reply: `<action>Response`, RelatesTo = the request's MessageID."""
+    env, body = _envelope(request.action + "Response", request.message_id)
+    for el in content:
+        body.append(el)
+    return ET.tostring(env, encoding="utf-8", xml_declaration=False)
+
+
+def fault_envelope(fault: WSManFault, relates_to: str | None, machine: str) -> bytes:
+    env, body = _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relates_to)
+    f = ET.SubElement(body, _q("s", "Fault"))
+    code = ET.SubElement(f, _q("s", "Code"))
+    ET.SubElement(code, _q("s", "Value")).text = "s:Sender" if fault.sender else "s:Receiver"
+    sub = ET.SubElement(code, _q("s", "Subcode"))
+    ET.SubElement(sub, _q("s", "Value")).text = fault.subcode
+    reason = ET.SubElement(f, _q("s", "Reason"))
+    t = ET.SubElement(reason, _q("s", "Text"))
+    t.set("{http://www.w3.org/XML/1998/namespace}lang", "en-US")
+    t.text = fault.message
+    detail = ET.SubElement(f, _q("s", "Detail"))
+    wf = ET.SubElement(detail, _q("f", "WSManFault"), Code=str(fault.code), Machine=machine)
+    ET.SubElement(wf, _q("f", "Message")).text = fault.message
+    return ET.tostring(env, encoding="utf-8", xml_declaration=False)
+
+
+# --- body builders -----------------------------------------------------------------------------
+
+
+def shell_created(
+    address: str, resource_uri: str, shell_id: str, owner: str, input_streams: str, output_streams: str
+) -> list[ET.Element]:
+    """Create response: ResourceCreated (what both clients need) plus the rsp:Shell description."""
+    rc = ET.Element(_q("x", "ResourceCreated"))
+    ET.SubElement(rc, _q("a", "Address")).text = address
+    ref = ET.SubElement(rc, _q("a", "ReferenceParameters"))
+    ET.SubElement(ref, _q("w", "ResourceURI")).text = resource_uri
+    sel = ET.SubElement(ref, _q("w", "SelectorSet"))
+    ET.SubElement(sel, _q("w", "Selector"), Name="ShellId").text = shell_id
+    shell = ET.Element(_q("rsp", "Shell"))
+    ET.SubElement(shell, _q("rsp", "ShellId")).text = shell_id
+    ET.SubElement(shell, _q("rsp", "ResourceUri")).text = resource_uri
+    ET.SubElement(shell, _q("rsp", "Owner")).text = owner
+    ET.SubElement(shell, _q("rsp", "ClientIP")).text = "127.0.0.1"
+    ET.SubElement(shell, _q("rsp", "IdleTimeOut")).text = "PT7200.000S"
+    ET.SubElement(shell, _q("rsp", "InputStreams")).text = input_streams
+    ET.SubElement(shell, _q("rsp", "OutputStreams")).text = output_streams
+    ET.SubElement(shell, _q("rsp", "ShellRunTime")).text = "P0DT0H0M0S"
+    ET.SubElement(shell, _q("rsp", "ShellInactivity")).text = "P0DT0H0M0S"
+    return [rc, shell]
+
+
+def command_response(command_id: str) -> ET.Element:
+    el = ET.Element(_q("rsp", "CommandResponse"))
+    ET.SubElement(el, _q("rsp", "CommandId")).text = command_id
+    return el
+
+
+def send_response() -> ET.Element:
+    return ET.Element(_q("rsp", "SendResponse"))
+
+
+def signal_response() -> ET.Element:
+    return ET.Element(_q("rsp", "SignalResponse"))
+
+
+@dataclass
+class StreamChunk:
+    name: str  # stdout / stderr
+    data: bytes
+    command_id: str | None = None
+    end: bool = False
+
+
+def receive_response(
+    chunks: list[StreamChunk],
+    command_id: str | None = None,
+    state: str | None = None,
+    exit_code: int | None = None,
+) -> ET.Element:
+    import base64
+
+    el = ET.Element(_q("rsp", "ReceiveResponse"))
+    for chunk in chunks:
+        attrs = {"Name": chunk.name}
+        if chunk.command_id:
+            attrs["CommandId"] = chunk.command_id
+        if chunk.end:
+            attrs["End"] = "true"
+        st = ET.SubElement(el, _q("rsp", "Stream"), attrs)
+        st.text = base64.b64encode(chunk.data).decode() if chunk.data else None
+    if state is not None and command_id is not None:
+        cs = ET.SubElement(el, _q("rsp", "CommandState"), CommandId=command_id, State=state)
+        if exit_code is not None:
+            ET.SubElement(cs, _q("rsp", "ExitCode")).text = str(exit_code)
+    return el
+
+
+def find(el: ET.Element | None, path: str) -> ET.Element | None:
+    return el.find(path, NS) if el is not None else None
+
+
+def findall(el: ET.Element | None, path: str) -> list[ET.Element]:
+    return el.findall(path, NS) if el is not None else []
