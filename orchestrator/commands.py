@@ -50,9 +50,11 @@ class Number:
 
 @dataclass(frozen=True)
 class LocalFile:
-    """Bytes read from a file on the admin workstation."""
+    """Bytes read from a file on the admin workstation; `member` when the file is a bundle (zip,
+    p7b, PEM chain) and these bytes are one certificate in it."""
 
     path: str
+    member: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from orchestrator.certs import IssuedCertificate, der, load_delivery, read_certificates, thumbprint
 from orchestrator.plan import Facts, IntermediateFact
 from orchestrator.playbook import FilesIssuer, LoadedPlaybook
@@ -21,20 +24,37 @@ def issued_files(loaded: LoadedPlaybook, certificate: Sequence[Path] = (), chain
     return []
 
 
+def display_path(path: Path) -> str:
+    """A path as the admin would type it: relative to the working folder when inside it."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else thumbprint(cert)
+
+
 def facts_from_delivery(issued: IssuedCertificate, files: Sequence[Path], csr_pem: str | None = None) -> Facts:
-    by_thumb: dict[str, str] = {}
+    """Facts for the plan, remembering which file each certificate came from (the dry-run shows it)."""
+    origin: dict[str, tuple[str, str | None]] = {}
     for path in files:
-        for cert in read_certificates(path):
-            # A file holding exactly this certificate is shown as its origin; a bundle is named as such.
-            by_thumb.setdefault(thumbprint(cert), str(path))
-    leaf_file = by_thumb.get(issued.thumbprint, str(files[0]) if files else None)
+        certs = read_certificates(path)
+        for cert in certs:
+            member = None if len(certs) == 1 else f"certificate {_common_name(cert)}"
+            origin.setdefault(thumbprint(cert), (display_path(path), member))
+    leaf_file, leaf_member = origin[issued.thumbprint]
     return Facts(
         csr_pem=csr_pem,
         issued_thumbprint=issued.thumbprint,
         issued_subject=issued.leaf.subject.rfc4514_string(),
         issued_file=leaf_file,
+        issued_member=leaf_member,
         intermediates=tuple(
-            IntermediateFact(thumbprint(c), c.subject.rfc4514_string(), by_thumb.get(thumbprint(c), "chain"), der(c))
+            IntermediateFact(thumbprint(c), c.subject.rfc4514_string(), *origin[thumbprint(c)], der(c))
             for c in issued.intermediates
         ),
     )

@@ -60,6 +60,7 @@ class IntermediateFact:
     thumbprint: str
     subject: str
     file: str  # where the admin's copy is (shown by the dry-run)
+    member: str | None  # set when `file` is a bundle holding more than this certificate
     der: bytes = field(repr=False)
 
 
@@ -73,6 +74,7 @@ class Facts:
     issued_subject: str | None = None
     # Where the admin gave the CA's files (rendered in the dry-run as the file to read).
     issued_file: str | None = None
+    issued_member: str | None = None
     intermediates: tuple[IntermediateFact, ...] = ()
 
 
@@ -134,7 +136,7 @@ def pfx_file_name(playbook: Playbook) -> str:
 
 def _issued_blob(facts: Facts) -> Blob:
     if facts.issued_file is not None and facts.issued_thumbprint is not None:
-        return Blob("issued-certificate", LocalFile(facts.issued_file))
+        return Blob("issued-certificate", LocalFile(facts.issued_file, facts.issued_member))
     return Blob("issued-certificate", Pending("the certificate file from the CA"))
 
 
@@ -144,7 +146,7 @@ def _chain_blobs(facts: Facts) -> list[tuple[str, Blob]]:
         return [("intermediate.cer", Blob("intermediate", Pending("the intermediate certificate from the CA")))]
     return [
         (f"intermediate-{i.thumbprint[:8].lower()}.cer",
-         Blob(f"intermediate:{i.thumbprint}", LocalFile(i.file)))
+         Blob(f"intermediate:{i.thumbprint}", LocalFile(i.file, i.member)))
         for i in facts.intermediates
     ]
 

@@ -116,7 +116,7 @@ def _value_json(value: Value) -> Any:
     if isinstance(value, Blob):
         origin = value.origin
         if isinstance(origin, LocalFile):
-            source: dict[str, Any] = {"file": origin.path}
+            source: dict[str, Any] = {"file": origin.path, "member": origin.member}
         elif isinstance(origin, Captured):
             source = {"output_of": origin.variable, "property": origin.property}
         else:

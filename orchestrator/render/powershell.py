@@ -62,6 +62,8 @@ def render_value(value: Value) -> str:
         return "(Get-Credential).Password"
     if isinstance(value, Blob):
         origin = value.origin
+        if isinstance(origin, LocalFile) and origin.member is not None:
+            return placeholder(f"{origin.member} in {origin.path}")
         if isinstance(origin, LocalFile):
             return f"([Byte[]]$(Get-Content -Path {quote(origin.path)} -Encoding Byte -ReadCount 0))"
         if isinstance(origin, Captured):

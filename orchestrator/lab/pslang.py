@@ -1,0 +1,200 @@
+"""A parser for the small PowerShell subset exmig's renderer emits.
+
+The lab uses it to decode commands that arrive as text (WinRS `-EncodedCommand`), and tests use
+it to prove the renderer's quoting round-trips. It follows the language's tokenizer rules for
+what it accepts (verbatim strings: any of the five single-quote characters ends the string
+unless the next character is one too, in which case that next character is taken literally) and
+rejects everything else rather than guessing: the lab must not interpret script.
+
+Accepted shapes (one command per line):
+    [$Name = ]Command-Name [-Param | -Param value | -Param:value | value]...
+Values: 'verbatim', 'a','b' lists, integers, $true/$false, (Get-Credential).Password,
+([Byte[]]$(Get-Content -Path '...' -Encoding Byte -ReadCount 0)), $Var.Property, and bare
+words for native-program arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SINGLE_QUOTES = frozenset("'\u2018\u2019\u201a\u201b")
+_WS = " \t"
+
+
+class ParseError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CredentialPassword:
+    """`(Get-Credential).Password`: a secret the renderer did not print."""
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    path: str
+
+
+@dataclass(frozen=True)
+class VariableProperty:
+    variable: str
+    property: str
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    text: str
+
+
+@dataclass
+class ParsedCommand:
+    name: str
+    # (name or None for positional, value); a switch has value None.
+    arguments: list[tuple[str | None, Any]] = field(default_factory=list)
+    capture: str | None = None
+
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-[A-Za-z][A-Za-z0-9]*)?(?:\.exe)?")
+_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+_PARAM = re.compile(r"-([A-Za-z][A-Za-z0-9]*)(:?)")
+_INT = re.compile(r"-?[0-9]+(?![A-Za-z0-9.])")
+_BARE = re.compile(r"[^\s,'\u2018\u2019\u201a\u201b\"`$(){};|&<>@#]+")
+_GET_CONTENT = re.compile(
+    r"\(\[Byte\[\]\]\$\(Get-Content -Path ", re.IGNORECASE)
+_GET_CONTENT_TAIL = " -Encoding Byte -ReadCount 0))"
+_CREDENTIAL = "(Get-Credential).Password"
+
+
+class _Reader:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def eof(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def peek(self, n: int = 1) -> str:
+        return self.text[self.pos:self.pos + n]
+
+    def skip_ws(self) -> None:
+        while not self.eof() and self.text[self.pos] in _WS:
+            self.pos += 1
+
+    def match(self, pattern: re.Pattern[str]) -> re.Match[str] | None:
+        m = pattern.match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+        return m
+
+    def literal(self, s: str, ignore_case: bool = False) -> bool:
+        chunk = self.text[self.pos:self.pos + len(s)]
+        if chunk == s or (ignore_case and chunk.lower() == s.lower()):
+            self.pos += len(s)
+            return True
+        return False
+
+    def verbatim_string(self) -> str:
+        if self.eof() or self.text[self.pos] not in SINGLE_QUOTES:
+            raise ParseError(f"expected a quoted string at {self.pos}")
+        self.pos += 1
+        out: list[str] = []
+        while True:
+            if self.eof():
+                raise ParseError("unterminated string")
+            ch = self.text[self.pos]
+            self.pos += 1
+            if ch in SINGLE_QUOTES:
+                if self.eof() or self.text[self.pos] not in SINGLE_QUOTES:
+                    return "".join(out)
+                ch = self.text[self.pos]  # the second quote character is the one kept
+                self.pos += 1
+            out.append(ch)
+
+
+def _scalar(r: _Reader, native: bool) -> Any:
+    if not r.eof() and r.text[r.pos] in SINGLE_QUOTES:
+        return r.verbatim_string()
+    if r.literal("$true", ignore_case=True):
+        return True
+    if r.literal("$false", ignore_case=True):
+        return False
+    if r.literal(_CREDENTIAL, ignore_case=True):
+        return CredentialPassword()
+    if r.match(_GET_CONTENT):
+        path = r.verbatim_string()
+        if not r.literal(_GET_CONTENT_TAIL, ignore_case=True):
+            raise ParseError("unsupported Get-Content form")
+        return FileBytes(path)
+    var = r.match(_VAR)
+    if var:
+        if not r.literal("."):
+            raise ParseError("a bare variable is not supported")
+        prop = r.match(re.compile(r"[A-Za-z][A-Za-z0-9]*"))
+        if not prop:
+            raise ParseError("expected a property name")
+        return VariableProperty(var.group(1), prop.group(0))
+    if r.peek() == "<":
+        end = r.text.find(">", r.pos)
+        if end < 0:
+            raise ParseError("unterminated placeholder")
+        text = r.text[r.pos + 1:end]
+        r.pos = end + 1
+        return Placeholder(text)
+    number = r.match(_INT)
+    if number:
+        return int(number.group(0))
+    if native:
+        bare = r.match(_BARE)
+        if bare:
+            return bare.group(0)
+    raise ParseError(f"unsupported value at {r.pos}: {r.text[r.pos:r.pos + 20]!r}")
+
+
+def _value(r: _Reader, native: bool) -> Any:
+    first = _scalar(r, native)
+    if r.peek() != ",":
+        return first
+    items = [first]
+    while r.peek() == ",":
+        r.pos += 1
+        items.append(_scalar(r, native))
+    return items
+
+
+def parse_command(line: str) -> ParsedCommand:
+    """Parse one rendered command line (string literals may span lines)."""
+    r = _Reader(line.strip("\r\n"))
+    r.skip_ws()
+    capture = None
+    var = r.match(_VAR)
+    if var:
+        r.skip_ws()
+        if not r.literal("="):
+            raise ParseError("expected '=' after the variable")
+        capture = var.group(1)
+        r.skip_ws()
+    name = r.match(_NAME)
+    if not name:
+        raise ParseError("expected a command name")
+    command = ParsedCommand(name=name.group(0), capture=capture)
+    native = command.name.lower().endswith(".exe")
+    while True:
+        r.skip_ws()
+        if r.eof():
+            return command
+        if not native and r.peek() == "-" and not _INT.match(r.text, r.pos):
+            param = r.match(_PARAM)
+            if not param:
+                raise ParseError(f"bad parameter at {r.pos}")
+            if param.group(2):  # -Name:value
+                command.arguments.append((param.group(1), _value(r, native)))
+                continue
+            r.skip_ws()
+            if r.eof() or (r.peek() == "-" and _PARAM.match(r.text, r.pos) and not _INT.match(r.text, r.pos)):
+                command.arguments.append((param.group(1), None))  # a switch
+                continue
+            command.arguments.append((param.group(1), _value(r, native)))
+            continue
+        command.arguments.append((None, _value(r, native)))
