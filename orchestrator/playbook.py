@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -131,6 +132,8 @@ def check_hostname(name: str) -> str:
     return name
 
 
+Hostname = Annotated[StrictStr, AfterValidator(check_hostname)]
+
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -184,7 +187,7 @@ def _escape_rdn(value: str) -> str:
 
 class CertificateSpec(_Model):
     subject: Subject
-    domains: Annotated[list[StrictStr], Field(min_length=1)]
+    domains: Annotated[list[Hostname], Field(min_length=1)]
     key_size: Literal[1024, 2048, 4096] = 2048
     private_key_exportable: StrictBool = True
     friendly_name: StrictStr | None = None
@@ -204,7 +207,7 @@ class CertificateSpec(_Model):
     @field_validator("domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
-        names = [check_hostname(v) for v in value]
+        names = value
         seen: set[str] = set()
         for name in names:
             if name in seen:
@@ -500,8 +503,8 @@ def _first_error(exc: ValidationError, source: SourceMap) -> PlaybookError:
     error = max(errors, key=lambda e: (len(e["loc"]), e["type"] != "string_type"))
     loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("manual", "files", "lab",
                                                                                      "SecretRef", "str"))]
-    if error["type"] == "extra_forbidden" or error["type"] == "missing":
-        return source.error(loc, _message(error))
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = [*loc, "type"] if error["type"] == "union_tag_invalid" else loc
     return source.error(loc, _message(error))
 
 
