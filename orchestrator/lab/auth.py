@@ -162,7 +162,7 @@ class Authenticator:
             return AuthResult(body=body, username=user, scheme="basic")
 
         if scheme_l in ("negotiate", "ntlm") and self._wants_negotiate:
-            return self._negotiate_step(conn, value.strip())
+            return self._negotiate_step(conn, value.strip(), body)
 
         if scheme:
             return self._unauthorized()
@@ -172,7 +172,7 @@ class Authenticator:
             return self._unauthorized()
         return self._session_body(conn, headers, body)
 
-    def _negotiate_step(self, conn: ConnectionAuth, value: str) -> AuthResult:
+    def _negotiate_step(self, conn: ConnectionAuth, value: str, body: bytes) -> AuthResult:
         try:
             token = base64.b64decode(value, validate=True)
         except binascii.Error:
@@ -200,9 +200,14 @@ class Authenticator:
         conn.username = user
         conn.scheme = "negotiate"
         conn.encrypted = not self.tls
-        # The request carrying the final token is executed (clients send it with an empty body).
+        # The request carrying the final token is executed: empty when the client sets up message
+        # encryption, the real request over HTTPS. A plain body where encryption is required is
+        # refused like any other plain body on an encrypted session.
         # The final SPNEGO token (mechListMIC) must reach the client, or sequence numbers drift.
-        return AuthResult(body=b"", username=user, scheme="negotiate", headers=out_header)
+        if body and conn.encrypted and not self.allow_unencrypted:
+            conn.reset()
+            return self._unauthorized()
+        return AuthResult(body=body, username=user, scheme="negotiate", headers=out_header)
 
     def _known_user(self, principal: str) -> str | None:
         entry = self._users.get(principal.lower())

@@ -180,6 +180,12 @@ class LabServer:
         if self.latency:
             time.sleep(self.latency)
         conn = request.connection.state.setdefault("auth", ConnectionAuth())
+        if _norm_path(request.path) not in self._paths():
+            # No listener registered for this URL: HTTP.sys answers 404 before any authentication.
+            self.log.add(RequestRecord(seq=seq, method=request.method, path=request.path, action="", status=404,
+                                       bytes_in=len(request.body), bytes_out=0,
+                                       duration=time.monotonic() - t0, connection=request.connection.id))
+            return HttpResponse(404)
         record = RequestRecord(seq=seq, method=request.method, path=request.path, action="", status=0,
                                bytes_in=len(request.body), bytes_out=0, duration=0.0,
                                connection=request.connection.id)
@@ -262,6 +268,12 @@ class LabServer:
 
     # --- WSMan dispatch ----------------------------------------------------------------------
 
+    def _paths(self) -> set[str]:
+        paths = {_norm_path(e.path) for e in self.endpoints}
+        if self.cmd_shell:
+            paths.add("/wsman")
+        return paths
+
     def _endpoint_for(self, path: str, resource_uri: str) -> Endpoint | None:
         if not resource_uri.lower().startswith(wsman.PS_RESOURCE_PREFIX.lower()):
             return None
@@ -273,9 +285,6 @@ class LabServer:
 
     def _dispatch(self, http: HttpRequest, req: wsman.WSManRequest, user: str) -> tuple[bytes, str | None]:
         path = _norm_path(http.path)
-        known_paths = {_norm_path(e.path) for e in self.endpoints} | ({"/wsman"} if self.cmd_shell else set())
-        if path not in known_paths:
-            raise wsman.unknown_resource_fault(req.resource_uri)
         try:
             action = wsman.Action(req.action)
         except ValueError:
