@@ -84,11 +84,11 @@ class Delivery:
 
 def thumbprint(cert: x509.Certificate) -> str:
     """The Windows thumbprint: SHA-1 over the DER certificate, upper-case hex without separators."""
-    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - SHA-1 is what Windows displays
+    return cert.fingerprint(hashes.SHA1()).hex().upper()
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -340,9 +340,9 @@ class LabCA:
         if not_before is None:
             start = _now() - _LEAF_BACKDATE
         elif not_before.tzinfo is None:  # a naive time is taken as UTC, as certificates store it
-            start = not_before.replace(tzinfo=dt.timezone.utc)
+            start = not_before.replace(tzinfo=dt.UTC)
         else:
-            start = not_before.astimezone(dt.timezone.utc)
+            start = not_before.astimezone(dt.UTC)
         inter_ski = self.intermediate_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
             x509.CertificateBuilder()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -89,7 +90,7 @@ class ServedCert:
     @property
     def thumbprint(self) -> str:
         """SHA-1 of the leaf, upper-case hex (the Exchange/Windows thumbprint)."""
-        return self.certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
+        return self.certificate.fingerprint(hashes.SHA1()).hex().upper()
 
     @cached_property
     def _cache_key(self) -> str:
@@ -306,7 +307,9 @@ class _Service:
             except OSError:
                 break  # listener closed by stop()
             if not self._slots.acquire(blocking=False):
-                log.warning("%s/%s: too many connections, dropping %s", self.owner.server_name, self.name, addr)
+                log.warning(
+                    "%s/%s: too many connections, dropping %s", self.owner.server_name, self.name, addr
+                )
                 conn.close()
                 continue
             threading.Thread(
@@ -374,7 +377,7 @@ def _handle_https(svc: _Service, conn: _Conn) -> None:
 
 def _handle_smtp(svc: _Service, conn: _Conn) -> None:
     name = svc.owner.server_name
-    now = email.utils.format_datetime(dt.datetime.now(dt.timezone.utc))
+    now = email.utils.format_datetime(dt.datetime.now(dt.UTC))
     conn.send(f"220 {name} Microsoft ESMTP MAIL Service ready at {now}\r\n".encode())
     tls = False
     while True:
@@ -383,7 +386,11 @@ def _handle_smtp(svc: _Service, conn: _Conn) -> None:
         if verb == b"EHLO":
             ext = ["SIZE 10485760", "PIPELINING", "8BITMIME"] + ([] if tls else ["STARTTLS"])
             lines = [f"{name} Hello [{conn.peer.rsplit(':', 1)[0]}]", *ext]
-            conn.send("".join(f"250{'-' if i < len(lines) - 1 else ' '}{t}\r\n" for i, t in enumerate(lines)).encode())
+            conn.send(
+                "".join(
+                    f"250{'-' if i < len(lines) - 1 else ' '}{t}\r\n" for i, t in enumerate(lines)
+                ).encode()
+            )
         elif verb == b"HELO":
             conn.send(f"250 {name} Hello\r\n".encode())
         elif verb == b"STARTTLS":
@@ -419,7 +426,9 @@ def _handle_imaps(svc: _Service, conn: _Conn) -> None:
         elif command == "NOOP":
             conn.send(f"{tag} OK NOOP completed.\r\n".encode())
         elif command == "LOGOUT":
-            conn.send(f"* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n{tag} OK LOGOUT completed.\r\n".encode())
+            conn.send(
+                f"* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n{tag} OK LOGOUT completed.\r\n".encode()
+            )
             return
         else:
             conn.send(f"{tag} BAD Command not supported by the exmig lab.\r\n".encode())
@@ -506,7 +515,7 @@ class TlsServices:
     def is_running(self, service: str) -> bool:
         return self._service(service).running
 
-    def start(self) -> TlsServices:
+    def start(self) -> Self:
         """Start every managed service that is not running; on a bind failure the ones started are stopped."""
         with self._lock:
             started: list[_Service] = []
@@ -542,9 +551,11 @@ class TlsServices:
         try:
             return self._services[service]
         except KeyError:
-            raise ValueError(f"{self.server_name} runs no {service!r} service ({', '.join(self._services)})") from None
+            raise ValueError(
+                f"{self.server_name} runs no {service!r} service ({', '.join(self._services)})"
+            ) from None
 
-    def __enter__(self) -> TlsServices:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -94,16 +94,18 @@ def _sha1(der: bytes) -> str:
 
 
 def _https_get(port: int, ctx: ssl.SSLContext, sni: str | None) -> tuple[str, str, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
-        with ctx.wrap_socket(raw, server_hostname=sni) as tls:
-            der = tls.getpeercert(binary_form=True)
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            for _ in range(100):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw,
+        ctx.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        for _ in range(100):
+            chunk = tls.recv(65536)
+            if not chunk:
+                break
+            data += chunk
     assert der is not None
     head, _, body = data.decode().partition("\r\n\r\n")
     return head.split("\r\n")[0], body, der
@@ -112,9 +114,9 @@ def _https_get(port: int, ctx: ssl.SSLContext, sni: str | None) -> tuple[str, st
 def _s_client(args: list[str]) -> tuple[str, list[x509.Certificate]]:
     assert OPENSSL is not None
     out = subprocess.run(
-        [OPENSSL, "s_client", *args], input=b"", capture_output=True, timeout=TIMEOUT
+        [OPENSSL, "s_client", *args], input=b"", capture_output=True, timeout=TIMEOUT, check=False
     ).stdout.decode("latin-1")
-    pems = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", out, flags=re.S)
+    pems = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", out, flags=re.DOTALL)
     return out, [x509.load_pem_x509_certificate(p.encode()) for p in pems]
 
 
@@ -136,9 +138,8 @@ def test_https_presents_enabled_cert_for_each_name(
 
 def test_verification_fails_when_intermediate_is_not_sent(lab_ca: LabCA, root_file: Path) -> None:
     src = Source(_served(lab_ca, with_chain=False))
-    with TlsServices("EX2007", src, ports={"https": 0}) as svc:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            _https_get(svc.ports["https"], _client_ctx(root_file), "mail.example.test")
+    with TlsServices("EX2007", src, ports={"https": 0}) as svc, pytest.raises(ssl.SSLCertVerificationError):
+        _https_get(svc.ports["https"], _client_ctx(root_file), "mail.example.test")
 
 
 def test_openssl_sees_leaf_and_intermediate(
@@ -174,9 +175,7 @@ def test_no_sni_reaches_the_source_as_none(services: TlsServices, source: Source
     assert ("https", None) in source.calls
 
 
-def test_unbound_service_fails_the_handshake(
-    services: TlsServices, source: Source, root_file: Path
-) -> None:
+def test_unbound_service_fails_the_handshake(services: TlsServices, source: Source, root_file: Path) -> None:
     source.certs["https"] = None
     with pytest.raises(ssl.SSLError):
         _https_get(services.ports["https"], _client_ctx(root_file), "mail.example.test")
@@ -185,7 +184,9 @@ def test_unbound_service_fails_the_handshake(
     with pytest.raises(ssl.SSLError):
         _https_get(services.ports["https"], _client_ctx(root_file), "mail.example.test")
     source.fail = False
-    assert _https_get(services.ports["https"], _client_ctx(root_file), "mail.example.test")[0].endswith("200 OK")
+    assert _https_get(services.ports["https"], _client_ctx(root_file), "mail.example.test")[0].endswith(
+        "200 OK"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ mail
@@ -195,7 +196,7 @@ def test_smtp_starttls_with_smtplib(services: TlsServices, cert_a: ServedCert, r
     # smtplib verifies against the host it connected to (an IP here), so the name check is done separately.
     ctx = _client_ctx(root_file, check_hostname=False)
     with smtplib.SMTP("127.0.0.1", services.ports["smtp"], timeout=TIMEOUT) as smtp:
-        code, banner = smtp.ehlo()
+        code, _banner = smtp.ehlo()
         assert code == 250 and smtp.has_extn("starttls")
         assert smtp.starttls(context=ctx)[0] == 220
         der = smtp.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
@@ -239,6 +240,7 @@ def test_imaps_with_imaplib(services: TlsServices, cert_a: ServedCert, root_file
         assert imap.welcome.startswith(b"* OK")
         assert "IMAP4REV1" in imap.capabilities
         assert imap.noop()[0] == "OK"
+        assert isinstance(imap.sock, ssl.SSLSocket)
         der = imap.sock.getpeercert(binary_form=True)
         assert der is not None and _sha1(der) == cert_a.thumbprint
     finally:
@@ -263,10 +265,12 @@ def test_mail_services_honour_sni(
     source.certs["imaps"] = cert_b
     ctx = _client_ctx(root_file)
     for service in ("imaps", "pop3s"):
-        with socket.create_connection(("127.0.0.1", services.ports[service]), timeout=TIMEOUT) as raw:
-            with ctx.wrap_socket(raw, server_hostname="autodiscover.example.test") as tls:
-                greeting = tls.recv(4096)
-                der = tls.getpeercert(binary_form=True)
+        with (
+            socket.create_connection(("127.0.0.1", services.ports[service]), timeout=TIMEOUT) as raw,
+            ctx.wrap_socket(raw, server_hostname="autodiscover.example.test") as tls,
+        ):
+            greeting = tls.recv(4096)
+            der = tls.getpeercert(binary_form=True)
         assert greeting.startswith(b"* OK" if service == "imaps" else b"+OK")
         assert der is not None
         expected = cert_b if service == "imaps" else source.certs["pop3s"]
@@ -284,7 +288,9 @@ def test_stop_and_start_one_service(services: TlsServices, root_file: Path) -> N
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
     # The others keep serving.
-    assert _https_get(services.ports["https"], _client_ctx(root_file), "mail.example.test")[0].endswith("200 OK")
+    assert _https_get(services.ports["https"], _client_ctx(root_file), "mail.example.test")[0].endswith(
+        "200 OK"
+    )
     assert services.start_service("imaps") == port
     ctx = _client_ctx(root_file, check_hostname=False)
     imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx, timeout=TIMEOUT)
@@ -304,12 +310,14 @@ def test_only_requested_services_run_and_stop_is_complete(source: Source) -> Non
 
 
 def test_idle_client_is_disconnected(source: Source) -> None:
-    with TlsServices("EX", source, ports={"smtp": 0}, timeout=0.5) as svc:
-        with socket.create_connection(("127.0.0.1", svc.ports["smtp"]), timeout=TIMEOUT) as raw:
-            assert raw.recv(4096).startswith(b"220 ")
-            started = time.monotonic()
-            assert raw.recv(4096) == b""  # server gave up on us
-            assert time.monotonic() - started < 5
+    with (
+        TlsServices("EX", source, ports={"smtp": 0}, timeout=0.5) as svc,
+        socket.create_connection(("127.0.0.1", svc.ports["smtp"]), timeout=TIMEOUT) as raw,
+    ):
+        assert raw.recv(4096).startswith(b"220 ")
+        started = time.monotonic()
+        assert raw.recv(4096) == b""  # server gave up on us
+        assert time.monotonic() - started < 5
 
 
 def test_stop_cuts_open_connections(source: Source) -> None:
@@ -344,9 +352,11 @@ def test_ipv6_loopback(source: Source, root_file: Path, cert_a: ServedCert) -> N
     except OSError:
         pytest.skip("::1 not configured here")
     try:
-        with socket.create_connection(("::1", svc.ports["https"]), timeout=TIMEOUT) as raw:
-            with _client_ctx(root_file).wrap_socket(raw, server_hostname="mail.example.test") as tls:
-                der = tls.getpeercert(binary_form=True)
+        with (
+            socket.create_connection(("::1", svc.ports["https"]), timeout=TIMEOUT) as raw,
+            _client_ctx(root_file).wrap_socket(raw, server_hostname="mail.example.test") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
         assert der is not None and _sha1(der) == cert_a.thumbprint
     finally:
         svc.stop()
@@ -357,6 +367,6 @@ def test_served_cert_from_issue_server_cert(lab_ca: LabCA) -> None:
     served = ServedCert.from_pem_chain(chain_pem, key)
     assert served.chain == (lab_ca.intermediate_pem,)
     assert "PRIVATE" not in repr(served) and served.thumbprint in repr(served)
-    PolicyBuilder().store(Store([lab_ca.root_cert])).build_server_verifier(x509.DNSName("ex.lab.test")).verify(
-        served.certificate, [lab_ca.intermediate_cert]
-    )
+    PolicyBuilder().store(Store([lab_ca.root_cert])).build_server_verifier(
+        x509.DNSName("ex.lab.test")
+    ).verify(served.certificate, [lab_ca.intermediate_cert])
