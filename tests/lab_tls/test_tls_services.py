@@ -370,3 +370,44 @@ def test_served_cert_from_issue_server_cert(lab_ca: LabCA) -> None:
     PolicyBuilder().store(Store([lab_ca.root_cert])).build_server_verifier(
         x509.DNSName("ex.lab.test")
     ).verify(served.certificate, [lab_ca.intermediate_cert])
+
+
+def test_der_leaf_and_http_methods(lab_ca: LabCA, cert_a: ServedCert, root_file: Path) -> None:
+    der_cert = ServedCert(
+        cert_a.certificate.public_bytes(serialization.Encoding.DER), cert_a.key_pem, cert_a.chain
+    )
+    with TlsServices("EX", Source(der_cert), ports={"https": 0}) as svc:
+        ctx = _client_ctx(root_file)
+        port = svc.ports["https"]
+        assert _sha1(_https_get(port, ctx, "mail.example.test")[2]) == cert_a.thumbprint
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw,
+            ctx.wrap_socket(raw, server_hostname="mail.example.test") as tls,
+        ):
+            tls.sendall(b"POST /owa HTTP/1.1\r\nHost: mail.example.test\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 405 ")
+
+
+def test_concurrent_connections_while_switching(
+    services: TlsServices, source: Source, cert_a: ServedCert, cert_b: ServedCert, root_file: Path
+) -> None:
+    ctx = _client_ctx(root_file)
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            seen.append(_sha1(_https_get(services.ports["https"], ctx, "mail.example.test")[2]))
+        except (OSError, AssertionError) as exc:  # collected and asserted below (ssl.SSLError is an OSError)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for i, t in enumerate(threads):
+        if i == 8:
+            source.certs["https"] = cert_b
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not errors and len(seen) == 16
+    assert set(seen) <= {cert_a.thumbprint, cert_b.thumbprint}
+    assert _sha1(_https_get(services.ports["https"], ctx, "mail.example.test")[2]) == cert_b.thumbprint
