@@ -1,0 +1,78 @@
+"""What every transport offers the executor, and how failures are classified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.commands import Command
+from orchestrator.errors import ExmigError
+
+
+class RemoteError(ExmigError):
+    """The server ran the command and reported an error: permanent, shown with the server's text."""
+
+    def __init__(self, server: str, command: str, message: str, error_id: str | None = None) -> None:
+        super().__init__(f"{server}: {command}: {message}")
+        self.server = server
+        self.command = command
+        self.remote_message = message
+        self.error_id = error_id
+
+
+class TransientError(ExmigError):
+    """The request may not have reached the server, or its answer was lost: worth retrying."""
+
+    def __init__(self, server: str, what: str, reopen: bool = False) -> None:
+        super().__init__(f"{server}: {what}")
+        self.server = server
+        self.reopen = reopen  # the session itself is gone or suspect: open a new one
+
+
+class ConnectError(ExmigError):
+    """Permanent connection problems: wrong credentials, TLS validation failure, unknown endpoint."""
+
+
+@dataclass
+class RemoteObject:
+    """A deserialized object from the server: type names, properties (adapted and extended), text."""
+
+    types: list[str]
+    props: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        for key, value in self.props.items():
+            if key.lower() == name.lower():
+                return value
+        return default
+
+    def __str__(self) -> str:
+        return self.text or ""
+
+
+@dataclass
+class InvocationResult:
+    output: list[Any] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class ValueSource(Protocol):
+    """Resolves the references a plan command carries to real values at send time."""
+
+    def blob(self, key: str) -> bytes: ...
+
+    def secret(self, key: str) -> str: ...
+
+
+class ServerSession(Protocol):
+    """An open connection to one server, reused by every step."""
+
+    name: str
+
+    def invoke(self, command: Command, values: ValueSource) -> InvocationResult: ...
+
+    def reopen(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,240 @@
+"""PSRP transport (pypsrp): one runspace pool per server and endpoint, opened once, reused.
+
+2010: the Exchange cmdlets run in `Microsoft.Exchange` (restricted: commands only); files and
+certutil run in `Microsoft.PowerShell` at /wsman. 2007: one `Microsoft.PowerShell` pool with the
+Exchange snap-in added. Every command goes as AddCommand + AddParameter with typed values;
+SecureStrings are encrypted with the session key exchanged first.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from pypsrp.complex_objects import GenericComplexObject
+from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
+from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.serializer import TaggedValue
+from pypsrp.wsman import WSMan
+
+from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
+from orchestrator.playbook import Endpoint, RetryPolicy, Server
+from orchestrator.transport.base import (
+    ConnectError,
+    InvocationResult,
+    RemoteError,
+    RemoteObject,
+    TransientError,
+    ValueSource,
+)
+
+log = logging.getLogger(__name__)
+
+WSMAN_OPERATION_TIMEOUT = 2150858793
+WSMAN_SHELL_NOT_FOUND = 2150858843
+WSMAN_RESOURCE_NOT_FOUND = 2150858811
+WSMAN_ACCESS_DENIED = 5
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How to reach one server: resolved from the playbook plus the secrets the run holds."""
+
+    host: str
+    auth: str
+    username: str
+    password: str
+    verify_tls: bool | str  # False, True, or a CA bundle path
+    operation_timeout: int
+    read_timeout: int
+    connection_timeout: int = 15
+
+    def __repr__(self) -> str:  # never show the password
+        return f"ConnectionSettings(host={self.host!r}, auth={self.auth!r}, username={self.username!r})"
+
+
+def _value(server: str, name: str | None, value: Any, values: ValueSource) -> Any:
+    if isinstance(value, Text):
+        return value.value
+    if isinstance(value, TextList):
+        return list(value.values)
+    if isinstance(value, Switch):
+        return None if value.present else False  # pypsrp sends None as a present switch
+    if isinstance(value, Flag):
+        return value.value
+    if isinstance(value, Number):
+        return value.value
+    if isinstance(value, Thumbprint):
+        if value.value is None:
+            raise ConnectError(f"{server}: -{name}: the thumbprint is not known yet")
+        return value.value
+    if isinstance(value, Blob):
+        return values.blob(value.key)
+    if isinstance(value, Secret):
+        return TaggedValue("SS", values.secret(value.key))
+    raise TypeError(type(value).__name__)
+
+
+def _list_from_xml(raw: str) -> list[Any] | None:
+    """pypsrp leaves collections of unknown type as raw CLIXML (e.g. MultiValuedProperty)."""
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError:
+        return None
+    if root.tag not in ("LST", "IE", "QUE", "STK"):
+        return None
+    return [item.text or "" for item in root]
+
+
+def to_python(value: Any) -> Any:
+    if isinstance(value, GenericComplexObject):
+        props = {k: to_python(v) for k, v in value.adapted_properties.items()}
+        props.update({k: to_python(v) for k, v in value.extended_properties.items()})
+        if not props and value.property_sets:
+            first = value.property_sets[0]
+            if isinstance(first, str):
+                items = _list_from_xml(first)
+                if items is not None:
+                    return items
+        return RemoteObject(types=list(value.types), props=props, text=value.to_string)
+    if isinstance(value, list):
+        return [to_python(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_python(v) for k, v in value.items()}
+    return value
+
+
+def classify(server: str, exc: BaseException) -> Exception:
+    """Map a client exception to Transient (retry) or ConnectError (stop, with the reason)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ConnectError(f"{server}: TLS certificate validation failed ({_first_line(exc)}); "
+                            "set connection.ca_file to the CA that issued the server's certificate")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return TransientError(server, f"connection failed: {_first_line(exc)}", reopen=True)
+    if isinstance(exc, AuthenticationError):
+        return ConnectError(f"{server}: authentication failed: {_first_line(exc)}")
+    if isinstance(exc, WSManFaultError):
+        code = exc.code
+        if code == WSMAN_OPERATION_TIMEOUT:
+            return TransientError(server, "WSMan operation timed out", reopen=True)
+        if code == WSMAN_SHELL_NOT_FOUND:
+            return TransientError(server, "the remote shell is gone", reopen=True)
+        if code == WSMAN_RESOURCE_NOT_FOUND:
+            return ConnectError(f"{server}: {_first_line(exc.reason or str(exc))} (check connection.path and "
+                                "connection.configuration)")
+        if code == WSMAN_ACCESS_DENIED:
+            return ConnectError(f"{server}: access denied: {_first_line(exc.reason or str(exc))}")
+        return ConnectError(f"{server}: WSMan fault {code}: {_first_line(exc.reason or str(exc))}")
+    if isinstance(exc, WinRMTransportError):
+        if exc.code == 401:
+            return ConnectError(f"{server}: the server refused the credentials (HTTP 401); check the user name "
+                                "and the password variable")
+        if exc.code in (500, 502, 503, 504):
+            return TransientError(server, f"HTTP {exc.code} from the server", reopen=True)
+        return ConnectError(f"{server}: HTTP {exc.code}: {_first_line(exc.response_text or '')}")
+    if isinstance(exc, WinRMError):
+        return TransientError(server, f"protocol error: {_first_line(exc)}", reopen=True)
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:300] if text else type(value).__name__
+
+
+class PsrpServerSession:
+    """Pools to one server, keyed by endpoint; opened on first use and kept for the whole run."""
+
+    def __init__(self, server: Server, settings: ConnectionSettings,
+                 on_send: Callable[[str, Command], None] | None = None) -> None:
+        self.name = server.name
+        self._server = server
+        self._settings = settings
+        self._pools: dict[tuple[str, int, str, str], RunspacePool] = {}
+        self._keyed: set[tuple[str, int, str, str]] = set()
+        self._on_send = on_send
+
+    def _endpoint(self, shell: Shell) -> Endpoint:
+        return self._server.exchange_endpoint if shell is Shell.EXCHANGE else self._server.system_endpoint
+
+    def _pool(self, endpoint: Endpoint) -> tuple[tuple[str, int, str, str], RunspacePool]:
+        key = (endpoint.scheme, endpoint.port, endpoint.path.lower(), endpoint.configuration)
+        pool = self._pools.get(key)
+        if pool is not None:
+            return key, pool
+        s = self._settings
+        wsman = WSMan(
+            s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
+            auth=s.auth, username=s.username, password=s.password,
+            cert_validation=s.verify_tls, operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
+            connection_timeout=s.connection_timeout,
+            encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
+        )
+        pool = RunspacePool(wsman, configuration_name=endpoint.configuration)
+        try:
+            pool.open()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            raise classify(self.name, exc) from exc
+        self._pools[key] = pool
+        if self._server.snapin and endpoint == self._server.exchange_endpoint:
+            # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
+            ps = PowerShell(pool)
+            ps.add_cmdlet("Add-PSSnapin").add_parameter("Name", self._server.snapin)
+            self._run(ps, "Add-PSSnapin")
+        return key, pool
+
+    def _run(self, ps: PowerShell, name: str) -> InvocationResult:
+        try:
+            output = ps.invoke()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            raise classify(self.name, exc) from exc
+        errors = [str(e) for e in ps.streams.error]
+        if ps.had_errors or errors:
+            first = ps.streams.error[0] if ps.streams.error else None
+            message = errors[0] if errors else "the command failed"
+            raise RemoteError(self.name, name, message, getattr(first, "fq_error", None))
+        return InvocationResult(
+            output=[to_python(o) for o in output],
+            warnings=[str(w) for w in ps.streams.warning],
+        )
+
+    def invoke(self, command: Command, values: ValueSource) -> InvocationResult:
+        key, pool = self._pool(self._endpoint(command.shell))
+        needs_key = any(isinstance(p.value, Secret) for p in command.params)
+        if needs_key and key not in self._keyed:
+            try:
+                pool.exchange_keys()
+            except Exception as exc:  # noqa: BLE001
+                raise classify(self.name, exc) from exc
+            self._keyed.add(key)
+        ps = PowerShell(pool)
+        ps.add_cmdlet(command.name)
+        for param in command.params:
+            value = _value(self.name, param.name, param.value, values)
+            if param.name is None:
+                ps.add_argument(value)
+            else:
+                ps.add_parameter(param.name, value)
+        if self._on_send is not None:
+            self._on_send(self.name, command)
+        return self._run(ps, command.name)
+
+    def reopen(self) -> None:
+        """Drop the pools without closing them (the connection is suspect: a Delete could hang until
+        the read timeout); the next command opens new ones, the server expires the old shells."""
+        self._pools = {}
+        self._keyed.clear()
+
+    def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        self._keyed.clear()
+        for pool in pools.values():
+            try:
+                pool.close()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
+                log.debug("closing a pool on %s failed: %s", self.name, _first_line(exc))
