@@ -1,0 +1,280 @@
+"""Lab settings: behaviours that differ between real servers or that the reference leaves UNCONFIRMED.
+
+Every error text the Exchange emulation produces that is not a generic PowerShell binding text
+lives in `ERROR_TEXTS`, one row per situation, so a text seen on a real server can be dropped in
+without touching the cmdlet code. `confirmed=False` rows are the lab's own plausible choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from orchestrator.lab.registry import ErrorCategory, LabError
+
+@dataclass(frozen=True)
+class ErrorText:
+    """One error row. `message` is a str.format template; `error_id` gets ",<implementing type>"."""
+
+    message: str
+    error_id: str
+    category: ErrorCategory
+    exception_type: str
+    confirmed: bool
+    source: str = ""
+
+
+# Keys are stable names used by the cmdlet code; values can be swapped per lab.
+ERROR_TEXTS: dict[str, ErrorText] = {
+    # Generic PowerShell text when a ShouldContinue/ShouldProcess prompt meets a host that cannot prompt.
+    "prompt_unsupported": ErrorText(
+        "A command that prompts the user failed because the host program or the command type does not "
+        "support user interaction. The host was attempting to request confirmation with the following "
+        "message: {prompt}",
+        "HostFunctionNotImplemented",
+        ErrorCategory.NotImplemented,
+        "System.Management.Automation.Host.HostException",
+        confirmed=True,
+        source="reference §3.1 [S30]; error id is PowerShell's",
+    ),
+    # The prompt bodies themselves (inserted into prompt_unsupported).
+    "smtp_overwrite_prompt": ErrorText(
+        "Overwrite the existing default SMTP certificate?\r\n\r\n"
+        "Current certificate: '{current}' (expires {current_expiry})\r\n"
+        "Replace it with certificate: '{new}' (expires {new_expiry})",
+        "",
+        ErrorCategory.NotSpecified,
+        "",
+        confirmed=True,
+        source="reference §3.1 [S7]",
+    ),
+    "remove_prompt": ErrorText(
+        "Are you sure you want to perform this action?\r\n"
+        'Removing certificate with thumbprint "{thumbprint}".',
+        "",
+        ErrorCategory.NotSpecified,
+        "",
+        confirmed=False,
+    ),
+    "should_process_prompt": ErrorText(
+        "Are you sure you want to perform this action?\r\n"
+        'Performing operation "{command}" on Target "{target}".',
+        "",
+        ErrorCategory.NotSpecified,
+        "",
+        confirmed=False,
+        source="PowerShell ShouldProcess wording; Exchange's own target text UNCONFIRMED",
+    ),
+    # Enable on a certificate without private key. 2010 wording UNCONFIRMED (2013+ text from [S9]);
+    # "{rpc_prefix}" is "A special Rpc error occurs on server X: " when -Server was given.
+    "private_key_missing": ErrorText(
+        "{rpc_prefix}The certificate with thumbprint {thumbprint} was found but is not valid for use with "
+        "Exchange Server (reason: PrivateKeyMissing).",
+        "DA6D9EA1",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+        source="reference §3.2 [S9] (2013+ wording)",
+    ),
+    "thumbprint_not_found": ErrorText(
+        "The certificate with thumbprint {thumbprint} was not found.",
+        "9E4F2A17",
+        ErrorCategory.ObjectNotFound,
+        "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException",
+        confirmed=False,
+    ),
+    "server_not_found": ErrorText(
+        "The operation couldn't be performed because object '{server}' couldn't be found on "
+        "'{domain_controller}'.",
+        "8FF9A1E3",
+        ErrorCategory.ObjectNotFound,
+        "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException",
+        confirmed=False,
+    ),
+    "federation_not_allowed": ErrorText(
+        "You can't use the Enable-ExchangeCertificate cmdlet to enable a certificate for federation.",
+        "4C1B06D2",
+        ErrorCategory.InvalidArgument,
+        "System.ArgumentException",
+        confirmed=False,
+        source="doc sentence [S1], used as the error text",
+    ),
+    "already_exists": ErrorText(
+        "The certificate with thumbprint {thumbprint} already exists in the certificate store.",
+        "3A2C8D9B",
+        ErrorCategory.ResourceExists,
+        "System.InvalidOperationException",
+        confirmed=False,
+    ),
+    # Windows of that era reports an undecryptable PFX (wrong password, or AES/PBES2 it cannot read)
+    # as a password error; both rows use that text by default but stay separately editable.
+    "pfx_wrong_password": ErrorText(
+        "The specified network password is not correct.",
+        "1E4A7B33",
+        ErrorCategory.InvalidData,
+        "System.Security.Cryptography.CryptographicException",
+        confirmed=False,
+        source="Windows CryptographicException text for ERROR_INVALID_PASSWORD; Exchange wrapping UNCONFIRMED",
+    ),
+    "pfx_unsupported_encryption": ErrorText(
+        "The specified network password is not correct.",
+        "1E4A7B34",
+        ErrorCategory.InvalidData,
+        "System.Security.Cryptography.CryptographicException",
+        confirmed=False,
+        source="pre-2016 Windows cannot decrypt PBES2/AES PKCS#12 and reports a password error",
+    ),
+    "unknown_format": ErrorText(
+        "Cannot find the requested object.",
+        "7D0C5E61",
+        ErrorCategory.InvalidData,
+        "System.Security.Cryptography.CryptographicException",
+        confirmed=False,
+        source="Windows CRYPT_E_NOT_FOUND text for unrecognised certificate data",
+    ),
+    "export_not_exportable": ErrorText(
+        "The private key of the certificate with thumbprint {thumbprint} couldn't be exported because "
+        "the private key isn't exportable.",
+        "B3E2F0A4",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+    ),
+    "export_no_private_key": ErrorText(
+        "The certificate with thumbprint {thumbprint} doesn't have a private key, so it can't be exported "
+        "with a password.",
+        "B3E2F0A5",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+    ),
+    "cert_in_use": ErrorText(
+        "You can't remove the certificate with thumbprint {thumbprint} because it's being used "
+        "(services: {services}).",
+        "5F61C2D8",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+        source="doc sentence [S1] \"You can't remove the certificate that's being used.\"",
+    ),
+    "invalid_domain_name": ErrorText(
+        "The domain name '{domain}' isn't valid. Domain names may contain only the characters a through z, "
+        "0 through 9, the hyphen (-) and periods, and can't be longer than 255 characters.",
+        "ParameterArgumentValidationError",
+        ErrorCategory.InvalidArgument,
+        "System.Management.Automation.ParameterBindingException",
+        confirmed=False,
+    ),
+    "invalid_subject_name": ErrorText(
+        "Cannot bind parameter 'SubjectName'. Cannot convert value \"{subject}\" to type "
+        "\"System.Security.Cryptography.X509Certificates.X500DistinguishedName\". Error: \"{reason}\"",
+        "CannotConvertArgumentNoMessage",
+        ErrorCategory.InvalidArgument,
+        "System.Management.Automation.ParameterBindingException",
+        confirmed=False,
+    ),
+    "invalid_key_size": ErrorText(
+        "Cannot validate argument on parameter 'KeySize'. The argument \"{value}\" does not belong to the "
+        "set \"1024,2048,4096\" specified by the ValidateSet attribute. Supply an argument that is in the "
+        "set and then try the command again.",
+        "ParameterArgumentValidationError",
+        ErrorCategory.InvalidData,
+        "System.Management.Automation.ParameterBindingValidationException",
+        confirmed=False,
+        source="PowerShell ValidateSet text; whether Exchange validates KeySize this way is UNCONFIRMED",
+    ),
+    "invalid_services": ErrorText(
+        "Cannot bind parameter 'Services'. Cannot convert value \"{value}\" to type "
+        "\"Microsoft.Exchange.Data.Directory.SystemConfiguration.AllowedServices\". Error: \"Unable to "
+        "match the identifier name {name} to a valid enumerator name.  Specify one of the following "
+        "enumerator names and try again: {allowed}\"",
+        "CannotConvertArgumentNoMessage",
+        ErrorCategory.InvalidArgument,
+        "System.Management.Automation.ParameterBindingException",
+        confirmed=True,
+        source="PowerShell enum conversion text",
+    ),
+    "file_not_found": ErrorText(
+        "Could not find file '{path}'.",
+        "0F3B5C21",
+        ErrorCategory.ObjectNotFound,
+        "System.IO.FileNotFoundException",
+        confirmed=False,
+        source=".NET FileNotFoundException text; Exchange 2007 wrapping UNCONFIRMED",
+    ),
+    "directory_not_found": ErrorText(
+        "Could not find a part of the path '{path}'.",
+        "0F3B5C22",
+        ErrorCategory.ObjectNotFound,
+        "System.IO.DirectoryNotFoundException",
+        confirmed=False,
+        source=".NET DirectoryNotFoundException text; Exchange 2007 wrapping UNCONFIRMED",
+    ),
+    "file_exists": ErrorText(
+        "The file '{path}' already exists. Use the Force parameter to overwrite it.",
+        "6A0E7F12",
+        ErrorCategory.ResourceExists,
+        "System.IO.IOException",
+        confirmed=False,
+    ),
+}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class LabSettings:
+    """Optional behaviours of an emulated Exchange server (one instance may serve several servers).
+
+    Defaults describe the lab's best guess of a stock Exchange 2010 SP3 / 2007 SP3 server.
+    """
+
+    # Remote Get-ExchangeCertificate output lacks Services (reported for 2013+, UNCONFIRMED on 2010) [§2].
+    omit_services_in_remote_output: bool = False
+    # Only RawData comes back for certificate objects (CSS-Exchange serialization-signing case) [§2].
+    rawdata_only_output: bool = False
+    # PEM armour of the 2010 -GenerateRequest text: "NEW CERTIFICATE REQUEST" (seed blog's file) or
+    # "CERTIFICATE REQUEST". UNCONFIRMED which one Exchange emits [§9].
+    request_pem_header: str = "NEW CERTIFICATE REQUEST"
+    # Whether the restricted Microsoft.Exchange endpoint also exposes Get-/Set-Content etc. (UNCONFIRMED).
+    exchange_endpoint_has_file_cmdlets: bool = False
+    # Lab CA roots installed into \Root of every server as *third-party* roots (RootCAType ThirdParty),
+    # like a commercial CA present in Windows' root program.
+    third_party_roots: tuple[bytes, ...] = ()
+    install_third_party_roots: bool = True
+    # Exchange 2007 Import-ExchangeCertificate has no -PrivateKeyExportable; whether a PFX import keeps
+    # the key exportable is UNCONFIRMED. The lab chooses not exportable.
+    pfx_import_exportable_2007: bool = False
+    # Export of a certificate with -Password includes the issuing chain (intermediates, not the root).
+    export_includes_chain: bool = True
+    # Exchange 2007's Enable-ExchangeCertificate parameters beyond Thumbprint/Services are UNCONFIRMED.
+    enable_2007_has_force: bool = True
+    enable_2007_has_donotrequiressl: bool = True
+    # Get-FileHash needs PowerShell 4.0; Windows 2008/2008 R2 ship 2.0. On by default because exmig's
+    # rehearsal uses it; turn off to rehearse against a PS 2.0 server.
+    has_get_filehash: bool = True
+    # PBKDF iteration count of exported PKCS#12 files (3DES/SHA1, readable by Windows 2008).
+    pfx_kdf_rounds: int = 2000
+    # Time source for certificate validity and Status; tests move it.
+    clock: Callable[[], datetime] = _utcnow
+    error_texts: dict[str, ErrorText] = field(default_factory=lambda: dict(ERROR_TEXTS))
+
+    def error(self, key: str, command: str, implementing_type: str, **fmt: Any) -> LabError:
+        """Build the LabError of table row `key` raised by `command` (implemented by `implementing_type`)."""
+        row = self.error_texts[key]
+        error_id = f"{row.error_id},{implementing_type}" if row.error_id else implementing_type
+        return LabError(
+            message=row.message.format(**fmt),
+            error_id=error_id,
+            category=row.category,
+            exception_type=row.exception_type,
+            target=fmt.get("thumbprint"),
+            activity=command,
+        )
+
+    def text(self, key: str, **fmt: Any) -> str:
+        return self.error_texts[key].message.format(**fmt)

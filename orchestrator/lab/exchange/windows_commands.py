@@ -1,0 +1,583 @@
+"""Windows commands exmig uses on a full-language endpoint: file cmdlets, the Cert: drive,
+snap-in cmdlets, and certutil.exe as a native program.
+
+Error texts here are PowerShell's/certutil's own (generic, seen in public logs); the certutil
+success output is UNCONFIRMED and lives in `CERTUTIL_TEXTS`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import hashlib
+from typing import Any
+
+from cryptography import x509
+
+from orchestrator.lab.exchange import pki
+from orchestrator.lab.exchange.model import CA, MY, ORIGIN_REGISTRY, REQUEST, ROOT, CertEntry, ExchangeServerModel
+from orchestrator.lab.exchange.settings import LabSettings
+from orchestrator.lab.exchange.winfs import PathError, normalize, parent
+from orchestrator.lab.exchange.x500 import format_name
+from orchestrator.lab.objects import LabObject
+from orchestrator.lab.registry import (
+    CommandCall,
+    CommandSpec,
+    ErrorCategory,
+    Kind,
+    LabError,
+    NativeCommandSpec,
+    NativeResult,
+    Parameter,
+    Registry,
+    Session,
+)
+
+PS = "Microsoft.PowerShell.Commands."
+FULL_LANGUAGE = "Microsoft.PowerShell"
+EMS_2007_SNAPIN = "Microsoft.Exchange.Management.PowerShell.Admin"
+SNAPINS = {
+    "2007": {
+        EMS_2007_SNAPIN: "Admin Tasks for the Exchange Server",
+        "Microsoft.Exchange.Management.Powershell.Support": "Support Tasks for the Exchange Server",
+    },
+    "2010": {
+        "Microsoft.Exchange.Management.PowerShell.E2010": "Admin Tasks for the Exchange Server",
+        "Microsoft.Exchange.Management.PowerShell.Setup": "Setup Tasks for the Exchange Server",
+        "Microsoft.Exchange.Management.Powershell.Support": "Support Tasks for the Exchange Server",
+    },
+}
+CORE_SNAPINS = (
+    "Microsoft.PowerShell.Diagnostics", "Microsoft.WSMan.Management", "Microsoft.PowerShell.Core",
+    "Microsoft.PowerShell.Utility", "Microsoft.PowerShell.Host", "Microsoft.PowerShell.Management",
+    "Microsoft.PowerShell.Security",
+)
+STORE_TITLES = {
+    MY: "Personal",
+    CA: "Intermediate Certification Authorities",
+    ROOT: "Trusted Root Certification Authorities",
+    REQUEST: "Certificate Enrollment Requests",
+}
+ENCODINGS = ("Unknown", "String", "Unicode", "Byte", "BigEndianUnicode", "UTF8", "UTF7", "UTF32", "Ascii",
+             "Default", "Oem")
+HASH_ALGORITHMS = ("SHA1", "SHA256", "SHA384", "SHA512", "MACTripleDES", "MD5", "RIPEMD160")
+
+# certutil.exe output. The success lines are UNCONFIRMED (reference §6); the failure lines are a
+# public example (CRYPT_E_NO_MATCH) or Windows' standard message texts.
+CERTUTIL_TEXTS = {
+    "store_header": '{store} "{title}"',
+    "added": 'Certificate "{subject}" added to store.',
+    "already": 'Certificate "{subject}" already in store.',
+    "success": "CertUtil: -addstore command completed successfully.",
+    "no_match": "CertUtil: -addstore command FAILED: 0x80092009 (-2146885623 CRYPT_E_NO_MATCH)\r\n"
+    "CertUtil: Cannot find the requested object.",
+    "file_not_found": "CertUtil: -addstore command FAILED: 0x80070002 (WIN32: 2 ERROR_FILE_NOT_FOUND)\r\n"
+    "CertUtil: The system cannot find the file specified.",
+    "bad_args": "CertUtil: -addstore command FAILED: 0x80070057 (WIN32: 87 ERROR_INVALID_PARAMETER)\r\n"
+    "CertUtil: The parameter is incorrect.",
+    "unknown_verb": "CertUtil: Unknown arg: {arg}\r\nUsage:\r\n  CertUtil [Options] -addstore CertificateStoreName InFile",
+}
+CERTUTIL_EXIT = {"no_match": -2146885623, "file_not_found": -2147024894, "bad_args": -2147024809}
+
+X509_TYPES = [
+    "System.Security.Cryptography.X509Certificates.X509Certificate2",
+    "System.Security.Cryptography.X509Certificates.X509Certificate",
+    "System.Object",
+]
+
+_S, _SA, _SW, _I, _O = Kind.STRING, Kind.STRINGS, Kind.SWITCH, Kind.INT, Kind.OBJECT
+_COMMON = (
+    Parameter("Verbose", _SW), Parameter("Debug", _SW), Parameter("ErrorAction", _S),
+    Parameter("WarningAction", _S), Parameter("ErrorVariable", _S), Parameter("WarningVariable", _S),
+    Parameter("OutVariable", _S), Parameter("OutBuffer", _I),
+)
+
+
+def _path_not_found(command: str, path: str) -> LabError:
+    return LabError(
+        message=f"Cannot find path '{path}' because it does not exist.",
+        error_id=f"PathNotFound,{PS}{command.replace('-', '')}Command",
+        category=ErrorCategory.ObjectNotFound,
+        exception_type="System.Management.Automation.ItemNotFoundException",
+        target=path,
+        activity=command,
+    )
+
+
+class WindowsCommands:
+    def __init__(self, model: ExchangeServerModel, settings: LabSettings) -> None:
+        self.model = model
+        self.settings = settings
+
+    # --- paths ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _cwd(session: Session) -> str:
+        user = session.username.split("\\")[-1].split("@")[0] or "Administrator"
+        return f"C:\\Users\\{user}"
+
+    @staticmethod
+    def _cert_path(path: str) -> tuple[str, str | None] | None:
+        """'Cert:\\LocalMachine\\CA[\\thumb]' -> ('CA', thumb); None for file-system paths."""
+        text = path.strip().replace("/", "\\")
+        if text.lower().startswith("microsoft.powershell.security\\certificate::"):
+            text = "cert:\\" + text.split("::", 1)[1]
+        if not text.lower().startswith("cert:"):
+            return None
+        parts = [p for p in text[5:].split("\\") if p]
+        if len(parts) < 2 or parts[0].lower() != "localmachine":
+            return ("", None)
+        store = next((s for s in (MY, CA, ROOT, REQUEST) if s.lower() == parts[1].lower()), "")
+        return (store, parts[2].upper() if len(parts) > 2 else None)
+
+    def _fs_path(self, call: CommandCall, path: str) -> str | None:
+        try:
+            return normalize(path, self._cwd(call.session))
+        except PathError:
+            return None
+
+    # --- Set-Content / Get-Content ----------------------------------------------------------------
+
+    def _encoding(self, call: CommandCall) -> str:
+        value = call.params.get("Encoding", "Default")
+        match = next((e for e in ENCODINGS if e.lower() == str(value).lower()), None)
+        if match is None:
+            raise LabError(
+                message=(
+                    f"Cannot bind parameter 'Encoding'. Cannot convert value \"{value}\" to type "
+                    "\"Microsoft.PowerShell.Commands.FileSystemCmdletProviderEncoding\". Error: \"Unable to "
+                    f"match the identifier name {value} to a valid enumerator name.  Specify one of the "
+                    f"following enumerator names and try again: {', '.join(ENCODINGS)}\""
+                ),
+                error_id=f"CannotConvertArgumentNoMessage,{PS}{call.name.replace('-', '')}Command",
+                category=ErrorCategory.InvalidArgument,
+                exception_type="System.Management.Automation.ParameterBindingException",
+                activity=call.name,
+            )
+        return match
+
+    @staticmethod
+    def _encode_text(text: str, encoding: str) -> bytes:
+        if encoding in ("Unicode", "String"):
+            return codecs.BOM_UTF16_LE + text.encode("utf-16-le")
+        if encoding == "BigEndianUnicode":
+            return codecs.BOM_UTF16_BE + text.encode("utf-16-be")
+        if encoding == "UTF8":
+            return codecs.BOM_UTF8 + text.encode("utf-8")
+        if encoding == "UTF32":
+            return codecs.BOM_UTF32_LE + text.encode("utf-32-le")
+        if encoding == "UTF7":
+            return text.encode("utf-7")
+        if encoding == "Ascii":
+            return text.encode("ascii", "replace")
+        return text.encode("cp1252", "replace")  # Default/Oem/Unknown: the ANSI code page
+
+    @staticmethod
+    def _decode_text(data: bytes, encoding: str) -> str:
+        for bom, codec in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"),
+                           (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+            if data.startswith(bom):
+                return data[len(bom) :].decode(codec, "replace")
+        if encoding == "Unicode":
+            return data.decode("utf-16-le", "replace")
+        if encoding == "UTF8":
+            return data.decode("utf-8", "replace")
+        return data.decode("cp1252", "replace")
+
+    def set_content(self, call: CommandCall) -> None:
+        encoding = self._encoding(call)
+        value = call.params.get("Value")
+        items = value if isinstance(value, list) else [value]
+        if encoding == "Byte":
+            data = bytearray()
+            for item in items:
+                if isinstance(item, (bytes, bytearray)):
+                    data += item
+                elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 256:
+                    data.append(item)
+                else:
+                    raise LabError(
+                        message="Cannot proceed with byte encoding. When using byte encoding the content "
+                        "must be of type byte.",
+                        error_id=f"ByteEncodingError,{PS}SetContentCommand",
+                        category=ErrorCategory.InvalidArgument,
+                        exception_type="System.ArgumentException",
+                        activity=call.name,
+                    )
+            content = bytes(data)
+        else:
+            lines = []
+            for item in items:
+                if isinstance(item, LabObject):
+                    lines.append(item.to_string or "")
+                elif item is None:
+                    lines.append("")
+                else:
+                    lines.append(str(item))
+            content = self._encode_text("".join(line + "\r\n" for line in lines), encoding)
+        with self.model.transaction():
+            for raw in call.params["Path"]:
+                path = self._fs_path(call, raw)
+                if path is None or not self.model.fs.is_dir(parent(path)):
+                    call.write_error(LabError(
+                        message=f"Could not find a part of the path '{path or raw}'.",
+                        error_id=f"GetContentWriterDirectoryNotFoundError,{PS}SetContentCommand",
+                        category=ErrorCategory.ObjectNotFound,
+                        exception_type="System.IO.DirectoryNotFoundException",
+                        target=raw,
+                        activity=call.name,
+                    ))
+                    continue
+                self.model.fs.write(path, content)
+
+    def get_content(self, call: CommandCall) -> None:
+        encoding = self._encoding(call)
+        read_count = call.params.get("ReadCount", 1)
+        for raw in call.params["Path"]:
+            path = self._fs_path(call, raw)
+            data = self.model.fs.read(path) if path else None
+            if data is None:
+                call.write_error(_path_not_found(call.name, path or raw))
+                continue
+            if encoding == "Byte":
+                if read_count <= 0:
+                    call.write(data)
+                elif read_count == 1:
+                    for byte in data:
+                        call.write(byte)
+                else:
+                    for i in range(0, len(data), read_count):
+                        call.write(data[i : i + read_count])
+                continue
+            lines = self._decode_text(data, encoding).splitlines()
+            if read_count <= 0:
+                call.write(lines)
+            else:
+                for line in lines:
+                    call.write(line)
+
+    # --- items ------------------------------------------------------------------------------------
+
+    def remove_item(self, call: CommandCall) -> None:
+        with self.model.transaction():
+            for raw in call.params["Path"]:
+                cert = self._cert_path(raw)
+                if cert is not None:
+                    store, thumb = cert
+                    if store and thumb and self.model.find(store, thumb) is not None:
+                        self.model.remove(store, thumb)
+                    else:
+                        call.write_error(_path_not_found(call.name, raw))
+                    continue
+                path = self._fs_path(call, raw)
+                if path is None or not self.model.fs.exists(path):
+                    call.write_error(_path_not_found(call.name, path or raw))
+                    continue
+                self.model.fs.remove(path)
+
+    def test_path(self, call: CommandCall) -> None:
+        kind = str(call.params.get("PathType", "Any")).lower()
+        for raw in call.params["Path"]:
+            cert = self._cert_path(raw)
+            if cert is not None:
+                store, thumb = cert
+                exists = bool(store) and (thumb is None or self.model.find(store, thumb) is not None)
+                is_container = thumb is None
+            else:
+                path = self._fs_path(call, raw)
+                exists = path is not None and self.model.fs.exists(path)
+                is_container = path is not None and self.model.fs.is_dir(path)
+            if kind == "container":
+                exists = exists and is_container
+            elif kind == "leaf":
+                exists = exists and not is_container
+            call.write(exists)
+
+    def new_item(self, call: CommandCall) -> None:
+        item_type = str(call.params.get("ItemType", "File")).lower()
+        force = bool(call.params.get("Force", False))
+        with self.model.transaction():
+            for raw in call.params["Path"]:
+                name = call.params.get("Name")
+                path = self._fs_path(call, raw + ("\\" + name if name else ""))
+                if path is None:
+                    call.write_error(_path_not_found(call.name, raw))
+                    continue
+                if item_type == "directory":
+                    if self.model.fs.is_dir(path) and not force:
+                        call.write_error(LabError(
+                            message=f"Item with specified name {path} already exists.",
+                            error_id=f"DirectoryExist,{PS}NewItemCommand",
+                            category=ErrorCategory.ResourceExists,
+                            exception_type="System.IO.IOException",
+                            target=path,
+                            activity=call.name,
+                        ))
+                        continue
+                    self.model.fs.mkdir(path)
+                    call.write(self._item_object(path, True))
+                    continue
+                if not self.model.fs.is_dir(parent(path)):
+                    call.write_error(_path_not_found(call.name, parent(path)))
+                    continue
+                if self.model.fs.is_file(path) and not force:
+                    call.write_error(LabError(
+                        message=f"The file '{path}' already exists.",
+                        error_id=f"NewItemIOError,{PS}NewItemCommand",
+                        category=ErrorCategory.WriteError,
+                        exception_type="System.IO.IOException",
+                        target=path,
+                        activity=call.name,
+                    ))
+                    continue
+                value = call.params.get("Value")
+                self.model.fs.write(path, self._encode_text(str(value) if value is not None else "", "Default"))
+                call.write(self._item_object(path, False))
+
+    def _item_object(self, path: str, is_dir: bool) -> LabObject:
+        shown = self.model.fs.display(path)
+        types = (
+            ["System.IO.DirectoryInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object"]
+            if is_dir
+            else ["System.IO.FileInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object"]
+        )
+        adapted: dict[str, Any] = {"Name": shown.rstrip("\\").rsplit("\\", 1)[-1] or shown, "FullName": shown}
+        if not is_dir:
+            adapted["Length"] = len(self.model.fs.read(path) or b"")
+        extended = {
+            "PSPath": f"Microsoft.PowerShell.Core\\FileSystem::{shown}",
+            "PSParentPath": f"Microsoft.PowerShell.Core\\FileSystem::{parent(shown)}",
+            "PSChildName": adapted["Name"],
+            "PSIsContainer": is_dir,
+        }
+        return LabObject(types, adapted=adapted, extended=extended, to_string=adapted["Name"])
+
+    def _cert_object(self, store: str, entry: CertEntry) -> LabObject:
+        cert = entry.cert
+        parent_path = f"Microsoft.PowerShell.Security\\Certificate::LocalMachine\\{store}"
+        return LabObject(
+            list(X509_TYPES),
+            adapted={
+                "Thumbprint": entry.thumbprint,
+                "Subject": format_name(cert.subject),
+                "Issuer": format_name(cert.issuer),
+                "NotBefore": cert.not_valid_before_utc,
+                "NotAfter": cert.not_valid_after_utc,
+                "HasPrivateKey": entry.has_key,
+                "SerialNumber": format(cert.serial_number, "X"),
+                "FriendlyName": entry.friendly_name,
+                "RawData": entry.der,
+            },
+            extended={
+                "PSPath": f"{parent_path}\\{entry.thumbprint}",
+                "PSParentPath": parent_path,
+                "PSChildName": entry.thumbprint,
+                "PSIsContainer": False,
+            },
+            to_string=f"[Subject]\r\n  {format_name(cert.subject)}\r\n",
+        )
+
+    def get_child_item(self, call: CommandCall) -> None:
+        for raw in call.params.get("Path", ["."]):
+            cert = self._cert_path(raw)
+            if cert is not None:
+                store, thumb = cert
+                if not store:
+                    call.write_error(_path_not_found(call.name, raw))
+                    continue
+                for entry in self.model.entries(store):
+                    if thumb is None or entry.thumbprint == thumb:
+                        call.write(self._cert_object(store, entry))
+                continue
+            path = self._fs_path(call, raw)
+            if path is None or not self.model.fs.exists(path):
+                call.write_error(_path_not_found(call.name, path or raw))
+                continue
+            if self.model.fs.is_file(path):
+                call.write(self._item_object(path, False))
+                continue
+            for child, is_dir in self.model.fs.children(path):
+                call.write(self._item_object(child, is_dir))
+
+    def get_file_hash(self, call: CommandCall) -> None:
+        algorithm = str(call.params.get("Algorithm", "SHA256")).upper()
+        if algorithm not in {a.upper() for a in HASH_ALGORITHMS} or algorithm in ("MACTRIPLEDES",):
+            raise LabError(
+                message=f"Cannot validate argument on parameter 'Algorithm'. The argument \"{algorithm}\" does "
+                f"not belong to the set \"{','.join(HASH_ALGORITHMS)}\" specified by the ValidateSet attribute. "
+                "Supply an argument that is in the set and then try the command again.",
+                error_id="ParameterArgumentValidationError,Get-FileHash",
+                category=ErrorCategory.InvalidData,
+                exception_type="System.Management.Automation.ParameterBindingValidationException",
+                activity=call.name,
+            )
+        for raw in call.params["Path"]:
+            path = self._fs_path(call, raw)
+            data = self.model.fs.read(path) if path else None
+            if data is None:
+                call.write_error(_path_not_found(call.name, path or raw))
+                continue
+            digest = hashlib.new(algorithm.lower().replace("ripemd160", "ripemd160"), data).hexdigest().upper()
+            call.write(LabObject(
+                ["Microsoft.Powershell.Utility.FileHash", "System.Management.Automation.PSCustomObject",
+                 "System.Object"],
+                extended={"Algorithm": algorithm, "Hash": digest, "Path": self.model.fs.display(path or raw)},
+            ))
+
+    # --- snap-ins ---------------------------------------------------------------------------------
+
+    def _snapin_object(self, name: str, description: str) -> LabObject:
+        return LabObject(
+            ["System.Management.Automation.PSSnapInInfo", "System.Object"],
+            adapted={"Name": name, "PSVersion": "1.0", "Description": description},
+            to_string=name,
+        )
+
+    def add_pssnapin(self, call: CommandCall) -> None:
+        registered = SNAPINS[self.model.version]
+        for pattern in call.params["Name"]:
+            matches = [n for n in registered if fnmatch.fnmatch(n.lower(), pattern.lower())]
+            if not matches:
+                call.write_error(LabError(
+                    message=f"The Windows PowerShell snap-in '{pattern}' is not installed on this machine.",
+                    error_id=f"AddPSSnapInRead,{PS}AddPSSnapinCommand",
+                    category=ErrorCategory.InvalidArgument,
+                    exception_type="System.Management.Automation.PSArgumentException",
+                    target=pattern,
+                    activity=call.name,
+                ))
+                continue
+            for name in matches:
+                if name.lower() in {s.lower() for s in call.session.snapins}:
+                    call.write_error(LabError(
+                        message=f"Cannot add Windows PowerShell snap-in {name} because it is already added. "
+                        "Verify the name of the snap-in, and then try again.",
+                        error_id=f"AddPSSnapInRead,{PS}AddPSSnapinCommand",
+                        category=ErrorCategory.InvalidArgument,
+                        exception_type="System.Management.Automation.PSArgumentException",
+                        target=name,
+                        activity=call.name,
+                    ))
+                    continue
+                call.session.snapins.add(name)
+                if call.params.get("PassThru"):
+                    call.write(self._snapin_object(name, registered[name]))
+
+    def get_pssnapin(self, call: CommandCall) -> None:
+        registered = SNAPINS[self.model.version]
+        if call.params.get("Registered"):
+            pool = dict(registered)
+        else:
+            pool = {n: "" for n in CORE_SNAPINS}
+            loaded = {s.lower() for s in call.session.snapins}
+            pool.update({n: d for n, d in registered.items() if n.lower() in loaded})
+        for pattern in call.params.get("Name", ["*"]):
+            matches = [n for n in pool if fnmatch.fnmatch(n.lower(), pattern.lower())]
+            if not matches and not any(ch in pattern for ch in "*?["):
+                call.write_error(LabError(
+                    message=f"No Windows PowerShell snap-ins matching the pattern '{pattern}' were found. "
+                    "Check the pattern and then try the command again.",
+                    error_id=f"NoPSSnapInsFound,{PS}GetPSSnapinCommand",
+                    category=ErrorCategory.InvalidArgument,
+                    exception_type="System.Management.Automation.PSArgumentException",
+                    target=pattern,
+                    activity=call.name,
+                ))
+            for name in matches:
+                call.write(self._snapin_object(name, pool[name]))
+
+    # --- certutil.exe -----------------------------------------------------------------------------
+
+    def certutil(self, args: list[str], session: Session) -> NativeResult:
+        options = {a.lower() for a in args if a.startswith(("-", "/"))}
+        rest = [a for a in args if not a.startswith(("-", "/"))]
+        verbs = [a for a in args if a.lower().lstrip("-/") == "addstore"]
+        unknown = [a for a in options if a.lstrip("-/") not in ("addstore", "f", "enterprise")]
+        if unknown:
+            return NativeResult(stdout=CERTUTIL_TEXTS["unknown_verb"].format(arg=sorted(unknown)[0]) + "\r\n",
+                                exit_code=CERTUTIL_EXIT["bad_args"])
+        if not verbs or len(rest) != 2:
+            return NativeResult(stdout=CERTUTIL_TEXTS["bad_args"] + "\r\n", exit_code=CERTUTIL_EXIT["bad_args"])
+        store_arg, file_arg = rest
+        store = next((s for s in (MY, CA, ROOT) if s.lower() == store_arg.lower()), None)
+        if store is None:
+            return NativeResult(stdout=CERTUTIL_TEXTS["bad_args"] + "\r\n", exit_code=CERTUTIL_EXIT["bad_args"])
+        try:
+            path = normalize(file_arg, self._cwd(session))
+        except PathError:
+            path = ""
+        data = self.model.fs.read(path) if path else None
+        if data is None:
+            return NativeResult(stdout=CERTUTIL_TEXTS["file_not_found"] + "\r\n",
+                                exit_code=CERTUTIL_EXIT["file_not_found"])
+        try:
+            parsed = pki.parse_blob(data, None)
+        except (pki.FormatError, pki.PfxPasswordError, pki.PfxEncryptionUnsupported):
+            parsed = None
+        if parsed is None or parsed.is_pfx or not parsed.certs:
+            return NativeResult(stdout=CERTUTIL_TEXTS["no_match"] + "\r\n", exit_code=CERTUTIL_EXIT["no_match"])
+        lines = [CERTUTIL_TEXTS["store_header"].format(store=store, title=STORE_TITLES[store])]
+        with self.model.transaction():
+            for cert in parsed.certs:
+                lines.append(self._add_to_store(store, cert, "-f" in options or "/f" in options))
+        lines.append(CERTUTIL_TEXTS["success"])
+        return NativeResult(stdout="\r\n".join(lines) + "\r\n", exit_code=0)
+
+    def _add_to_store(self, store: str, cert: x509.Certificate, force: bool) -> str:
+        subject = format_name(cert.subject)
+        existing = self.model.find(store, pki.thumbprint(cert))
+        if existing is not None and not force:
+            return CERTUTIL_TEXTS["already"].format(subject=subject)
+        if existing is None:
+            origin = ORIGIN_REGISTRY if store == ROOT else ""
+            self.model.put(CertEntry(store, pki.der(cert), root_origin=origin))
+        return CERTUTIL_TEXTS["added"].format(subject=subject)
+
+    # --- registration -----------------------------------------------------------------------------
+
+    def register(self, registry: Registry) -> None:
+        configs: tuple[str, ...] = (FULL_LANGUAGE,)
+        if self.settings.exchange_endpoint_has_file_cmdlets:
+            configs += ("Microsoft.Exchange",)
+        path = Parameter("Path", _SA, mandatory=True, position=0, from_pipeline_property=True)
+        table: list[tuple[str, Any, tuple[Parameter, ...], tuple[str, ...]]] = [
+            ("Set-Content", self.set_content, (
+                path, Parameter("Value", _O, mandatory=True, position=1, from_pipeline=True),
+                Parameter("Encoding", _S), Parameter("Force", _SW), Parameter("PassThru", _SW),
+                Parameter("Confirm", _SW), Parameter("WhatIf", _SW),
+            ), configs),
+            ("Get-Content", self.get_content, (
+                path, Parameter("Encoding", _S), Parameter("ReadCount", _I), Parameter("TotalCount", _I),
+                Parameter("Force", _SW),
+            ), configs),
+            ("Remove-Item", self.remove_item, (
+                path, Parameter("Force", _SW), Parameter("Recurse", _SW), Parameter("Confirm", _SW),
+                Parameter("WhatIf", _SW),
+            ), configs),
+            ("Test-Path", self.test_path, (path, Parameter("PathType", _S), Parameter("IsValid", _SW)), configs),
+            ("New-Item", self.new_item, (
+                path, Parameter("ItemType", _S), Parameter("Name", _S), Parameter("Value", _O),
+                Parameter("Force", _SW), Parameter("Confirm", _SW), Parameter("WhatIf", _SW),
+            ), configs),
+            ("Get-ChildItem", self.get_child_item, (
+                Parameter("Path", _SA, position=0, from_pipeline_property=True), Parameter("Force", _SW),
+                Parameter("Recurse", _SW), Parameter("Filter", _S, position=1),
+            ), configs),
+            ("Add-PSSnapin", self.add_pssnapin, (
+                Parameter("Name", _SA, mandatory=True, position=0), Parameter("PassThru", _SW),
+            ), (FULL_LANGUAGE,)),
+            ("Get-PSSnapin", self.get_pssnapin, (
+                Parameter("Name", _SA, position=0), Parameter("Registered", _SW),
+            ), (FULL_LANGUAGE,)),
+        ]
+        if self.settings.has_get_filehash:
+            table.append(("Get-FileHash", self.get_file_hash, (path, Parameter("Algorithm", _S)), configs))
+        for name, handler, parameters, configurations in table:
+            registry.register(CommandSpec(
+                name=name,
+                handler=handler,
+                parameters=parameters + _COMMON,
+                implementing_type=f"{PS}{name.replace('-', '')}Command" if name != "Get-FileHash" else "",
+                configurations=configurations,
+            ))
+        registry.register_native(NativeCommandSpec("certutil.exe", self.certutil, aliases=("certutil",)))
