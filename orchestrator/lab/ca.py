@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -135,6 +136,10 @@ def _key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -224,7 +229,7 @@ class LabCA:
         key = serialization.load_pem_private_key((directory / INTERMEDIATE_KEY).read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise LabCAError(f"{directory / INTERMEDIATE_KEY} is not an RSA key")
-        if key.public_key().public_numbers() != inter.public_key().public_numbers():  # type: ignore[union-attr]
+        if _spki(key.public_key()) != _spki(inter.public_key()):
             raise LabCAError(f"{INTERMEDIATE_KEY} does not belong to {INTERMEDIATE_CRT} in {directory}")
         try:
             inter.verify_directly_issued_by(root)
@@ -300,8 +305,10 @@ class LabCA:
         return _cert_pem(self.intermediate_cert)
 
     def write_ca_file(self, path: Path) -> Path:
-        """Write the root certificate (PEM) for clients' `verify=` / `cafile=`; the intermediate is not
-        included on purpose, so a server that forgets to send it fails verification as it would in real life."""
+        """Write the root certificate (PEM) for clients' `verify=` / `cafile=`.
+
+        The intermediate is left out on purpose: a server that forgets to send it then fails verification,
+        as it would for real clients."""
         path = Path(path)
         _write_atomic(path, self.root_pem)
         return path
@@ -327,7 +334,8 @@ class LabCA:
         if isinstance(public_key, rsa.RSAPublicKey):
             if public_key.key_size < self.min_rsa_key_size:
                 raise CSRRejected(
-                    f"RSA key of {public_key.key_size} bits; this CA requires at least {self.min_rsa_key_size}"
+                    f"RSA key of {public_key.key_size} bits; "
+                    f"this CA requires at least {self.min_rsa_key_size}"
                 )
         elif not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise CSRRejected(f"unsupported key type {type(public_key).__name__}")
@@ -431,8 +439,9 @@ def write_delivery(
     """Write what a commercial CA delivers for an issued certificate.
 
     `<basename>.crt` (leaf PEM), `intermediate.crt` (PEM), `<basename>.p7b` (PKCS#7 certs-only, DER; the
-    certificates sit in a DER SET, so their order is canonical rather than leaf-first) and `<basename>.zip` holding `<basename>.crt` and `intermediate.crt`, as the seed's CA
-    did. Existing files of the same names are replaced.
+    certificates sit in a DER SET, so their order is canonical rather than leaf-first) and `<basename>.zip`
+    holding `<basename>.crt` and `intermediate.crt`, as the seed's CA did. Existing files of the same names
+    are replaced.
     """
     if not _BASENAME_RE.fullmatch(basename):
         raise ValueError(f"basename {basename!r} must be 1-64 characters of letters, digits, '.', '_', '-'")

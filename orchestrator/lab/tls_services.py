@@ -370,7 +370,8 @@ def _handle_https(svc: _Service, conn: _Conn) -> None:
         ).encode()
     headers = (
         f"HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-        f"Server: Microsoft-IIS/7.5\r\nX-Exmig-Lab-Server: {svc.owner.server_name}\r\nConnection: close\r\n\r\n"
+        f"Server: Microsoft-IIS/7.5\r\nX-Exmig-Lab-Server: {svc.owner.server_name}\r\n"
+        "Connection: close\r\n\r\n"
     ).encode()
     conn.send(headers + (b"" if parts[0] == "HEAD" else body))
 
@@ -427,7 +428,8 @@ def _handle_imaps(svc: _Service, conn: _Conn) -> None:
             conn.send(f"{tag} OK NOOP completed.\r\n".encode())
         elif command == "LOGOUT":
             conn.send(
-                f"* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n{tag} OK LOGOUT completed.\r\n".encode()
+                "* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n"
+                f"{tag} OK LOGOUT completed.\r\n".encode()
             )
             return
         else:
