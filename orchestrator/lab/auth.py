@@ -114,15 +114,26 @@ class Authenticator:
         self.schemes = tuple(s.lower() for s in schemes)
         self.tls = tls
         self.allow_unencrypted = allow_unencrypted
-        self._user_file = UserFile(users) if self._wants_negotiate else None
+        self._raw_users = dict(users)
+        self._user_file: UserFile | None = None
+        self._file_lock = threading.Lock()
 
     @property
     def _wants_negotiate(self) -> bool:
         return "negotiate" in self.schemes or "ntlm" in self.schemes
 
     def close(self) -> None:
-        if self._user_file is not None:
-            self._user_file.remove()
+        """Remove the NTLM user file (a later handshake writes a new one)."""
+        with self._file_lock:
+            if self._user_file is not None:
+                self._user_file.remove()
+                self._user_file = None
+
+    def _users_file(self) -> UserFile:
+        with self._file_lock:
+            if self._user_file is None:
+                self._user_file = UserFile(self._raw_users)
+            return self._user_file
 
     def challenge_headers(self) -> list[tuple[str, str]]:
         headers = []
@@ -178,9 +189,8 @@ class Authenticator:
         except binascii.Error:
             conn.reset()
             return self._unauthorized()
-        assert self._user_file is not None
         try:
-            with self._user_file.active():
+            with self._users_file().active():
                 if conn.context is None or conn.context.complete:
                     conn.reset()
                     conn.context = spnego.server(protocol="negotiate")

@@ -31,7 +31,7 @@ from psrpcore.types import (
 )
 
 from orchestrator.lab import engine, serialize
-from orchestrator.lab.registry import LabError, Registry, Session
+from orchestrator.lab.registry import ErrorCategory, LabError, Registry, Session
 
 # Fragment payload size per queued chunk. Each chunk holds whole fragments, so a Receive can
 # take any number of chunks without splitting one.
@@ -185,8 +185,13 @@ class PsrpShell:
         pipe.pipeline.start()
         try:
             statements = self._statements(pipe)
-        except LabError as err:  # e.g. a SecureString without a session key
-            self._finish(pipe, err)
+        except Exception as exc:  # noqa: BLE001 - e.g. a SecureString the pool has no session key for
+            self._finish(pipe, LabError(
+                message=f"The pipeline's parameters could not be read: {type(exc).__name__}",
+                error_id="LabParameterDecodeFailure",
+                category=ErrorCategory.InvalidData,
+                exception_type="System.Management.Automation.PSInvalidOperationException",
+            ))
             return
         pipe.worker = threading.Thread(
             target=self._run, args=(pipe, statements, input_objects),
