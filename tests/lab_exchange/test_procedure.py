@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import NameOID
@@ -107,7 +109,7 @@ def test_seed_procedure_2010_then_2007(make_server: ServerFactory, lab_ca: LabCA
     ps07.one("New-Item", ("Path", "C:\\scripts"), ("ItemType", "Directory"))
     ps07.one("Set-Content", ("Path", "C:\\scripts\\mitserv.pfx"), ("Value", pfx), ("Encoding", "Byte"))
     sha = ps07.one("Get-FileHash", ("Path", "C:\\scripts\\mitserv.pfx"), ("Algorithm", "SHA256"))
-    assert sha.get("Hash") == __import__("hashlib").sha256(pfx).hexdigest().upper()
+    assert sha.get("Hash") == hashlib.sha256(pfx).hexdigest().upper()
     try:
         ps07.run(("Import-ExchangeCertificate", [("Path", "c:\\scripts\\mitserv.pfx"), ("Password", PASSWORD)]))
     except LabError as err:
