@@ -366,3 +366,40 @@ def test_concurrent_pools(basic_server: LabServer) -> None:
     for t in threads:
         t.join(20)
     assert sorted(results) == ["n0", "n1", "n2", "n3"]
+
+
+def test_pipeline_close_signals_terminate(basic_server: LabServer) -> None:
+    with RunspacePool(wsman_for(basic_server), configuration_name="Microsoft.Exchange") as pool:
+        with PowerShell(pool) as ps:
+            ps.add_cmdlet("Get-LabThing")
+            ps.invoke()
+        # A terminated pipeline's CommandId is no longer valid.
+        with pytest.raises(WSManFaultError) as info:
+            pool.shell.receive("stdout", command_id=str(ps.id).upper())
+        assert info.value.code == 2150858813
+    assert basic_server.log.actions() == ["Create", "Receive", "Command", "Receive", "Signal", "Receive", "Delete"]
+
+
+def test_client_host_enables_prompting(basic_server: LabServer) -> None:
+    from pypsrp.host import PSHost, PSHostUserInterface
+
+    host = PSHost(None, None, False, "lab-test-host", None, PSHostUserInterface(), "1.0")
+    with RunspacePool(wsman_for(basic_server), configuration_name="Microsoft.Exchange", host=host) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-LabSession")
+        assert ps.invoke()[0].adapted_properties["CanPrompt"] is True
+
+
+def test_request_counts_key_exchange_and_large_parameter(basic_server: LabServer) -> None:
+    with RunspacePool(wsman_for(basic_server), configuration_name="Microsoft.Exchange") as pool:
+        basic_server.log.clear()
+        pool.exchange_keys()
+        assert basic_server.log.actions() == ["Send", "Receive"]
+        basic_server.log.clear()
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Send-LabBytes").add_parameter("Data", os.urandom(616 * 1024))
+        ps.invoke()
+        # Command (first 512 KB envelope), the rest of the fragments on Send, the echo over 3 Receives.
+        assert basic_server.log.actions() == ["Command", "Send", "Send", "Receive", "Receive", "Receive"]
+        assert max(r.bytes_in for r in basic_server.log.records()) <= 512000
+        assert max(r.bytes_out for r in basic_server.log.records()) <= 512000
