@@ -38,10 +38,18 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
+def ensure_private_dir(path: Path) -> None:
+    """Create the state directory readable by its owner only (it holds private keys)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 class BlobWriter:
     """Writes content-addressed blobs once and remembers which ones the current state references."""
 
     def __init__(self, root: Path) -> None:
+        ensure_private_dir(root)
         self.root = root
         self.referenced: set[Path] = set()
 
