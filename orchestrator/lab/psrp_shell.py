@@ -166,8 +166,6 @@ class PsrpShell:
             pipe = self._pipes.get(event.pipeline_id)
             if pipe is not None and not pipe.started:
                 self._start(pipe, pipe.input)
-        elif name == "GetAvailableRunspacesEvent":
-            self._pool.runspace_availability_response(event.ci, 1)
 
     def _statements(self, pipe: _Pipeline) -> list[engine.Statement]:
         metadata = pipe.pipeline.metadata

@@ -111,6 +111,7 @@ class LabServer:
         self.auth = Authenticator(users, tuple(auth), tls=self.ssl_context is not None,
                                   allow_unencrypted=allow_unencrypted)
         self._shells: dict[str, PsrpShell | WinrsShell] = {}
+        self._internal_errors: list[str] = []
         self._owners: dict[str, str] = {}
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
@@ -162,6 +163,7 @@ class LabServer:
     def errors(self) -> list[str]:
         """Unexpected exceptions in layers or handlers (tests assert this stays empty)."""
         out = list(self._http.errors) if self._http else []
+        out.extend(self._internal_errors)
         with self._lock:
             for shell in self._shells.values():
                 out.extend(shell.worker_errors)
@@ -231,6 +233,12 @@ class LabServer:
             body, command_id = self._dispatch(request, req, auth.username or "")
             status, fault = 200, None
         except wsman.WSManFault as f:
+            body, command_id, status, fault = wsman.fault_envelope(f, req.message_id, self.name), None, 500, f
+        except Exception as exc:  # noqa: BLE001 - a lab bug: answer with a readable fault, keep it for tests
+            import traceback
+
+            self._internal_errors.append(traceback.format_exc())
+            f = wsman.internal_error_fault(f"{type(exc).__name__}: {exc}")
             body, command_id, status, fault = wsman.fault_envelope(f, req.message_id, self.name), None, 500, f
         record.command_id = command_id
         if rule is not None and rule.kind is FaultKind.RESET_AFTER:

@@ -61,9 +61,10 @@ CODE_OPERATION_TIMEOUT = 2150858793  # 0x80338029
 CODE_INVALID_RESOURCE_URI = 2150858811  # 0x8033803B
 CODE_INVALID_SELECTORS = 2150858813  # 0x8033803D
 CODE_SHELL_NOT_FOUND = 2150858843  # 0x8033805B
-CODE_ACTION_NOT_SUPPORTED = 2150858780  # 0x8033801C
+CODE_ACTION_NOT_SUPPORTED = 2150858771  # 0x80338013
 CODE_INVALID_MESSAGE = 2150858817  # 0x80338041 (schema validation / malformed body)
-CODE_INTERNAL_ERROR = 2150859046  # lab: a shell handler failed unexpectedly
+# Lab-only code (not a Windows value): a bug in a lab layer, so tests and users can tell it apart.
+CODE_INTERNAL_ERROR = 2150859263  # 0x803381FF
 
 
 @dataclass
@@ -127,6 +128,15 @@ def action_not_supported_fault(action: str) -> WSManFault:
         f"The WS-Management service cannot process the request. The action {action} is not supported by "
         "the lab server. ",
         subcode="a:ActionNotSupported",
+    )
+
+
+def internal_error_fault(detail: str) -> WSManFault:
+    return WSManFault(
+        CODE_INTERNAL_ERROR,
+        f"The lab WS-Management service failed while processing the request: {detail}",
+        subcode="w:InternalError",
+        sender=False,
     )
 
 

@@ -403,3 +403,9 @@ def test_request_counts_key_exchange_and_large_parameter(basic_server: LabServer
         assert basic_server.log.actions() == ["Command", "Send", "Send", "Receive", "Receive", "Receive"]
         assert max(r.bytes_in for r in basic_server.log.records()) <= 512000
         assert max(r.bytes_out for r in basic_server.log.records()) <= 512000
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "192.168.0.1", "localhost", "::"])
+def test_refuses_non_loopback_bind(registry: Any, host: str) -> None:
+    with pytest.raises(ValueError, match="loopback|127.0.0.0/8"):
+        LabServer("EX1", registry, {"a": "b"}, host=host)
