@@ -348,3 +348,57 @@ def test_file_and_certutil_errors(make_server: ServerFactory) -> None:
     assert "ERROR_FILE_NOT_FOUND" in out.stdout and out.exit_code != 0
     ps.one("Remove-Item", ("Path", "C:\\Windows\\Temp\\x.p12"))
     assert ps.one("Test-Path", ("Path", "C:\\Windows\\Temp\\x.p12")) is False
+
+
+# --- more cmdlet behaviour ------------------------------------------------------------------------------
+
+def test_2007_export_path_and_request_export(make_server: ServerFactory, lab_ca: LabCA) -> None:
+    from cryptography import x509
+
+    _, reg10, ems, tp, _ = issued_2010(make_server, lab_ca)
+    pfx = ems.one("Export-ExchangeCertificate", (None, tp), ("BinaryEncoded", None), ("Password", PASSWORD))
+    model07, reg07 = make_server("2007")
+    ps = Shell(reg07, "Microsoft.PowerShell")
+    ps.one("Add-PSSnapin", ("Name", EMS_2007_SNAPIN))
+    ps.one("Set-Content", ("Path", "C:\\Windows\\Temp\\c.pfx"), ("Value", pfx.get("FileData")), ("Encoding", "Byte"))
+    # The 2007 usage that pipes the import straight into Enable.
+    ps.run(("Import-ExchangeCertificate", [("Path", "C:\\Windows\\Temp\\c.pfx"), ("Password", PASSWORD)]),
+           ("Enable-ExchangeCertificate", [("Services", "IIS")]))
+    assert ServerInspector(model07).serving()["https"] == tp
+    # 2007 PFX imports are not exportable (lab choice), so a 2007 export with the key fails...
+    err = fails(ps, ("Export-ExchangeCertificate", [("Thumbprint", tp), ("Password", PASSWORD),
+                                                    ("Path", "C:\\Windows\\Temp\\out.pfx")]))
+    assert err.error_id == f"B3E2F0A4,{TASKS}ExportExchangeCertificate"
+    # ...while the certificate alone is written as Base64 text; a second write needs -Force.
+    ps.one("Export-ExchangeCertificate", ("Thumbprint", tp), ("Path", "C:\\Windows\\Temp\\out.cer"))
+    written = ServerInspector(model07).file("C:\\Windows\\Temp\\out.cer")
+    assert written is not None and x509.load_pem_x509_certificate(written)
+    err = fails(ps, ("Export-ExchangeCertificate", [("Thumbprint", tp), ("Path", "C:\\Windows\\Temp\\out.cer")]))
+    assert err.message.startswith("The file 'C:\\Windows\\Temp\\out.cer' already exists.")
+    ps.one("Export-ExchangeCertificate", ("Thumbprint", tp), ("Path", "C:\\Windows\\Temp\\out.cer"), ("Force", None))
+    # A pending request exports as its PKCS#10.
+    _, reg = make_server("2010", name="EX2010Q")
+    ems2 = Shell(reg, "Microsoft.Exchange")
+    ems2.one("New-ExchangeCertificate", ("GenerateRequest", None))
+    [pending] = [c for c in ems2.run(("Get-ExchangeCertificate", [])).output
+                 if str(c.get("Status")) == "PendingRequest"]
+    der = ems2.one("Export-ExchangeCertificate", (None, pending.get("Thumbprint")), ("BinaryEncoded", None))
+    assert x509.load_der_x509_csr(der.get("FileData")).is_signature_valid
+
+
+def test_get_by_domain_and_cert_drive(make_server: ServerFactory, lab_ca: LabCA) -> None:
+    model, reg, ems, tp, _ = issued_2010(make_server, lab_ca)
+    by_domain = ems.run(("Get-ExchangeCertificate", [("DomainName", ["MAIL.mitserv.net"])])).output
+    assert [c.get("Thumbprint") for c in by_domain] == [tp]
+    ps = Shell(reg, "Microsoft.PowerShell")
+    assert ps.one("Test-Path", ("Path", f"Cert:\\LocalMachine\\My\\{tp}")) is True
+    assert ps.one("Test-Path", ("Path", "Cert:\\LocalMachine\\CA\\" + "0" * 40)) is False
+    [mine] = ps.run(("Get-ChildItem", [("Path", f"Cert:\\LocalMachine\\My\\{tp}")])).output
+    assert mine.get("HasPrivateKey") is True and isinstance(mine.get("RawData"), bytes)
+    assert mine.get("PSParentPath") == "Microsoft.PowerShell.Security\\Certificate::LocalMachine\\My"
+    # Self-signed certificate created by New-ExchangeCertificate (no -GenerateRequest) with SMTP needs -Force.
+    err = fails(ems, ("New-ExchangeCertificate", [("SubjectName", "CN=self.mitserv.net")]))
+    assert "Overwrite the existing default SMTP certificate?" in err.message
+    assert len(ServerInspector(model).thumbprints("My")) == 2  # nothing left behind
+    made = ems.one("New-ExchangeCertificate", ("SubjectName", "CN=self.mitserv.net"), ("Force", None))
+    assert str(made.get("Services")) == "IMAP, POP, SMTP" and str(made.get("Status")) == "Valid"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from orchestrator.lab.exchange import params, pki
 from orchestrator.lab.exchange.certificate import (
     binary_file_data,
+    certificate_domains,
     exchange_certificate,
     parse_services,
 )
@@ -32,7 +35,7 @@ from orchestrator.lab.exchange.model import (
 )
 from orchestrator.lab.exchange.settings import LabSettings
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
-from orchestrator.lab.exchange.x500 import NameError_, parse_dn, valid_domain
+from orchestrator.lab.exchange.x500 import DNParseError, parse_dn, valid_domain
 from orchestrator.lab.objects import LabObject, Secret
 from orchestrator.lab.registry import CommandCall, CommandSpec, LabError, Registry
 
@@ -208,8 +211,6 @@ class ExchangeCertificateCmdlets:
 
     @staticmethod
     def _matches_domain(entry: CertEntry, names: list[str]) -> bool:
-        from orchestrator.lab.exchange.certificate import certificate_domains
-
         for domain in (d.lower() for d in certificate_domains(entry)):
             for name in names:
                 if domain == name or (domain.startswith("*.") and name.endswith(domain[1:])):
@@ -227,7 +228,7 @@ class ExchangeCertificateCmdlets:
         subject_text = p.get("SubjectName") or f"CN={self.model.name}"
         try:
             subject = parse_dn(subject_text)
-        except NameError_ as exc:
+        except DNParseError as exc:
             raise self._error(call, "invalid_subject_name", subject=subject_text, reason=str(exc)) from None
         domains = self._domains(call)
         friendly = p.get("FriendlyName") or DEFAULT_FRIENDLY_NAME
@@ -260,17 +261,14 @@ class ExchangeCertificateCmdlets:
         return unique
 
     def _new_request(
-        self, call: CommandCall, subject: object, domains: list[str], key_size: int, friendly: str,
+        self, call: CommandCall, subject: x509.Name, domains: list[str], key_size: int, friendly: str,
         exportable: bool,
     ) -> None:
-        from cryptography import x509
-
-        assert isinstance(subject, x509.Name)
         if not self._should_process(call, str(subject)):
             return
         key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
         csr = pki.build_request(key, subject, domains)
-        csr_der = csr.public_bytes(pki.serialization.Encoding.DER)
+        csr_der = csr.public_bytes(serialization.Encoding.DER)
         # Windows keeps a pending request as a stub certificate in the REQUEST store; its hash is
         # the Thumbprint Exchange shows for the request.
         stub = pki.self_signed(key, subject, domains, self.model.clock() - timedelta(minutes=5), 365)
@@ -293,12 +291,9 @@ class ExchangeCertificateCmdlets:
         call.write(binary_file_data(csr_der) if binary else text)
 
     def _new_self_signed(
-        self, call: CommandCall, subject: object, domains: list[str], key_size: int, friendly: str,
+        self, call: CommandCall, subject: x509.Name, domains: list[str], key_size: int, friendly: str,
         exportable: bool,
     ) -> None:
-        from cryptography import x509
-
-        assert isinstance(subject, x509.Name)
         flags = (
             self._parse_services(call, call.params["Services"])
             if call.has("Services")
@@ -380,11 +375,8 @@ class ExchangeCertificateCmdlets:
                     self.model.put(CertEntry(CA, pki.der(other)))
             call.write(self._output(entry))
 
-    def _complete_request(self, leaf: object, friendly: str | None) -> CertEntry:
+    def _complete_request(self, leaf: x509.Certificate, friendly: str | None) -> CertEntry:
         """A CA response: takes over the private key of the pending request with the same public key."""
-        from cryptography import x509
-
-        assert isinstance(leaf, x509.Certificate)
         wanted = pki.spki(leaf)
         for request in self.model.entries(REQUEST):
             if pki.spki(request.cert) == wanted:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from orchestrator.lab.exchange import pki
 from orchestrator.lab.exchange.certificate import status_of
 from orchestrator.lab.exchange.model import MY, STORES, ExchangeServerModel, Services, services_text
+from orchestrator.lab.exchange.winfs import normalize
+from orchestrator.lab.exchange.x500 import format_name
 
 # Which Exchange service answers on which TLS protocol of the lab.
 TLS_SERVICES: dict[str, Services] = {
@@ -45,8 +47,6 @@ class ServerInspector:
             return {store: self.thumbprints(store) for store in STORES}
 
     def certificate(self, thumbprint: str, store: str = MY) -> CertView | None:
-        from orchestrator.lab.exchange.x500 import format_name
-
         with self.model.lock:
             entry = self.model.find(store, thumbprint)
             if entry is None:
@@ -90,8 +90,6 @@ class ServerInspector:
             return pki.cert_pem(owner.cert), owner.key_pem, intermediates
 
     def file(self, path: str) -> bytes | None:
-        from orchestrator.lab.exchange.winfs import normalize
-
         return self.model.fs.read(normalize(path))
 
     def iis_require_ssl(self) -> bool:

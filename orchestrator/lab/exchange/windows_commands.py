@@ -15,6 +15,7 @@ from typing import Any
 from cryptography import x509
 
 from orchestrator.lab.exchange import pki
+from orchestrator.lab.exchange.cmdlets import EMS_2007_SNAPIN
 from orchestrator.lab.exchange.model import CA, MY, ORIGIN_REGISTRY, REQUEST, ROOT, CertEntry, ExchangeServerModel
 from orchestrator.lab.exchange.settings import LabSettings
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
@@ -35,7 +36,6 @@ from orchestrator.lab.registry import (
 
 PS = "Microsoft.PowerShell.Commands."
 FULL_LANGUAGE = "Microsoft.PowerShell"
-EMS_2007_SNAPIN = "Microsoft.Exchange.Management.PowerShell.Admin"
 SNAPINS = {
     "2007": {
         EMS_2007_SNAPIN: "Admin Tasks for the Exchange Server",

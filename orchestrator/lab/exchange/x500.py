@@ -48,7 +48,7 @@ _SHORT: dict[x509.ObjectIdentifier, str] = {
 }
 
 
-class NameError_(ValueError):
+class DNParseError(ValueError):
     """The DN string cannot be parsed; the message is the reason shown to the user."""
 
 
@@ -67,7 +67,7 @@ def _split(text: str) -> list[str]:
         else:
             current.append(ch)
     if quoted:
-        raise NameError_("Unterminated quoted string.")
+        raise DNParseError("Unterminated quoted string.")
     parts.append("".join(current))
     return [p.strip() for p in parts if p.strip()]
 
@@ -78,19 +78,19 @@ def parse_dn(text: str) -> x509.Name:
     for part in _split(text):
         key, sep, value = part.partition("=")
         if not sep:
-            raise NameError_("The string contains an invalid X500 name attribute key, oid, value or delimiter.")
+            raise DNParseError("The string contains an invalid X500 name attribute key, oid, value or delimiter.")
         oid = _KEYS.get(key.strip().lower())
         if oid is None:
-            raise NameError_("The string contains an invalid X500 name attribute key, oid, value or delimiter.")
+            raise DNParseError("The string contains an invalid X500 name attribute key, oid, value or delimiter.")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]
         if oid == NameOID.COUNTRY_NAME and len(value) != 2:
             # Windows would encode it; cryptography refuses and CAs reject it, so fail early and say why.
-            raise NameError_(f"The country code '{value}' must be two letters.")
+            raise DNParseError(f"The country code '{value}' must be two letters.")
         attributes.append(x509.NameAttribute(oid, value))
     if not attributes:
-        raise NameError_("The distinguished name is empty.")
+        raise DNParseError("The distinguished name is empty.")
     return x509.Name([x509.RelativeDistinguishedName([a]) for a in reversed(attributes)])
 
 
