@@ -4,7 +4,8 @@ Outgoing (`to_ps`): the one place where the CLIXML layout is decided, so that py
 deserializer yields what it yields against real Exchange (protocol notes §4.3, §4.6):
 LabObject.adapted -> <Props>, .extended -> <MS>, type names -> <TN> ending in System.Object,
 to_string -> <ToString>; LabEnum -> <Obj><I32/><TN/><ToString/></Obj>; LabList -> a
-collection with its own TN; bytes -> <BA>; plain lists -> System.Object[].
+collection with its own TN; bytes -> <BA>; plain lists -> System.Object[]; datetime -> <DT>,
+timedelta -> <TS>.
 
 Incoming (`from_ps`): parameter values and pipeline input as plain Python, SecureStrings
 decrypted into `objects.Secret`.
@@ -12,6 +13,7 @@ decrypted into `objects.Secret`.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import threading
 from typing import Any
@@ -66,6 +68,8 @@ def to_ps(value: Any) -> Any:
     """Neutral value -> what psrpcore serializes the way a Windows server would."""
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
+    if isinstance(value, (datetime.datetime, datetime.timedelta)):
+        return value  # <DT> / <TS>; pypsrp hands DT back as the raw string (notes §4.6)
     if isinstance(value, bytearray):
         return bytes(value)
     if isinstance(value, Secret):
@@ -106,6 +110,11 @@ def from_ps(value: Any) -> Any:
         return bool(value)
     if isinstance(value, bytes):
         return bytes(value)
+    if isinstance(value, datetime.datetime):
+        return datetime.datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                                 value.microsecond, value.tzinfo)
+    if isinstance(value, datetime.timedelta):
+        return datetime.timedelta(seconds=value.total_seconds())
     if isinstance(value, enum.Enum):
         return int(value.value)
     if isinstance(value, int):
