@@ -118,15 +118,184 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     server: ServerOpt = None,
     step: StepOpt = None,
+    from_step: Annotated[Optional[str], typer.Option("--from", help="Start at this step (plan order).")] = None,
     format: Annotated[PlanFormat, typer.Option("--format", help="Dry-run output format.")] = PlanFormat.text,
     certificate: CertOpt = None,
     chain: ChainOpt = None,
+    state: Annotated[Optional[Path], typer.Option("--state", help="Journal file (default .exmig/ beside the playbook).")]
+    = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing servers.")] = False,
+    save_pfx: Annotated[Optional[Path], typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
+    = None,
 ) -> None:
-    """Run the migration (with --dry-run: print exactly what would be sent)."""
+    """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
     if dry_run:
         _echo(_plan_output(playbook, server, step, format, certificate, chain))
         return
-    raise ExmigError("live runs are not available in this build yet; use --dry-run (see README: status)")
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    _check_selection(loaded, server, step)
+    if from_step is not None:
+        _check_selection(loaded, None, [from_step])
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("this run changes servers; add --yes to run without a terminal")
+        if not typer.confirm(f"Run {playbook} against {', '.join(s.name for s in loaded.playbook.servers)}?"):
+            raise typer.Abort()
+    code = _execute(loaded, state, json_output, server, step, from_step, certificate or [], chain or [], save_pfx)
+    if code:
+        raise typer.Exit(code)
+
+
+def _execute(loaded: object, state: Path | None, json_output: bool, servers: list[str] | None,
+             steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
+             save_pfx: Path | None) -> int:
+    from orchestrator import journal as journal_mod
+    from orchestrator.connect import session_factory
+    from orchestrator.events import ConsoleEvents, JsonEvents
+    from orchestrator.execute import Executor, RunOptions
+    from orchestrator.issuance import WaitingForCA
+    from orchestrator.playbook import LoadedPlaybook
+    from orchestrator.secrets_store import SecretStore
+
+    assert isinstance(loaded, LoadedPlaybook)
+    journal = journal_mod.load(state or journal_mod.default_path(loaded.path), loaded.path)
+    secrets = SecretStore(loaded.playbook)
+    events = JsonEvents() if json_output else ConsoleEvents()
+    warn = events.note if not json_output else (lambda text: sys.stderr.write(text + "\n"))
+    options = RunOptions(servers=servers, steps=steps, from_step=from_step,
+                         certificate_files=[*certificate, *chain], save_pfx=save_pfx)
+    executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)
+    try:
+        executor.run()
+    except WaitingForCA as exc:
+        events.finish()
+        sys.stderr.write(f"exmig: {exc}\n")
+        return int(exc.exit_code)
+    except ExmigError:
+        events.finish()
+        raise
+    except KeyboardInterrupt:
+        events.finish()
+        raise
+    events.finish()
+    return int(ExitCode.OK)
+
+
+@app.command()
+def status(
+    playbook: PlaybookArg,
+    state: Annotated[Optional[Path], typer.Option("--state", help="Journal file.")] = None,
+) -> None:
+    """Show the journal: what has been done, per server and step."""
+    from orchestrator import journal as journal_mod
+
+    path = state or journal_mod.default_path(playbook)
+    if not path.exists():
+        _echo(f"{playbook}: no run yet (no journal at {path})\n")
+        return
+    j = journal_mod.load(path, playbook)
+    _echo(f"journal {path}\n")
+    _echo(f"  CSR: {'kept' if j.csr_pem else 'not yet'}; issued certificate: {j.issued_thumbprint or 'not yet'}\n")
+    for key, record in j.steps.items():
+        _echo(f"  {record.server:<12} {record.step:<14} {record.outcome:<8} {record.finished or record.started}"
+              f"  {record.message or ''}\n")
+
+
+@app.command()
+def rehearse(
+    playbook: PlaybookArg,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
+) -> None:
+    """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
+    import tempfile
+
+    from orchestrator.lab.rehearsal import rehearsal_playbook
+    from orchestrator.lab.site import LabSite
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    with tempfile.TemporaryDirectory(prefix="exmig-rehearse-") as tmp:
+        state_dir = keep or Path(tmp)
+        lab_loaded = rehearsal_playbook(loaded, state_dir)
+        site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False)
+        with site:
+            final = site.playbook_for_lab()
+            lab_loaded = lab_loaded.model_copy(update={"playbook": final})
+            if not json_output:
+                for d in site.describe():
+                    _echo(f"lab {d['name']} (Exchange {d['version']}) at {d['exchange_url']}\n")
+            code = _execute(lab_loaded, state_dir / "journal.json", json_output, None, None, None, [], [], None)
+            if not json_output:
+                for name, emulated in site.servers.items():
+                    serving = emulated.inspector.serving()
+                    _echo(f"lab {name}: " + ", ".join(f"{svc}={thumb or '-'}" for svc, thumb in serving.items()) + "\n")
+    if code:
+        raise typer.Exit(code)
+
+
+@lab_app.command("serve")
+def lab_serve(
+    playbook: PlaybookArg,
+    state: Annotated[Optional[Path], typer.Option("--state", help="Folder for the lab's state.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server, once listening.")]
+    = False,
+) -> None:
+    """Serve one emulated Exchange server per playbook server on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from orchestrator.issuance import lab_state_dir
+    from orchestrator.lab.site import LabSite
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    site = LabSite(loaded, state or lab_state_dir(loaded))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with site:
+        if json_output:
+            _echo(site.describe_json_lines())
+        else:
+            for d in site.describe():
+                _echo(f"{d['name']} (Exchange {d['version']}): {d['exchange_url']} [{d['configuration_name']}]\n"
+                      f"  wsman {d['wsman_url']}  auth {', '.join(d['auth'])}  user {d['username']}  "
+                      f"password {d['password']}\n"
+                      f"  tls " + ", ".join(f"{k} {v}" for k, v in d["tls_ports"].items()) + "\n")
+            _echo(f"lab CA: {site.ca_file}\nCtrl-C stops the lab; its state stays in {site.state_dir}\n")
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+@lab_app.command("sign")
+def lab_sign(
+    csr: Annotated[Path, typer.Argument(help="The certificate request (CSR) file.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the CA's answer.")],
+    ca: Annotated[Optional[Path], typer.Option("--ca", help="The lab CA folder.")] = None,
+    playbook: Annotated[Optional[Path], typer.Option("--playbook", help="Use this playbook's lab CA.")] = None,
+) -> None:
+    """Play the third-party CA: sign a CSR with the lab CA; writes the leaf, the intermediate, a .p7b and a .zip."""
+    from orchestrator.issuance import lab_ca_dir
+    from orchestrator.lab.ca import CSRRejected, sign_request_file
+    from orchestrator.playbook import load_playbook
+
+    if ca is None:
+        if playbook is None:
+            raise UsageError("give --ca DIR or --playbook PLAYBOOK (whose lab CA signs)")
+        ca = lab_ca_dir(load_playbook(playbook))
+    if not csr.is_file():
+        raise UsageError(f"{csr}: file not found")
+    try:
+        delivery = sign_request_file(csr, out, ca)
+    except (CSRRejected, ValueError) as exc:
+        raise UsageError(f"{csr}: {exc}") from None
+    _echo(f"signed: {delivery.thumbprint}\n  {delivery.leaf}\n  {delivery.intermediate}\n  {delivery.zip}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,12 @@ def remote_path(server: Server, file_name: str) -> str:
 # --- Windows-level commands (the full-language session) ---------------------------------------
 
 
+def ensure_folder(server: Server) -> Command:
+    """Set-Content cannot create folders; New-Item -Force is a no-op when the folder exists."""
+    return Command("New-Item", (text("Path", server.workdir), text("ItemType", "Directory"), switch("Force")),
+                   shell=Shell.SYSTEM)
+
+
 def write_file(server: Server, path: str, data: Blob) -> Command:
     return Command("Set-Content", (text("Path", path), Param("Value", data), text("Encoding", "Byte")),
                    shell=Shell.SYSTEM)
@@ -108,6 +114,7 @@ class Dialect:
                             capture="Imported")]
         path = remote_path(server, file_name)
         return [
+            ensure_folder(server),
             write_file(server, path, response),
             Command("Import-ExchangeCertificate", (text("Path", path),), capture="Imported"),
             remove_file(server, path),
@@ -138,6 +145,7 @@ class Dialect:
             return [Command("Export-ExchangeCertificate", (*params, *self._server(server)), capture="Export")]
         path = remote_path(server, file_name)
         return [
+            ensure_folder(server),
             Command("Export-ExchangeCertificate", (*params, text("Path", path))),
             read_file(server, path, capture="Export"),
             remove_file(server, path),
@@ -160,6 +168,6 @@ def exported_pfx(file_name: str) -> Blob:
 
 
 __all__ = [
-    "Dialect", "PFX_PASSWORD", "Text", "add_snapin", "add_to_ca_store", "dialect_for", "exported_pfx",
+    "Dialect", "PFX_PASSWORD", "Text", "add_snapin", "ensure_folder", "add_to_ca_store", "dialect_for", "exported_pfx",
     "read_file", "remote_path", "remove_file", "write_file",
 ]

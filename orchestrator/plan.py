@@ -15,6 +15,7 @@ from orchestrator.commands import Blob, Command, LocalFile, Pending, Thumbprint
 from orchestrator.dialects import (
     add_to_ca_store,
     dialect_for,
+    ensure_folder,
     exported_pfx,
     remote_path,
     remove_file,
@@ -152,11 +153,11 @@ def _chain_blobs(facts: Facts) -> list[tuple[str, Blob]]:
 
 
 def _install_chain(server: Server, facts: Facts) -> Step | None:
-    commands: list[Command] = []
+    commands: list[Command] = [ensure_folder(server)]
     for file_name, blob in _chain_blobs(facts):
         path = remote_path(server, file_name)
         commands += [write_file(server, path, blob), add_to_ca_store(server, path), remove_file(server, path)]
-    if not commands:
+    if len(commands) == 1:
         return None  # the CA's certificate chains straight to a root: nothing to install
     return Step(StepName.INSTALL_CHAIN, server.name,
                 "Clients only trust the certificate if the server sends the CA's intermediate; "
@@ -220,7 +221,7 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
             path = remote_path(target, pfx_name)
             steps.append(Step(StepName.COPY, target.name,
                               "Exchange 2007 imports a PFX only from a file on the server itself.",
-                              (write_file(target, path, pfx),)))
+                              (ensure_folder(target), write_file(target, path, pfx))))
         steps.append(Step(StepName.IMPORT, target.name,
                           "Import the certificate with its private key from the PFX.",
                           tuple(dialect.import_pfx(target, pfx, pfx_name, cert.exportable_on_targets))))

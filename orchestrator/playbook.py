@@ -57,12 +57,19 @@ class _Model(BaseModel):
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+LAB_DEFAULT_PASSWORD = "exmig-Lab-2010!"  # noqa: S105 - the documented password of the rehearsal lab, not a secret
+
+
 class SecretRef(_Model):
-    """Where a secret comes from: an environment variable, a prompt, or (PFX only) generated."""
+    """Where a secret comes from: an environment variable, a prompt, or (PFX only) generated.
+
+    `lab_default: true` (lab playbooks only) falls back to the lab's documented password when the
+    variable is unset, so a rehearsal needs no set-up."""
 
     env: StrictStr | None = None
     prompt: StrictBool = False
     generate: StrictBool = False
+    lab_default: StrictBool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -72,6 +79,8 @@ class SecretRef(_Model):
             raise ValueError("give exactly one of `env: VARIABLE`, `prompt: true` or `generate: true`")
         if self.env is not None and not _ENV_NAME.match(self.env):
             raise ValueError(f"'{self.env}' is not an environment variable name (letters, digits, _)")
+        if self.lab_default and self.env is None:
+            raise ValueError("`lab_default: true` goes with `env: VARIABLE`")
         return self
 
     def describe(self) -> str:
@@ -289,6 +298,18 @@ class Connection(_Model):
         return value
 
 
+class TlsPorts(_Model):
+    """Where the server's TLS services answer (exmig verify; the lab listens there)."""
+
+    https: Annotated[StrictInt, Field(ge=1, le=65535)] = 443
+    smtp: Annotated[StrictInt, Field(ge=1, le=65535)] = 25
+    imaps: Annotated[StrictInt, Field(ge=1, le=65535)] = 993
+    pop3s: Annotated[StrictInt, Field(ge=1, le=65535)] = 995
+
+    def items(self) -> list[tuple[str, int]]:
+        return [("https", self.https), ("smtp", self.smtp), ("imaps", self.imaps), ("pop3s", self.pop3s)]
+
+
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 _WINDOWS_DIR = re.compile(r"^[A-Za-z]:\\(?:[^<>:\"/\\|?*\x00-\x1f]+\\?)*$")
 
@@ -301,6 +322,9 @@ class Server(_Model):
     credentials: Credentials
     workdir: StrictStr = "C:\\Certs"
     services: list[Service] | None = None
+    tls_ports: TlsPorts = TlsPorts()
+    # The certificate names clients use to reach this server (for verify's SNI checks); default: all.
+    client_names: list[Hostname] | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -363,6 +387,9 @@ class Server(_Model):
 
     def services_for(self, certificate: CertificateSpec) -> list[Service]:
         return list(self.services) if self.services is not None else list(certificate.services)
+
+    def names_for(self, certificate: CertificateSpec) -> list[str]:
+        return list(self.client_names) if self.client_names is not None else list(certificate.domains)
 
 
 # --- issuer and PFX password -------------------------------------------------------------------
@@ -428,6 +455,16 @@ class Playbook(_Model):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"server names must be unique; '{duplicates[0]}' is used twice")
+        lab_defaults = [s.name for s in self.servers if s.credentials.password.lab_default]
+        if lab_defaults and not isinstance(self.issuer, LabIssuer):
+            raise ValueError(
+                f"server {lab_defaults[0]}: `lab_default: true` is only for lab playbooks (issuer type lab); "
+                "a real server's password comes from `env:` or `prompt:`"
+            )
+        for server in self.servers:
+            unknown = [n for n in server.client_names or [] if n not in self.certificate.domains]
+            if unknown:
+                raise ValueError(f"server {server.name}: client_names {unknown[0]} is not in certificate.domains")
         if not self.certificate.private_key_exportable:
             raise ValueError(
                 "certificate.private_key_exportable must be true: the certificate goes to other servers, "

@@ -202,18 +202,17 @@ class LabServer:
         auth = self.auth.authenticate(conn, request.headers, request.body)
         record.auth = auth.scheme
         record.encrypted = auth.encrypted
-        if auth.status is not None:
-            if rule is not None:
-                return finish(self._pre_fault(rule, record, None) or HttpResponse(auth.status, headers=auth.headers))
-            return finish(HttpResponse(auth.status, headers=auth.headers))
-
-        if not auth.body:
-            # The Negotiate handshake's last leg (or an empty keep-alive POST).
+        if auth.status is not None or not auth.body:
+            # A handshake leg (401), or the empty POST that completes Negotiate: no WSMan action,
+            # but a fault rule by HTTP request number still applies.
+            plain = HttpResponse(auth.status or 200, headers=auth.headers)
             if rule is not None:
                 pre = self._pre_fault(rule, record, None)
                 if pre is not None:
                     return finish(pre)
-            return finish(HttpResponse(200, headers=auth.headers))
+                if rule.kind is FaultKind.RESET_AFTER:
+                    return finish(HttpResponse(0, reset=True))
+            return finish(plain)
 
         try:
             req = wsman.parse_request(auth.body)

@@ -8,6 +8,7 @@ $Request = New-ExchangeCertificate -GenerateRequest -SubjectName 'C=US, S=My Sta
 
 # --- install-chain: Clients only trust the certificate if the server sends the CA's intermediate; Exchange builds that chain from LocalMachine\CA.
 # in Windows PowerShell on EX2010 (Microsoft.PowerShell at http://ex2010.mitserv.net:5985/wsman), not the Exchange endpoint
+New-Item -Path 'C:\Certs' -ItemType 'Directory' -Force
 Set-Content -Path 'C:\Certs\intermediate-a1aa37c9.cer' -Value ([Byte[]]$(Get-Content -Path 'tests/fixtures/issued/intermediate.crt' -Encoding Byte -ReadCount 0)) -Encoding 'Byte'
 certutil.exe -addstore CA 'C:\Certs\intermediate-a1aa37c9.cer'
 Remove-Item -Path 'C:\Certs\intermediate-a1aa37c9.cer'
@@ -31,11 +32,13 @@ Get-ExchangeCertificate -Thumbprint '8CBBB551635404C15FA7886174E941CA24224B38' -
 Add-PSSnapin -Name 'Microsoft.Exchange.Management.PowerShell.Admin'
 
 # --- install-chain: Clients only trust the certificate if the server sends the CA's intermediate; Exchange builds that chain from LocalMachine\CA.
+New-Item -Path 'C:\Certs' -ItemType 'Directory' -Force
 Set-Content -Path 'C:\Certs\intermediate-a1aa37c9.cer' -Value ([Byte[]]$(Get-Content -Path 'tests/fixtures/issued/intermediate.crt' -Encoding Byte -ReadCount 0)) -Encoding 'Byte'
 certutil.exe -addstore CA 'C:\Certs\intermediate-a1aa37c9.cer'
 Remove-Item -Path 'C:\Certs\intermediate-a1aa37c9.cer'
 
 # --- copy: Exchange 2007 imports a PFX only from a file on the server itself.
+New-Item -Path 'C:\Certs' -ItemType 'Directory' -Force
 Set-Content -Path 'C:\Certs\mail.mitserv.net.pfx' -Value $Export.FileData -Encoding 'Byte'
 
 # --- import: Import the certificate with its private key from the PFX.

@@ -106,7 +106,7 @@ class Trust:
     date_valid: bool
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: a model is one machine (hashable, usable as a key)
 class ExchangeServerModel:
     name: str
     version: str  # "2007" | "2010"

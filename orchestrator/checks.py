@@ -1,0 +1,165 @@
+"""Exchange facts read back from a server, and the rules that say whether a step is already done.
+
+Pure: input is what Get-ExchangeCertificate / the CA store returned (already deserialized),
+output is a decision. Certificate facts come from RawData when the server sends it (thumbprint,
+names, key and dates computed locally), because some Exchange servers return only RawData over
+remoting, and some omit Services; in that case services are "not reported" (None), never guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from orchestrator.certs import thumbprint as sha1_thumbprint
+from orchestrator.playbook import Service
+
+SERVICE_NAMES = {s.value for s in Service}
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    thumbprint: str
+    status: str | None  # Valid, PendingRequest, Untrusted, ... (None: not reported)
+    has_private_key: bool | None
+    services: frozenset[str] | None  # None: not reported by this server
+    subject: str | None
+    public_key_der: bytes | None
+    domains: tuple[str, ...]
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "PendingRequest"
+
+
+def _get(obj: Any, name: str) -> Any:
+    getter = getattr(obj, "get", None)
+    return getter(name) if callable(getter) else None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def parse_services(value: Any) -> frozenset[str] | None:
+    """`IMAP, POP, IIS, SMTP` (the enum's text) -> {'IMAP','POP','IIS','SMTP'}; None stays None."""
+    text = _text(value)
+    if text is None:
+        return None
+    names = {part.strip().upper() for part in text.split(",") if part.strip()}
+    names.discard("NONE")
+    return frozenset(n for n in names if n in SERVICE_NAMES or n == "FEDERATION")
+
+
+def cert_info(obj: Any) -> CertInfo | None:
+    """One Get-ExchangeCertificate object -> facts; None when it is not a certificate at all."""
+    raw = _get(obj, "RawData")
+    cert: x509.Certificate | None = None
+    if isinstance(raw, (bytes, bytearray)) and raw:
+        try:
+            cert = x509.load_der_x509_certificate(bytes(raw))
+        except ValueError:
+            cert = None
+    thumb = sha1_thumbprint(cert) if cert is not None else _text(_get(obj, "Thumbprint"))
+    if not thumb:
+        return None
+    domains: tuple[str, ...] = ()
+    key_der = None
+    subject = _text(_get(obj, "Subject"))
+    if cert is not None:
+        key_der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        subject = subject or cert.subject.rfc4514_string()
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            domains = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            domains = ()
+    has_key = _get(obj, "HasPrivateKey")
+    return CertInfo(
+        thumbprint=thumb.upper(),
+        status=_text(_get(obj, "Status")),
+        has_private_key=has_key if isinstance(has_key, bool) else None,
+        services=parse_services(_get(obj, "Services")) if _get(obj, "Services") is not None else None,
+        subject=subject,
+        public_key_der=key_der,
+        domains=domains,
+    )
+
+
+def certificates(objects: Iterable[Any]) -> list[CertInfo]:
+    return [info for info in (cert_info(o) for o in objects) if info is not None]
+
+
+def find(certs: Iterable[CertInfo], thumb: str | None) -> CertInfo | None:
+    if thumb is None:
+        return None
+    return next((c for c in certs if c.thumbprint == thumb.upper() and not c.pending), None)
+
+
+@dataclass(frozen=True)
+class Decision:
+    done: bool
+    reason: str
+
+
+def installed_with_key(certs: list[CertInfo], thumb: str | None) -> Decision:
+    found = find(certs, thumb)
+    if found is None:
+        return Decision(False, "the certificate is not on the server yet")
+    if found.has_private_key is False:
+        return Decision(False, "present without its private key")
+    return Decision(True, f"certificate {thumb} is present with its private key")
+
+
+def services_enabled(certs: list[CertInfo], thumb: str | None, wanted: Iterable[Service],
+                     journal_says_done: bool) -> Decision:
+    found = find(certs, thumb)
+    if found is None:
+        return Decision(False, "the certificate is not on the server")
+    want = {s.value for s in wanted}
+    if found.services is None:
+        # Some servers do not report Services remotely: trust our own record, else enable (additive).
+        if journal_says_done:
+            return Decision(True, "services not reported by the server; enabled by an earlier run")
+        return Decision(False, "services not reported by the server")
+    missing = sorted(want - found.services)
+    if missing:
+        return Decision(False, "not enabled for " + ", ".join(missing))
+    return Decision(True, "enabled for " + ", ".join(sorted(want)))
+
+
+def matching_requests(certs: list[CertInfo], cn: str) -> list[CertInfo]:
+    """Pending requests on the source that look like this playbook's (same CN)."""
+    out = []
+    for c in certs:
+        if not c.pending:
+            continue
+        subject = (c.subject or "").lower()
+        if f"cn={cn.lower()}" in subject.replace(" ", ""):
+            out.append(c)
+    return out
+
+
+def ca_store_has(thumbprints_in_store: Iterable[str], wanted: Iterable[str]) -> Decision:
+    have = {t.upper() for t in thumbprints_in_store}
+    missing = [t for t in wanted if t.upper() not in have]
+    if missing:
+        return Decision(False, f"{len(missing)} intermediate(s) missing from LocalMachine\\CA")
+    return Decision(True, "the intermediate certificate(s) are in LocalMachine\\CA")
+
+
+def store_thumbprints(objects: Iterable[Any]) -> list[str]:
+    """Get-ChildItem Cert:\\LocalMachine\\CA output -> thumbprints (from RawData when present)."""
+    out = []
+    for obj in objects:
+        info = cert_info(obj)
+        if info is not None:
+            out.append(info.thumbprint)
+    return out

@@ -1,0 +1,567 @@
+"""Execute a plan against live servers: facts first, then only what is missing, with retries.
+
+Every step first reads the server's state (one Get-ExchangeCertificate, the CA store, Test-Path)
+and does nothing when the desired state already holds; so a second run changes nothing, and a
+step whose answer was lost is re-read before it is tried again (no second request, no double
+import). Transient failures are retried with exponential backoff and jitter, bounded in
+attempts and time; anything else stops the run with the server's own message. The journal is
+written after every step, so a crash or Ctrl-C resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential_jitter
+
+from orchestrator import checks
+from orchestrator.certs import IssuedCertificate, der
+from orchestrator.commands import Command, Param, Shell, Text, Thumbprint
+from orchestrator.dialects import dialect_for, remote_path
+from orchestrator.errors import ExitCode, ExmigError
+from orchestrator.events import Events
+from orchestrator.facts import facts_from_delivery
+from orchestrator.issuance import (
+    WaitingForCA,
+    check_issued,
+    from_files,
+    from_lab_ca,
+    issued_from_journal,
+    issued_to_pems,
+)
+from orchestrator.journal import Journal
+from orchestrator.plan import WORKSTATION, Facts, IntermediateFact, Plan, Step, StepName, build_plan, pfx_file_name
+from orchestrator.playbook import FilesIssuer, LabIssuer, LoadedPlaybook, ManualIssuer, Server
+from orchestrator.secrets_store import SecretStore
+from orchestrator.transport.base import InvocationResult, RemoteError, ServerSession, TransientError
+
+
+class DependencyError(ExmigError):
+    """A selected step needs something an earlier (unselected or unfinished) step provides."""
+
+    exit_code = ExitCode.USAGE
+
+
+class VerifyFailed(ExmigError):
+    exit_code = ExitCode.VERIFY_FAILED
+
+
+@dataclass
+class ServerKnowledge:
+    """What was last read from a server; dropped after any change there."""
+
+    certificates: list[checks.CertInfo] | None = None
+    ca_store: list[str] | None = None
+
+
+@dataclass
+class RunOptions:
+    servers: list[str] | None = None
+    steps: list[str] | None = None
+    from_step: str | None = None
+    certificate_files: list[Path] = field(default_factory=list)
+    save_pfx: Path | None = None
+
+
+SessionFactory = Callable[[Server], ServerSession]
+
+
+class Executor:
+    def __init__(self, loaded: LoadedPlaybook, journal: Journal, sessions: SessionFactory, secrets: SecretStore,
+                 events: Events, options: RunOptions) -> None:
+        self.loaded = loaded
+        self.playbook = loaded.playbook
+        self.journal = journal
+        self.secrets = secrets
+        self.events = events
+        self.options = options
+        self._session_factory = sessions
+        self._sessions: dict[str, ServerSession] = {}
+        self._knowledge: dict[str, ServerKnowledge] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._issued: IssuedCertificate | None = None
+        self._current_step = ""
+        # Steps finished by earlier runs (read before this run marks them running again).
+        self._previously_done = {key for key in journal.steps if journal.done(key)}
+        if journal.issued_pem:
+            self._remember_issued(issued_from_journal(journal.issued_pem, journal.chain_pems))
+
+    # -- values the transport asks for (ValueSource) -------------------------------------------
+
+    def blob(self, key: str) -> bytes:
+        if key == "pfx" and key not in self._blobs:
+            self._export_pfx(on_demand=True)
+        try:
+            return self._blobs[key]
+        except KeyError:
+            raise DependencyError(f"the {key} bytes are not available yet") from None
+
+    def secret(self, key: str) -> str:
+        return self.secrets.secret(key)
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    def _remember_issued(self, issued: IssuedCertificate) -> None:
+        self._issued = issued
+        self._blobs["issued-certificate"] = issued.leaf_der
+        for cert in issued.intermediates:
+            self._blobs[f"intermediate:{checks.sha1_thumbprint(cert)}"] = der(cert)
+
+    def facts(self) -> Facts:
+        if self._issued is None:
+            return Facts(csr_pem=self.journal.csr_pem)
+        files = self.options.certificate_files
+        if files:
+            return facts_from_delivery(self._issued, files, self.journal.csr_pem)
+        return Facts(
+            csr_pem=self.journal.csr_pem,
+            issued_thumbprint=self._issued.thumbprint,
+            issued_subject=self._issued.leaf.subject.rfc4514_string(),
+            issued_file="the CA's certificate (journal)",
+            intermediates=tuple(
+                IntermediateFact(checks.sha1_thumbprint(c), c.subject.rfc4514_string(), "the CA's chain (journal)",
+                                 None, der(c))
+                for c in self._issued.intermediates
+            ),
+        )
+
+    def plan(self) -> Plan:
+        return build_plan(self.playbook, self.facts())
+
+    @property
+    def thumbprint(self) -> str | None:
+        return self._issued.thumbprint if self._issued else None
+
+    # -- sessions and remote calls ---------------------------------------------------------------
+
+    def session(self, server: Server) -> ServerSession:
+        if server.name not in self._sessions:
+            self._sessions[server.name] = self._session_factory(server)
+        return self._sessions[server.name]
+
+    def close(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            session.close()
+
+    def call(self, server: Server, command: Command) -> InvocationResult:
+        start = time.monotonic()
+        outcome = "ok"
+        try:
+            return self.session(server).invoke(command, self)
+        except TransientError:
+            outcome = "transient-error"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            if command.changes and outcome != "ok":
+                # It may or may not have happened: read again before deciding anything.
+                self._knowledge.pop(server.name, None)
+            elif command.changes:
+                self._knowledge.pop(server.name, None)
+            self.events.command(server.name, self._current_step, command.name, time.monotonic() - start, outcome)
+
+    def known(self, server: Server) -> ServerKnowledge:
+        return self._knowledge.setdefault(server.name, ServerKnowledge())
+
+    def certificates(self, server: Server) -> list[checks.CertInfo]:
+        k = self.known(server)
+        if k.certificates is None:
+            result = self.call(server, dialect_for(server).list_certificates(server))
+            k.certificates = checks.certificates(result.output)
+        return k.certificates
+
+    def ca_store(self, server: Server) -> list[str]:
+        k = self.known(server)
+        if k.ca_store is None:
+            command = Command("Get-ChildItem", (Param("Path", Text("Cert:\\LocalMachine\\CA")),),
+                              shell=Shell.SYSTEM, changes=False)
+            k.ca_store = checks.store_thumbprints(self.call(server, command).output)
+        return k.ca_store
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        self.journal.save()
+        try:
+            index = 0
+            while True:
+                plan = self._selected(self.plan())
+                if index >= len(plan.steps):
+                    break
+                step = plan.steps[index]
+                self._run_step(step)
+                index += 1
+        finally:
+            self.close()
+
+    def _selected(self, plan: Plan) -> Plan:
+        chosen = plan.select(self.options.servers, self.options.steps)
+        if self.options.from_step:
+            names = [s.name.value for s in chosen.steps]
+            if self.options.from_step not in names:  # nothing selected from there on
+                return Plan(())
+            chosen = Plan(chosen.steps[names.index(self.options.from_step):])
+        return chosen
+
+    def _run_step(self, step: Step) -> None:
+        self._current_step = step.name.value
+        self.events.step_started(step.server, step.name.value)
+        start = time.monotonic()
+        self.journal.begin(step.key, step.name.value, step.server)
+        attempts = 0
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransientError):
+                if exc.reopen and step.server != WORKSTATION:
+                    self.session(self.playbook.server(step.server)).reopen()
+                    self._knowledge.pop(step.server, None)
+                delay = state.next_action.sleep if state.next_action else 0.0
+                self.events.retrying(step.server, step.name.value, state.attempt_number, str(exc), delay)
+
+        policy = self.playbook.retry
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
+            wait=wait_exponential_jitter(initial=policy.initial_backoff, max=policy.max_backoff),
+            retry=retry_if_exception_type(TransientError),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    outcome, reason = self._perform(step)
+        except WaitingForCA as exc:
+            self.journal.finish(step.key, "waiting", str(exc), attempts)
+            self.events.step_finished(step.server, step.name.value, "skipped", "waiting for the CA",
+                                      time.monotonic() - start)
+            raise
+        except BaseException as exc:
+            message = str(exc) or type(exc).__name__
+            self.journal.finish(step.key, "failed", message, attempts)
+            self.events.step_finished(step.server, step.name.value, "failed", message, time.monotonic() - start)
+            raise
+        self.journal.finish(step.key, outcome, reason, attempts)
+        self.events.step_finished(step.server, step.name.value, outcome, reason, time.monotonic() - start)
+
+    # -- step handlers ------------------------------------------------------------------------------
+
+    def _perform(self, step: Step) -> tuple[str, str]:
+        if step.server == WORKSTATION:
+            return self._issue()
+        server = self.playbook.server(step.server)
+        handler = {
+            StepName.REQUEST: self._request,
+            StepName.INSTALL_CHAIN: self._install_chain,
+            StepName.COMPLETE: self._complete,
+            StepName.ENABLE: self._enable,
+            StepName.EXPORT: self._export,
+            StepName.COPY: self._copy,
+            StepName.IMPORT: self._import,
+            StepName.CLEANUP: self._cleanup,
+            StepName.VERIFY: self._verify,
+        }[step.name]
+        return handler(server, step)
+
+    def _run_commands(self, server: Server, step: Step) -> list[InvocationResult]:
+        missing = step.unresolved
+        if missing:
+            raise DependencyError(f"{step.name.value} on {server.name} needs {', '.join(missing)}")
+        results = []
+        for command in step.commands:
+            result = self.call(server, command)
+            if command.native:
+                failure = dialect_native_failure(result)
+                if failure:
+                    raise RemoteError(server.name, command.name, failure)
+            results.append(result)
+        return results
+
+    def _request(self, server: Server, step: Step) -> tuple[str, str]:
+        certs = self.certificates(server)
+        if self.thumbprint and checks.installed_with_key(certs, self.thumbprint).done:
+            return "ok", "the request is already completed on the source"
+        pending = checks.matching_requests(certs, self.playbook.certificate.subject.CN)
+        if self.journal.csr_pem:
+            from orchestrator.issuance import load_csr
+            from cryptography.hazmat.primitives import serialization
+
+            key = load_csr(self.journal.csr_pem).public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            if any(p.public_key_der == key for p in pending) or (self._issued is not None):
+                return "ok", "the pending request exists; the CSR is in the journal"
+        elif pending:
+            if len(pending) > 1:
+                thumbs = ", ".join(p.thumbprint for p in pending)
+                raise ExmigError(
+                    f"{server.name}: {len(pending)} pending requests for {self.playbook.certificate.subject.CN} "
+                    f"({thumbs}) and none is known to this journal; remove the ones you do not want "
+                    "(Remove-ExchangeCertificate -Thumbprint ...) and run again"
+                )
+            return self._recover_request(server, pending[0])
+        results = self._run_commands(server, step)
+        csr = csr_text(results[-1].output)
+        self.journal.csr_pem = csr
+        self.journal.save()
+        self._write_csr_file()
+        return "changed", "certificate request created; the CSR is kept in the journal"
+
+    def _recover_request(self, server: Server, pending: checks.CertInfo) -> tuple[str, str]:
+        """A request exists but its CSR was lost (the reply never arrived): export it instead of a second one."""
+        params: tuple[Param, ...] = (Param("Thumbprint", Thumbprint(pending.thumbprint)),)
+        if server.version == 2010:
+            params += (Param("Server", Text(server.name)),)
+        result = self.call(server, Command("Export-ExchangeCertificate", params, changes=False))
+        self.journal.csr_pem = csr_text(result.output)
+        self.journal.save()
+        self._write_csr_file()
+        return "ok", f"adopted the pending request {pending.thumbprint}; its CSR was exported again"
+
+    def _write_csr_file(self) -> None:
+        issuer = self.playbook.issuer
+        if isinstance(issuer, ManualIssuer) and self.journal.csr_pem:
+            from orchestrator.journal import write_atomic
+
+            path = self.csr_path()
+            write_atomic(path, self.journal.csr_pem.encode(), mode=0o644)
+
+    def csr_path(self) -> Path:
+        issuer = self.playbook.issuer
+        name = issuer.csr_file if isinstance(issuer, ManualIssuer) and issuer.csr_file else \
+            f"{self.loaded.path.stem}.csr"
+        return self.loaded.resolve(name)
+
+    def _issue(self) -> tuple[str, str]:
+        cert = self.playbook.certificate
+        files = self.options.certificate_files
+        issuer = self.playbook.issuer
+        if files:
+            issued = from_files(files, self.journal.csr_pem, cert)
+            reason = f"the CA's certificate {issued.thumbprint} from {', '.join(str(f) for f in files)}"
+        elif self._issued is not None:
+            check_issued(self._issued, self.journal.csr_pem, cert, "journal")
+            return "ok", f"the CA's certificate {self._issued.thumbprint} is known"
+        elif isinstance(issuer, FilesIssuer):
+            paths = [self.loaded.resolve(p) for p in [issuer.certificate, issuer.bundle] if p]
+            paths += [self.loaded.resolve(p) for p in issuer.chain]
+            issued = from_files(paths, self.journal.csr_pem, cert)
+            reason = f"the CA's certificate {issued.thumbprint} from the playbook's files"
+        elif self.journal.csr_pem is None:
+            raise DependencyError("issue needs the CSR: run the request step on the source first")
+        elif isinstance(issuer, LabIssuer):
+            issued = from_lab_ca(self.loaded, self.journal.csr_pem, cert)
+            reason = f"signed by the lab CA: {issued.thumbprint}"
+        else:
+            self._write_csr_file()
+            raise WaitingForCA(
+                f"waiting for the CA: the CSR is in {self.csr_path()}; submit it to your CA, then run "
+                f"`exmig run {self.loaded.path.name} --certificate FILE [--chain FILE]` with the files it returns"
+            )
+        if self._issued is not None and self._issued.thumbprint != issued.thumbprint:
+            raise ExmigError(
+                f"the journal already holds certificate {self._issued.thumbprint}; {issued.thumbprint} is another one. "
+                "Move the journal away to start over with the new certificate"
+            )
+        self._remember_issued(issued)
+        self.journal.issued_thumbprint = issued.thumbprint
+        self.journal.issued_pem, self.journal.chain_pems = issued_to_pems(issued)
+        self.journal.save()
+        return "changed", reason
+
+    def _need_issued(self, server: Server, step: Step) -> str:
+        if self.thumbprint is None:
+            raise DependencyError(
+                f"{step.name.value} on {server.name} needs the CA's certificate: run the request and issue steps "
+                "first, or pass --certificate FILE"
+            )
+        return self.thumbprint
+
+    def _install_chain(self, server: Server, step: Step) -> tuple[str, str]:
+        self._need_issued(server, step)
+        assert self._issued is not None
+        wanted = [checks.sha1_thumbprint(c) for c in self._issued.intermediates]
+        decision = checks.ca_store_has(self.ca_store(server), wanted)
+        if decision.done:
+            return "ok", decision.reason
+        self._run_commands(server, step)
+        return "changed", "intermediate certificate(s) added to LocalMachine\\CA"
+
+    def _complete(self, server: Server, step: Step) -> tuple[str, str]:
+        thumb = self._need_issued(server, step)
+        certs = self.certificates(server)
+        decision = checks.installed_with_key(certs, thumb)
+        if decision.done:
+            return "ok", decision.reason
+        found = checks.find(certs, thumb)
+        if found is not None and found.has_private_key is False:
+            raise ExmigError(
+                f"{server.name} holds certificate {thumb} without its private key (it was imported where the "
+                "request was not made); remove it with Remove-ExchangeCertificate and run again"
+            )
+        self._run_commands(server, step)
+        after = checks.installed_with_key(self.certificates(server), thumb)
+        if not after.done:
+            raise ExmigError(f"{server.name}: Import-ExchangeCertificate did not complete the request: {after.reason}")
+        return "changed", f"request completed: certificate {thumb} with its private key"
+
+    def _enable(self, server: Server, step: Step) -> tuple[str, str]:
+        thumb = self._need_issued(server, step)
+        certs = self.certificates(server)
+        if checks.find(certs, thumb) is None:
+            earlier = "complete" if server.name == self.playbook.source.name else "import"
+            raise DependencyError(
+                f"enable on {server.name} needs certificate {thumb} on that server: run the {earlier} step first"
+            )
+        services = server.services_for(self.playbook.certificate)
+        decision = checks.services_enabled(certs, thumb, services, step.key in self._previously_done)
+        if decision.done:
+            return "ok", decision.reason
+        self._run_commands(server, step)
+        after = checks.services_enabled(self.certificates(server), thumb, services, True)
+        return "changed", after.reason
+
+    def _targets_needing_pfx(self) -> list[Server]:
+        out = []
+        for target in self.playbook.targets:
+            if not self.journal.done(f"{target.name}:{StepName.IMPORT.value}"):
+                out.append(target)
+        return out
+
+    def _export_pfx(self, on_demand: bool) -> None:
+        source = self.playbook.source
+        thumb = self.thumbprint
+        if thumb is None or not checks.installed_with_key(self.certificates(source), thumb).done:
+            raise DependencyError(
+                f"the PFX must be exported from {source.name}, which does not hold the completed certificate yet; "
+                "run the request, issue and complete steps first"
+            )
+        commands = dialect_for(source).export(source, Thumbprint(thumb), pfx_file_name(self.playbook))
+        result: InvocationResult | None = None
+        for command in commands:
+            r = self.call(source, command)
+            if command.capture == "Export":
+                result = r
+        assert result is not None
+        self._blobs["pfx"] = pfx_bytes(result.output)
+        if self.options.save_pfx is not None:
+            from orchestrator.journal import write_atomic
+
+            write_atomic(self.options.save_pfx, self._blobs["pfx"], mode=0o600)
+
+    def _export(self, server: Server, step: Step) -> tuple[str, str]:
+        self._need_issued(server, step)
+        if not self._targets_needing_pfx() and self.options.save_pfx is None:
+            return "ok", "no target needs the PFX"
+        self._export_pfx(on_demand=False)
+        return "ok", f"PFX exported ({len(self._blobs['pfx'])} bytes, held in memory)"
+
+    def _copy(self, server: Server, step: Step) -> tuple[str, str]:
+        thumb = self._need_issued(server, step)
+        if checks.installed_with_key(self.certificates(server), thumb).done:
+            return "ok", "the certificate is already imported; no copy needed"
+        self._run_commands(server, step)
+        return "changed", f"PFX written to {remote_path(server, pfx_file_name(self.playbook))}"
+
+    def _pfx_on_disk(self, server: Server) -> bool:
+        path = remote_path(server, pfx_file_name(self.playbook))
+        result = self.call(server, Command("Test-Path", (Param("Path", Text(path)),), shell=Shell.SYSTEM,
+                                           changes=False))
+        return bool(result.output and result.output[0] is True)
+
+    def _import(self, server: Server, step: Step) -> tuple[str, str]:
+        thumb = self._need_issued(server, step)
+        decision = checks.installed_with_key(self.certificates(server), thumb)
+        if decision.done:
+            return "ok", decision.reason
+        if server.version == 2007 and not self._pfx_on_disk(server):
+            raise DependencyError(
+                f"import on {server.name} needs the PFX in {server.workdir} (step copy); run it with --step copy"
+            )
+        self._run_commands(server, step)
+        after = checks.installed_with_key(self.certificates(server), thumb)
+        if not after.done:
+            raise ExmigError(f"{server.name}: the import did not leave certificate {thumb} with its key: {after.reason}")
+        return "changed", f"certificate {thumb} imported with its private key"
+
+    def _cleanup(self, server: Server, step: Step) -> tuple[str, str]:
+        if not self._pfx_on_disk(server):
+            return "ok", "no PFX left in the working folder"
+        self._run_commands(server, step)
+        return "changed", "PFX removed from the working folder"
+
+    def _verify(self, server: Server, step: Step) -> tuple[str, str]:
+        thumb = self._need_issued(server, step)
+        self._knowledge.pop(server.name, None)  # verify reads fresh
+        found = checks.find(self.certificates(server), thumb)
+        if found is None:
+            raise VerifyFailed(f"{server.name}: certificate {thumb} not found")
+        problems = []
+        if found.has_private_key is False:
+            problems.append("no private key")
+        if found.status not in (None, "Valid"):
+            problems.append(f"status {found.status}")
+        wanted = {s.value for s in server.services_for(self.playbook.certificate)}
+        if found.services is not None and not wanted <= found.services:
+            problems.append("not enabled for " + ", ".join(sorted(wanted - found.services)))
+        if problems:
+            raise VerifyFailed(f"{server.name}: certificate {thumb}: " + "; ".join(problems))
+        services = "services not reported" if found.services is None else "enabled for " + ", ".join(sorted(wanted))
+        return "ok", f"certificate {thumb}: private key, status {found.status or 'not reported'}, {services}"
+
+
+def csr_text(output: list[Any]) -> str:
+    """The request as the server gave it: 2010 New-ExchangeCertificate returns the Base64 text (a string,
+    or an object whose text it is); Get-Content/Export return bytes (text or DER, maybe as FileData)."""
+    for item in output:
+        getter = getattr(item, "get", None)
+        value = getter("FileData") if callable(getter) and getter("FileData") is not None else item
+        if isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+            if data[:1] == b"0":  # DER: a SEQUENCE
+                body = base64.b64encode(data).decode()
+                lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+                return f"-----BEGIN NEW CERTIFICATE REQUEST-----\n{lines}\n-----END NEW CERTIFICATE REQUEST-----\n"
+            for encoding in ("utf-8-sig", "utf-16"):
+                try:
+                    return data.decode(encoding)
+                except UnicodeDecodeError:
+                    continue
+        text = str(value) if value is not None else ""
+        if "REQUEST-----" in text:
+            return text
+    strings = [o for o in output if isinstance(o, str)]
+    if strings:  # Get-Content without -Encoding Byte: one string per line
+        return "\n".join(strings) + "\n"
+    raise ExmigError("the server returned no certificate request")
+
+
+def pfx_bytes(output: list[Any]) -> bytes:
+    for item in output:
+        if isinstance(item, (bytes, bytearray)):
+            return bytes(item)
+        getter = getattr(item, "get", None)
+        if callable(getter):
+            data = getter("FileData")
+            if isinstance(data, (bytes, bytearray)):
+                return bytes(data)
+    raise ExmigError("Export-ExchangeCertificate returned no FileData")
+
+
+def dialect_native_failure(result: InvocationResult) -> str | None:
+    """certutil reports failure in its output (its exit code does not reach a PSRP client)."""
+    text = "\n".join(str(o) for o in result.output)
+    for line in text.splitlines():
+        if "FAILED" in line or "command failed" in line.lower():
+            return line.strip()
+    return None
