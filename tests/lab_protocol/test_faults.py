@@ -169,3 +169,11 @@ def test_plan_from_control_file(basic_server: LabServer, runs: list[str], tmp_pa
     with pytest.raises(WinRMTransportError):
         count_cmd(pool).invoke()
     assert fault_records(basic_server)[0][1:] == ("Command", "http_500", 500)
+
+
+def test_reset_after_on_the_empty_auth_post(make_server: Callable[..., LabServer]) -> None:
+    srv = make_server(auth=("negotiate",))
+    srv.faults.add(FaultRule(FaultKind.RESET_AFTER, request=3))  # AUTHENTICATE leg, empty body
+    with pytest.raises(requests.exceptions.ConnectionError):
+        open_pool(srv, auth="ntlm", encryption="always")
+    assert fault_records(srv) == [(3, "", "reset_after", 0)]
