@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 MAX_BODY = 32 * 1024 * 1024  # far above WSMan's 512 KB envelopes; refuses runaway uploads
-IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may sit idle
+IDLE_TIMEOUT = 120.0  # seconds a keep-alive connection may sit idle (HTTP.sys default idle timeout)
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
