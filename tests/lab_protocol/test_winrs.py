@@ -82,3 +82,31 @@ def test_wrong_password(make_server: Callable[..., LabServer]) -> None:
 )
 def test_split_command_line(line: str, argv: list[str]) -> None:
     assert split_command_line(line) == argv
+
+
+def test_slow_program_survives_operation_timeouts(basic_server: LabServer) -> None:
+    import time as _time
+
+    from orchestrator.lab.registry import NativeCommandSpec, NativeResult
+
+    def slow(args: list[str], session: object) -> NativeResult:
+        _time.sleep(1.6)
+        return NativeResult(stdout="done\r\n")
+
+    basic_server.registry.register_native(NativeCommandSpec("slow.exe", slow))
+    r = session(basic_server, "basic", operation_timeout_sec=1, read_timeout_sec=3).run_cmd("slow.exe")
+    assert (r.status_code, r.std_out) == (0, b"done\r\n")
+    assert basic_server.log.count(action="Receive", status=500) >= 1
+
+
+def test_protocol_level_stdin_and_cleanup(basic_server: LabServer) -> None:
+    p = session(basic_server, "basic").protocol
+    shell_id = p.open_shell()
+    command_id = p.run_command(shell_id, "showargs", ["one"])
+    p.send_command_input(shell_id, command_id, b"ignored input\r\n", end=True)
+    out, err, code = p.get_command_output(shell_id, command_id)
+    assert (out, code) == (b"[one]\r\n", 1)
+    p.cleanup_command(shell_id, command_id)
+    p.close_shell(shell_id)
+    assert basic_server.log.actions() == ["Create", "Command", "Send", "Receive", "Signal", "Delete"]
+    assert basic_server.shell_ids() == []
