@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from pypsrp.wsman import WSMan
 
 from orchestrator.lab.ca import LabCA, thumbprint
 from orchestrator.lab.exchange import EMS_2007_SNAPIN, ServerInspector
-from orchestrator.lab.serialize import to_ps
 from orchestrator.lab.server import LabServer
 
 from .conftest import ServerFactory
@@ -58,18 +56,6 @@ def invoke(rp: RunspacePool, *commands: tuple[str, dict[str, Any]]) -> list[Any]
     return out
 
 
-def _serializer_has_datetime() -> bool:
-    try:
-        to_ps(datetime.now(timezone.utc))
-    except TypeError:
-        return False
-    return True
-
-
-# NotBefore/NotAfter are datetimes; the protocol helper's serializer (serialize.to_ps) does not
-# convert them yet. Verified green with a local datetime -> psrpcore PSDateTime conversion.
-@pytest.mark.xfail(not _serializer_has_datetime(), reason="serialize.to_ps cannot serialize datetime yet",
-                   strict=True)
 def test_seed_procedure_over_pypsrp_and_pywinrm(servers: dict[str, Any], lab_ca: LabCA) -> None:
     model10, srv10 = servers["2010"]
     model07, srv07 = servers["2007"]
