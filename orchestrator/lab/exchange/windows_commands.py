@@ -1,23 +1,19 @@
-"""Windows commands exmig uses on a full-language endpoint: file cmdlets, the Cert: drive,
-snap-in cmdlets, and certutil.exe as a native program.
+"""Windows commands exmig uses on a full-language endpoint: file cmdlets and the Cert: drive;
+`register` also adds the snap-in cmdlets (snapins.py) and certutil.exe (certutil.py).
 
-Error texts here are PowerShell's/certutil's own (generic, seen in public logs); the certutil
-success output is UNCONFIRMED and lives in `CERTUTIL_TEXTS`.
+Error texts here are PowerShell's own (generic, seen in public logs).
 """
 
 from __future__ import annotations
 
 import codecs
-import fnmatch
 import hashlib
 from typing import Any
 
-from cryptography import x509
-
-from orchestrator.lab.exchange import pki
-from orchestrator.lab.exchange.cmdlets import EMS_2007_SNAPIN
-from orchestrator.lab.exchange.model import CA, MY, ORIGIN_REGISTRY, REQUEST, ROOT, CertEntry, ExchangeServerModel
+from orchestrator.lab.exchange.certutil import Certutil
+from orchestrator.lab.exchange.model import CA, MY, REQUEST, ROOT, CertEntry, ExchangeServerModel
 from orchestrator.lab.exchange.settings import LabSettings
+from orchestrator.lab.exchange.snapins import Snapins
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
 from orchestrator.lab.exchange.x500 import format_name
 from orchestrator.lab.objects import LabObject
@@ -28,7 +24,6 @@ from orchestrator.lab.registry import (
     Kind,
     LabError,
     NativeCommandSpec,
-    NativeResult,
     Parameter,
     Registry,
     Session,
@@ -36,48 +31,9 @@ from orchestrator.lab.registry import (
 
 PS = "Microsoft.PowerShell.Commands."
 FULL_LANGUAGE = "Microsoft.PowerShell"
-SNAPINS = {
-    "2007": {
-        EMS_2007_SNAPIN: "Admin Tasks for the Exchange Server",
-        "Microsoft.Exchange.Management.Powershell.Support": "Support Tasks for the Exchange Server",
-    },
-    "2010": {
-        "Microsoft.Exchange.Management.PowerShell.E2010": "Admin Tasks for the Exchange Server",
-        "Microsoft.Exchange.Management.PowerShell.Setup": "Setup Tasks for the Exchange Server",
-        "Microsoft.Exchange.Management.Powershell.Support": "Support Tasks for the Exchange Server",
-    },
-}
-CORE_SNAPINS = (
-    "Microsoft.PowerShell.Diagnostics", "Microsoft.WSMan.Management", "Microsoft.PowerShell.Core",
-    "Microsoft.PowerShell.Utility", "Microsoft.PowerShell.Host", "Microsoft.PowerShell.Management",
-    "Microsoft.PowerShell.Security",
-)
-STORE_TITLES = {
-    MY: "Personal",
-    CA: "Intermediate Certification Authorities",
-    ROOT: "Trusted Root Certification Authorities",
-    REQUEST: "Certificate Enrollment Requests",
-}
 ENCODINGS = ("Unknown", "String", "Unicode", "Byte", "BigEndianUnicode", "UTF8", "UTF7", "UTF32", "Ascii",
              "Default", "Oem")
 HASH_ALGORITHMS = ("SHA1", "SHA256", "SHA384", "SHA512", "MACTripleDES", "MD5", "RIPEMD160")
-
-# certutil.exe output. The success lines are UNCONFIRMED (reference §6); the failure lines are a
-# public example (CRYPT_E_NO_MATCH) or Windows' standard message texts.
-CERTUTIL_TEXTS = {
-    "store_header": '{store} "{title}"',
-    "added": 'Certificate "{subject}" added to store.',
-    "already": 'Certificate "{subject}" already in store.',
-    "success": "CertUtil: -addstore command completed successfully.",
-    "no_match": "CertUtil: -addstore command FAILED: 0x80092009 (-2146885623 CRYPT_E_NO_MATCH)\r\n"
-    "CertUtil: Cannot find the requested object.",
-    "file_not_found": "CertUtil: -addstore command FAILED: 0x80070002 (WIN32: 2 ERROR_FILE_NOT_FOUND)\r\n"
-    "CertUtil: The system cannot find the file specified.",
-    "bad_args": "CertUtil: -addstore command FAILED: 0x80070057 (WIN32: 87 ERROR_INVALID_PARAMETER)\r\n"
-    "CertUtil: The parameter is incorrect.",
-    "unknown_verb": "CertUtil: Unknown arg: {arg}\r\nUsage:\r\n  CertUtil [Options] -addstore CertificateStoreName InFile",
-}
-CERTUTIL_EXIT = {"no_match": -2146885623, "file_not_found": -2147024894, "bad_args": -2147024809}
 
 X509_TYPES = [
     "System.Security.Cryptography.X509Certificates.X509Certificate2",
@@ -424,118 +380,10 @@ class WindowsCommands:
                 extended={"Algorithm": algorithm, "Hash": digest, "Path": self.model.fs.display(path or raw)},
             ))
 
-    # --- snap-ins ---------------------------------------------------------------------------------
-
-    def _snapin_object(self, name: str, description: str) -> LabObject:
-        return LabObject(
-            ["System.Management.Automation.PSSnapInInfo", "System.Object"],
-            adapted={"Name": name, "PSVersion": "1.0", "Description": description},
-            to_string=name,
-        )
-
-    def add_pssnapin(self, call: CommandCall) -> None:
-        registered = SNAPINS[self.model.version]
-        for pattern in call.params["Name"]:
-            matches = [n for n in registered if fnmatch.fnmatch(n.lower(), pattern.lower())]
-            if not matches:
-                call.write_error(LabError(
-                    message=f"The Windows PowerShell snap-in '{pattern}' is not installed on this machine.",
-                    error_id=f"AddPSSnapInRead,{PS}AddPSSnapinCommand",
-                    category=ErrorCategory.InvalidArgument,
-                    exception_type="System.Management.Automation.PSArgumentException",
-                    target=pattern,
-                    activity=call.name,
-                ))
-                continue
-            for name in matches:
-                if name.lower() in {s.lower() for s in call.session.snapins}:
-                    call.write_error(LabError(
-                        message=f"Cannot add Windows PowerShell snap-in {name} because it is already added. "
-                        "Verify the name of the snap-in, and then try again.",
-                        error_id=f"AddPSSnapInRead,{PS}AddPSSnapinCommand",
-                        category=ErrorCategory.InvalidArgument,
-                        exception_type="System.Management.Automation.PSArgumentException",
-                        target=name,
-                        activity=call.name,
-                    ))
-                    continue
-                call.session.snapins.add(name)
-                if call.params.get("PassThru"):
-                    call.write(self._snapin_object(name, registered[name]))
-
-    def get_pssnapin(self, call: CommandCall) -> None:
-        registered = SNAPINS[self.model.version]
-        if call.params.get("Registered"):
-            pool = dict(registered)
-        else:
-            pool = {n: "" for n in CORE_SNAPINS}
-            loaded = {s.lower() for s in call.session.snapins}
-            pool.update({n: d for n, d in registered.items() if n.lower() in loaded})
-        for pattern in call.params.get("Name", ["*"]):
-            matches = [n for n in pool if fnmatch.fnmatch(n.lower(), pattern.lower())]
-            if not matches and not any(ch in pattern for ch in "*?["):
-                call.write_error(LabError(
-                    message=f"No Windows PowerShell snap-ins matching the pattern '{pattern}' were found. "
-                    "Check the pattern and then try the command again.",
-                    error_id=f"NoPSSnapInsFound,{PS}GetPSSnapinCommand",
-                    category=ErrorCategory.InvalidArgument,
-                    exception_type="System.Management.Automation.PSArgumentException",
-                    target=pattern,
-                    activity=call.name,
-                ))
-            for name in matches:
-                call.write(self._snapin_object(name, pool[name]))
-
-    # --- certutil.exe -----------------------------------------------------------------------------
-
-    def certutil(self, args: list[str], session: Session) -> NativeResult:
-        options = {a.lower() for a in args if a.startswith(("-", "/"))}
-        rest = [a for a in args if not a.startswith(("-", "/"))]
-        verbs = [a for a in args if a.lower().lstrip("-/") == "addstore"]
-        unknown = [a for a in options if a.lstrip("-/") not in ("addstore", "f", "enterprise")]
-        if unknown:
-            return NativeResult(stdout=CERTUTIL_TEXTS["unknown_verb"].format(arg=sorted(unknown)[0]) + "\r\n",
-                                exit_code=CERTUTIL_EXIT["bad_args"])
-        if not verbs or len(rest) != 2:
-            return NativeResult(stdout=CERTUTIL_TEXTS["bad_args"] + "\r\n", exit_code=CERTUTIL_EXIT["bad_args"])
-        store_arg, file_arg = rest
-        store = next((s for s in (MY, CA, ROOT) if s.lower() == store_arg.lower()), None)
-        if store is None:
-            return NativeResult(stdout=CERTUTIL_TEXTS["bad_args"] + "\r\n", exit_code=CERTUTIL_EXIT["bad_args"])
-        try:
-            path = normalize(file_arg, self._cwd(session))
-        except PathError:
-            path = ""
-        data = self.model.fs.read(path) if path else None
-        if data is None:
-            return NativeResult(stdout=CERTUTIL_TEXTS["file_not_found"] + "\r\n",
-                                exit_code=CERTUTIL_EXIT["file_not_found"])
-        try:
-            parsed = pki.parse_blob(data, None)
-        except (pki.FormatError, pki.PfxPasswordError, pki.PfxEncryptionUnsupported):
-            parsed = None
-        if parsed is None or parsed.is_pfx or not parsed.certs:
-            return NativeResult(stdout=CERTUTIL_TEXTS["no_match"] + "\r\n", exit_code=CERTUTIL_EXIT["no_match"])
-        lines = [CERTUTIL_TEXTS["store_header"].format(store=store, title=STORE_TITLES[store])]
-        with self.model.transaction():
-            for cert in parsed.certs:
-                lines.append(self._add_to_store(store, cert, "-f" in options or "/f" in options))
-        lines.append(CERTUTIL_TEXTS["success"])
-        return NativeResult(stdout="\r\n".join(lines) + "\r\n", exit_code=0)
-
-    def _add_to_store(self, store: str, cert: x509.Certificate, force: bool) -> str:
-        subject = format_name(cert.subject)
-        existing = self.model.find(store, pki.thumbprint(cert))
-        if existing is not None and not force:
-            return CERTUTIL_TEXTS["already"].format(subject=subject)
-        if existing is None:
-            origin = ORIGIN_REGISTRY if store == ROOT else ""
-            self.model.put(CertEntry(store, pki.der(cert), root_origin=origin))
-        return CERTUTIL_TEXTS["added"].format(subject=subject)
-
     # --- registration -----------------------------------------------------------------------------
 
     def register(self, registry: Registry) -> None:
+        snapins = Snapins(self.model.version)
         configs: tuple[str, ...] = (FULL_LANGUAGE,)
         if self.settings.exchange_endpoint_has_file_cmdlets:
             configs += ("Microsoft.Exchange",)
@@ -563,10 +411,10 @@ class WindowsCommands:
                 Parameter("Path", _SA, position=0, from_pipeline_property=True), Parameter("Force", _SW),
                 Parameter("Recurse", _SW), Parameter("Filter", _S, position=1),
             ), configs),
-            ("Add-PSSnapin", self.add_pssnapin, (
+            ("Add-PSSnapin", snapins.add_pssnapin, (
                 Parameter("Name", _SA, mandatory=True, position=0), Parameter("PassThru", _SW),
             ), (FULL_LANGUAGE,)),
-            ("Get-PSSnapin", self.get_pssnapin, (
+            ("Get-PSSnapin", snapins.get_pssnapin, (
                 Parameter("Name", _SA, position=0), Parameter("Registered", _SW),
             ), (FULL_LANGUAGE,)),
         ]
@@ -580,4 +428,4 @@ class WindowsCommands:
                 implementing_type=f"{PS}{name.replace('-', '')}Command" if name != "Get-FileHash" else "",
                 configurations=configurations,
             ))
-        registry.register_native(NativeCommandSpec("certutil.exe", self.certutil, aliases=("certutil",)))
+        registry.register_native(NativeCommandSpec("certutil.exe", Certutil(self.model), aliases=("certutil",)))
