@@ -11,7 +11,12 @@ Semantics (the subset of PowerShell the lab needs):
   behaviour), so the other objects still run;
 - language modes: NoLanguage refuses any script command before anything runs (lab choice of
   error id, see `no_language_error`); FullLanguage would run scripts, but the lab does not
-  interpret script text, so it refuses them with an explicit lab error.
+  interpret script text, so it refuses them with an explicit lab error;
+- native programs (`registry.native`) run where PowerShell would find them: in FullLanguage
+  sessions, when no cmdlet has the name. Arguments are rendered as PowerShell's native binder
+  does for API parameters (positional -> the value, named -> `-Name` or `-Name:value`); stdout
+  comes back one string per line, each stderr line is a non-terminating NativeCommandError
+  record, and the exit code does not fail the pipeline (as `$LASTEXITCODE` does not).
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from orchestrator.lab.registry import CommandCall, ErrorCategory, LabError, Registry, Session, bind
+from orchestrator.lab.registry import (
+    CommandCall,
+    ErrorCategory,
+    LabError,
+    NativeCommandSpec,
+    Registry,
+    Session,
+    bind,
+)
 
 
 class LanguageMode(Enum):
@@ -98,11 +111,82 @@ def run_pipeline(
     """Run all statements; raises LabError (terminating) or PipelineStopped."""
     check_language(statements, language)
     stop = stop or threading.Event()
+    natives = language is LanguageMode.FULL
     for index, statement in enumerate(statements):
         piped: list[Any] | None = input_objects if index == 0 and input_objects is not None else None
         for position, inv in enumerate(statement):
             last = position == len(statement) - 1
-            piped = _run_command(registry, session, inv, piped, sink, stop, to_sink=last)
+            native = _native_for(registry, session, inv.name) if natives else None
+            if native is not None:
+                piped = _run_native(native, session, inv, sink, stop, to_sink=last)
+            else:
+                piped = _run_command(registry, session, inv, piped, sink, stop, to_sink=last)
+
+
+def _native_for(registry: Registry, session: Session, name: str) -> NativeCommandSpec | None:
+    try:
+        registry.command(name, session)
+        return None  # a cmdlet wins over a program of the same name
+    except LabError:
+        return registry.native(name)
+
+
+def native_arguments(arguments: list[tuple[str | None, Any]]) -> list[str]:
+    """API parameters -> a program's argv the way PowerShell's native binder renders them."""
+
+    def text(value: Any) -> list[str]:
+        if isinstance(value, (list, tuple)):
+            return [t for v in value for t in text(v)]
+        if isinstance(value, bool):
+            return ["True" if value else "False"]
+        if value is None:
+            return []
+        return [str(value)]
+
+    argv: list[str] = []
+    for name, value in arguments:
+        if name is None:
+            argv.extend(text(value))
+        elif value is None:
+            argv.append("-" + name.lstrip("-"))
+        else:
+            argv.append("-" + name.lstrip("-") + ":" + " ".join(text(value)))
+    return argv
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def _run_native(
+    spec: NativeCommandSpec,
+    session: Session,
+    inv: Invocation,
+    sink: Sink,
+    stop: threading.Event,
+    to_sink: bool,
+) -> list[Any]:
+    if stop.is_set():
+        raise PipelineStopped()
+    result = spec.handler(native_arguments(inv.arguments), session)
+    for i, line in enumerate(_lines(result.stderr)):
+        sink.error(LabError(
+            message=line,
+            error_id="NativeCommandError" if i == 0 else "NativeCommandErrorMessage",
+            category=ErrorCategory.NotSpecified,
+            exception_type="System.Management.Automation.RemoteException",
+            target=line if i == 0 else None,
+            activity=spec.name,
+        ))
+    lines = _lines(result.stdout)
+    if to_sink:
+        for line in lines:
+            sink.output(line)
+        return []
+    return list(lines)
 
 
 def _run_command(

@@ -409,3 +409,26 @@ def test_request_counts_key_exchange_and_large_parameter(basic_server: LabServer
 def test_refuses_non_loopback_bind(registry: Any, host: str) -> None:
     with pytest.raises(ValueError, match="loopback|127.0.0.0/8"):
         LabServer("EX1", registry, {"a": "b"}, host=host)
+
+
+def test_native_program_in_full_language_session(basic_server: LabServer) -> None:
+    with RunspacePool(wsman_for(basic_server, path="wsman")) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("hostname.exe")
+        assert ps.invoke() == ["EX1"]
+        ps = PowerShell(pool)
+        ps.add_cmdlet("C:\\Tools\\showargs.exe").add_argument("-addstore").add_argument("CA")
+        ps.add_parameter("f").add_parameter("config", "a b")
+        out = ps.invoke()
+        # stdout one string per line; stderr as a non-terminating NativeCommandError; exit code 4 ignored
+        assert out == ["[-addstore]", "[CA]", "[-f]", "[-config:a b]"]
+        assert not ps.had_errors
+        assert [(str(e), e.fq_error) for e in ps.streams.error] == [("note on stderr", "NativeCommandError")]
+
+
+def test_native_program_not_visible_on_exchange_endpoint(basic_server: LabServer) -> None:
+    with RunspacePool(wsman_for(basic_server), configuration_name="Microsoft.Exchange") as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("hostname.exe")
+        ps.invoke()
+        assert ps.had_errors and ps.streams.error[-1].fq_error == "CommandNotFoundException"
