@@ -89,7 +89,7 @@ def parse_s_client(stdout: str, stderr: str = "") -> SClientResult:
         if line.startswith("Certificate chain"):
             in_chain = True
             continue
-        if in_chain and line.startswith("---"):
+        if in_chain and line.rstrip() == "---":  # the section rule, not a PEM boundary
             in_chain = False
             continue
         if in_chain:
@@ -147,8 +147,8 @@ def _chain_section(stdout: str) -> str:
     start = stdout.find("Certificate chain")
     if start < 0:
         return ""
-    end = stdout.find("\n---", start)
-    return stdout[start:] if end < 0 else stdout[start:end]
+    end = re.compile(r"^---\s*$", re.M).search(stdout, start)
+    return stdout[start:] if end is None else stdout[start:end.start()]
 
 
 def _failure_reason(stdout: str, stderr: str, connected: bool) -> str:

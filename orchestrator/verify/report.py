@@ -17,6 +17,7 @@ for those services. Everything else fails the run with `ExitCode.VERIFY_FAILED`.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -141,8 +142,9 @@ def judge(
             f"presents {a.leaf_thumbprint} ({a.subject}, issued by {a.issuer}, valid until {until}); "
             f"expected {expected}",
         )
-    if a.days_left < 0 or a.not_after <= a.checked_at:
-        return finding(Verdict.EXPIRED, f"expired {until} ({-a.days_left} days ago)")
+    if a.not_after <= a.checked_at:
+        ago = (a.checked_at - a.not_after) // dt.timedelta(days=1)
+        return finding(Verdict.EXPIRED, f"expired {until} ({ago} days ago)")
     covered = a.covers_sni if name == presented.sni else names_cover(a.dns_names, a.ip_addresses, name)
     if not covered:
         names = ", ".join(a.dns_names + a.ip_addresses) or "none"

@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import functools
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -38,7 +39,6 @@ from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from orchestrator.certs import thumbprint
@@ -188,11 +188,26 @@ def system_roots() -> tuple[x509.Certificate, ...]:
     return tuple(found)
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
 def _load_pem_file(path: Path) -> list[x509.Certificate]:
+    """Every certificate in a PEM file, one by one: a single malformed root in a distribution's bundle
+    must not cost the others."""
     try:
-        return x509.load_pem_x509_certificates(path.read_bytes())
-    except (OSError, ValueError):
+        data = path.read_bytes()
+    except OSError:
         return []
+    found = []
+    with warnings.catch_warnings():
+        # Some old roots in distribution bundles have non-positive serials; cryptography warns about each.
+        warnings.simplefilter("ignore")
+        for block in _PEM_BLOCK.findall(data):
+            try:
+                found.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                continue
+    return found
 
 
 def _verify_name(sni: str) -> x509.verification.Subject:
@@ -258,11 +273,6 @@ def assess(
         trust_store=trust_store,
         checked_at=when,
     )
-
-
-def common_name(cert: x509.Certificate) -> str | None:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else None
 
 
 # ---------------------------------------------------------------------------------------------- probe
