@@ -80,6 +80,8 @@ class LabServer:
         allow_unencrypted: WinRM's AllowUnencrypted: Basic over HTTP and plain bodies after
             Negotiate over HTTP are accepted.
         cmd_shell: offer the WinRS cmd shell at /wsman.
+        shell_idle_timeout: seconds after which an unused shell is discarded (WinRM's IdleTimeout,
+            7200 s by default), so clients that drop pools without Delete do not pile up.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class LabServer:
         faults: FaultPlan | None = None,
         allow_unencrypted: bool = False,
         cmd_shell: bool = True,
+        shell_idle_timeout: float = 7200.0,
     ) -> None:
         require_loopback(host)
         self.name = name
@@ -113,6 +116,8 @@ class LabServer:
         self._shells: dict[str, PsrpShell | WinrsShell] = {}
         self._internal_errors: list[str] = []
         self._owners: dict[str, str] = {}
+        self._last_used: dict[str, float] = {}
+        self.shell_idle_timeout = shell_idle_timeout
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
         self._thread: ServerThread | None = None
@@ -304,6 +309,8 @@ class LabServer:
         with self._lock:
             shell = self._shells.get(shell_id.upper())
             owner = self._owners.get(shell_id.upper())
+            if shell is not None:
+                self._last_used[shell_id.upper()] = time.monotonic()
         if shell is None:
             raise wsman.shell_not_found_fault(shell_id)
         if owner is not None and owner.lower() != user.lower():
@@ -313,6 +320,7 @@ class LabServer:
                 with self._lock:
                     self._shells.pop(shell_id.upper(), None)
                     self._owners.pop(shell_id.upper(), None)
+                    self._last_used.pop(shell_id.upper(), None)
                 shell.close()
                 return wsman.response(req), None
             if isinstance(shell, PsrpShell):
@@ -343,13 +351,26 @@ class LabServer:
             shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language)
             shell.create(creation.text or "")
             streams = ("stdin pr", "stdout")
+        self._expire_idle_shells()
         with self._lock:
             self._shells[shell_id] = shell
             self._owners[shell_id] = user
+            self._last_used[shell_id] = time.monotonic()
         address = self.url(http.path)
         return wsman.response(
             req, *wsman.shell_created(address, req.resource_uri, shell_id, user, streams[0], streams[1])
         )
+
+    def _expire_idle_shells(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [sid for sid, t in self._last_used.items() if now - t > self.shell_idle_timeout]
+            expired = [self._shells.pop(sid) for sid in idle if sid in self._shells]
+            for sid in idle:
+                self._owners.pop(sid, None)
+                self._last_used.pop(sid, None)
+        for shell in expired:
+            shell.close()
 
     def _timeout(self, req: wsman.WSManRequest) -> float:
         t = req.operation_timeout if req.operation_timeout is not None else DEFAULT_OPERATION_TIMEOUT

@@ -432,3 +432,15 @@ def test_native_program_not_visible_on_exchange_endpoint(basic_server: LabServer
         ps.add_cmdlet("hostname.exe")
         ps.invoke()
         assert ps.had_errors and ps.streams.error[-1].fq_error == "CommandNotFoundException"
+
+
+def test_idle_shells_expire(make_server: Callable[..., LabServer]) -> None:
+    srv = make_server(allow_unencrypted=True, shell_idle_timeout=0.2)
+    abandoned = RunspacePool(wsman_for(srv), configuration_name="Microsoft.Exchange")
+    abandoned.open()
+    time.sleep(0.3)
+    with RunspacePool(wsman_for(srv), configuration_name="Microsoft.Exchange"):
+        assert len(srv.shell_ids()) == 1  # the abandoned one was discarded when this one was created
+    with pytest.raises(WSManFaultError) as info:
+        abandoned.shell.wsman.delete(abandoned.shell.resource_uri, selector_set=abandoned.shell._selector_set)
+    assert info.value.code == 2150858843
