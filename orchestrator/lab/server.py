@@ -383,6 +383,10 @@ class LabServer:
             if line is None or line.tag != f"{{{wsman.SHELL_NS}}}CommandLine":
                 raise wsman.invalid_message_fault("Command without rsp:CommandLine")
             command_id = line.get("CommandId") or str(uuid.uuid4()).upper()
+            try:
+                uuid.UUID(command_id)
+            except ValueError:
+                raise wsman.invalid_message_fault(f"CommandId {command_id!r} is not a GUID") from None
             args = wsman.find(line, "rsp:Arguments")
             shell.command(command_id, args.text if args is not None else None)
             return wsman.response(req, wsman.command_response(command_id)), command_id
