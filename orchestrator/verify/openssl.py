@@ -57,7 +57,7 @@ class SClientResult:
         return {num for d, num in self.verify_errors if depth is None or d == depth}
 
 
-_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.S)
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
 _ENTRY = re.compile(r"^\s*(\d+) s:")
 _VALIDITY = re.compile(r"^\s*v:NotBefore: (.+?); NotAfter: (.+?)\s*$")
 _PROTOCOL = re.compile(r"^\s*Protocol\s*:\s*(\S+)")
@@ -147,7 +147,7 @@ def _chain_section(stdout: str) -> str:
     start = stdout.find("Certificate chain")
     if start < 0:
         return ""
-    end = re.compile(r"^---\s*$", re.M).search(stdout, start)
+    end = re.compile(r"^---\s*$", re.MULTILINE).search(stdout, start)
     return stdout[start:] if end is None else stdout[start:end.start()]
 
 

@@ -122,7 +122,8 @@ def judge(
 
     `expected_intermediates`: thumbprints of every intermediate the server must send (all of them, so a
     two-level chain is checked whole). Empty: only require that some sent certificate issued the leaf.
-    `sni` defaults to the name the probe asked for; `server` (the playbook's server name) to its host."""
+    `sni` defaults to the name the probe asked for (pass that one: the trust check was made for it; another
+    name only changes the name-coverage check); `server` (the playbook's server name) defaults to the host."""
     name = sni if sni is not None else presented.sni
     where = server if server is not None else presented.host
     a = presented.assessment
@@ -133,7 +134,8 @@ def judge(
 
     if not presented.reachable or a is None:
         stage = f"{presented.stage} " if presented.stage else ""
-        return finding(Verdict.UNREACHABLE, f"{presented.endpoint}: {stage}failed: {presented.error or 'no answer'}")
+        reason = presented.error or "no answer"
+        return finding(Verdict.UNREACHABLE, f"{presented.endpoint}: {stage}failed: {reason}")
     expected = _norm(expected_thumbprint)
     until = f"{a.not_after:%Y-%m-%d %H:%M} UTC"
     if a.leaf_thumbprint != expected:
@@ -164,7 +166,8 @@ def judge(
             f"the chain sent lacks the expected intermediate(s) {', '.join(missing)}",
         )
     if not a.trusted:
-        store = {"given": "the given roots", "system": "the system store", "none": "no trust store"}[a.trust_store]
+        store = {"given": "the given roots", "system": "the system store", "none": "no trust store"}[
+            a.trust_store]
         return finding(Verdict.UNTRUSTED, f"does not verify to {store}: {a.trust_error}")
     if a.days_left < warn_days:
         return finding(

@@ -7,8 +7,8 @@ Two halves, kept apart on purpose:
   exactly as the server sent it. Validating during the handshake would abort on the very problems we want to
   report (wrong chain, expired, wrong name) and hide what was presented.
 - `assess()` is pure: given the chain as sent, the SNI, trusted roots and a time, it works out the facts a
-  verdict needs (thumbprint, names, expiry, whether the intermediate that issued the leaf was sent, whether the
-  chain verifies for the name). `report.judge` turns those facts into a verdict.
+  verdict needs (thumbprint, names, expiry, whether the intermediate that issued the leaf was sent,
+  whether the chain verifies for the name). `report.judge` turns those facts into a verdict.
 
 How the chain is read: CPython 3.10-3.12 have the C method `_ssl._SSLSocket.get_unverified_chain()` (it
 became public as `SSLSocket.get_unverified_chain` in 3.13); this machine's 3.11.7 has it, and it returns
@@ -188,7 +188,7 @@ def system_roots() -> tuple[x509.Certificate, ...]:
     return tuple(found)
 
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def _load_pem_file(path: Path) -> list[x509.Certificate]:
@@ -224,7 +224,8 @@ def _trust(
     if not roots:
         return "no trusted root certificates to verify against"
     try:
-        verifier = PolicyBuilder().store(Store(list(roots))).time(when).build_server_verifier(_verify_name(sni))
+        builder = PolicyBuilder().store(Store(list(roots))).time(when)
+        verifier = builder.build_server_verifier(_verify_name(sni))
         verifier.verify(chain[0], list(chain[1:]))
     except VerificationError as exc:
         return str(exc)
@@ -321,10 +322,15 @@ def _client_context() -> ssl.SSLContext:
         ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     except ssl.SSLError:  # an OpenSSL without security levels takes DEFAULT as it is
         pass
+    # Unpatched Windows Server 2003/2008 lack RFC 5746 secure renegotiation, which OpenSSL 3 clients
+    # otherwise refuse outright. (ssl names the flag from 3.12 on; 0x4 is OpenSSL's value.)
+    ctx.options |= getattr(ssl, "OP_LEGACY_SERVER_CONNECT", 0x4)
     return ctx
 
 
-def _read_reply(sock: socket.socket, deadline: _Deadline, stage: Stage, buf: bytearray) -> tuple[int, list[str]]:
+def _read_reply(
+    sock: socket.socket, deadline: _Deadline, stage: Stage, buf: bytearray
+) -> tuple[int, list[str]]:
     """One SMTP reply (possibly multi-line): its code and text lines."""
     lines: list[str] = []
     while len(lines) < _MAX_REPLY_LINES:
@@ -378,7 +384,9 @@ def _smtp_starttls(sock: socket.socket, deadline: _Deadline) -> None:
         raise _Failed("starttls", "the server sent data after its STARTTLS reply")
 
 
-def _handshake(sock: socket.socket, sni: str, deadline: _Deadline) -> tuple[list[x509.Certificate], str | None]:
+def _handshake(
+    sock: socket.socket, sni: str, deadline: _Deadline
+) -> tuple[list[x509.Certificate], str | None]:
     ctx = _client_context()
     deadline.arm(sock, "handshake")
     # server_hostname sends SNI (Python leaves it out for IP literals, as browsers do).
@@ -415,7 +423,9 @@ def _probe_ssl(host: str, port: int, service: ServiceKind, sni: str, timeout: fl
             try:
                 chain, version = _handshake(sock, sni, deadline)
             except ssl.SSLError as exc:
-                raise _Failed("handshake", exc.reason or str(exc)) from None
+                # "SSLV3_ALERT_HANDSHAKE_FAILURE" -> "sslv3 alert handshake failure", as openssl prints it
+                reason = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+                raise _Failed("handshake", reason) from None
             except TimeoutError:
                 raise _Failed("handshake", "timed out") from None
             except OSError as exc:

@@ -40,6 +40,9 @@ class Issued:
     def without_chain(self) -> ServedCert:
         return ServedCert(self.served.leaf, self.served.key_pem, ())
 
+    def with_chain(self, *pems: bytes) -> ServedCert:
+        return ServedCert(self.served.leaf, self.served.key_pem, pems)
+
 
 def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -12,7 +12,6 @@ from orchestrator.certs import thumbprint
 from orchestrator.lab.tls_services import ServedCert
 from orchestrator.verify import SERVICE_KINDS, Verdict, judge, probe
 from orchestrator.verify.openssl import X509Error, openssl_verdict, parse_s_client, run_s_client
-from orchestrator.verify.tls_probe import ServiceKind
 
 from .conftest import Certs, Issued, Lab
 
@@ -25,6 +24,8 @@ CASES = {
     "right certificate": ("good", "good", "mail.example.test", Verdict.OK),
     "right certificate, legacy name": ("good", "good", "legacy.example.test", Verdict.OK),
     "no intermediate sent": ("good-bare", "good", "autodiscover.example.test", Verdict.MISSING_INTERMEDIATE),
+    "another CA's intermediate sent": ("good-wrongchain", "good", "mail.example.test",
+                                       Verdict.MISSING_INTERMEDIATE),
     "another certificate": ("self_signed", "good", "mail.example.test", Verdict.WRONG_CERTIFICATE),
     "self-signed": ("self_signed", "self_signed", "mail.example.test", Verdict.UNTRUSTED),
     "name missing": ("no_legacy", "no_legacy", "legacy.example.test", Verdict.NAME_MISMATCH),
@@ -41,7 +42,10 @@ def _served(certs: Certs, key: str | None) -> ServedCert | None:
     if key.endswith("-bare"):
         issued: Issued = getattr(certs, key.removesuffix("-bare"))
         return issued.without_chain()
-    return getattr(certs, key).served  # type: ignore[no-any-return]
+    if key.endswith("-wrongchain"):
+        return getattr(certs, key.removesuffix("-wrongchain")).with_chain(
+            certs.other_ca.intermediate_pem)
+    return getattr(certs, key).served
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -98,7 +102,8 @@ def test_parser_collects_every_verify_error_not_only_the_last() -> None:
         "certificate\nverify return:1\ndepth=0 CN = mail.example.test\nverify error:num=10:certificate has "
         "expired\nnotAfter=Nov 23 12:15:08 2026 GMT\nverify return:1\n"
     )
-    stdout = "CONNECTED(00000003)\n---\nno peer certificate available\n---\nVerify return code: 10 (expired)\n"
+    stdout = ("CONNECTED(00000003)\n---\nno peer certificate available\n---\n"
+              "Verify return code: 10 (expired)\n")
     parsed = parse_s_client(stdout, stderr)
     assert parsed.connected and parsed.verify_code == 10
     assert parsed.verify_errors == ((0, 20), (0, 21), (0, X509Error.CERT_HAS_EXPIRED))

@@ -30,7 +30,8 @@ def _findings() -> list[Finding]:
         Finding("EX2010", "https", "mail.example.test", Verdict.OK, "valid", THUMB, 300),
         Finding("EX2010", "IIS", None, Verdict.NOT_REPORTED, "Services not in the remote output"),
         Finding("EX2007", "smtp", "legacy.example.test", Verdict.EXPIRES_SOON, "expires", THUMB, 9),
-        Finding("EX2007", "imaps", "legacy.example.test", Verdict.WRONG_CERTIFICATE, "presents CD..", "CD" * 20, 80),
+        Finding("EX2007", "imaps", "legacy.example.test", Verdict.WRONG_CERTIFICATE, "presents CD..",
+                "CD" * 20, 80),
         Finding("EX2007", "pop3s", "legacy.example.test", Verdict.UNREACHABLE, "127.0.0.1:1: connect failed"),
     ]
 
@@ -86,5 +87,6 @@ def test_run_tls_checks_keeps_order_and_reports_every_endpoint(lab: Lab, certs: 
     ] + [TlsCheck("EX2007", "127.0.0.1", closed, "https", "legacy.example.test", certs.good.thumbprint)]
     findings = run_tls_checks(checks, roots=certs.roots, timeout=5, workers=4)
     assert [(f.server, f.service, f.name) for f in findings] == [(c.server, c.service, c.sni) for c in checks]
-    assert [f.verdict for f in findings] == [Verdict.OK, Verdict.MISSING_INTERMEDIATE] * 4 + [Verdict.UNREACHABLE]
+    expected = [Verdict.OK, Verdict.MISSING_INTERMEDIATE] * 4 + [Verdict.UNREACHABLE]
+    assert [f.verdict for f in findings] == expected
     assert exit_code(findings) == ExitCode.VERIFY_FAILED

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +94,40 @@ def test_smtp_that_will_not_start_tls_is_unreachable_with_the_reason(
     assert presented.stage == stage and presented.error is not None and message in presented.error
     finding = judge(presented, certs.good.thumbprint)
     assert finding.verdict is Verdict.UNREACHABLE and message in finding.detail
+
+
+def test_a_tls_1_0_only_server_is_still_seen(certs: Certs) -> None:
+    """Exchange 2007 on Windows Server 2003/2008 speaks TLS 1.0 only; its certificate must still be
+    judged, not reported unreachable because the probe refused the protocol."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with tempfile.TemporaryDirectory() as tmp:
+        chain, key = Path(tmp) / "chain.pem", Path(tmp) / "key.pem"
+        chain.write_bytes(certs.good.served.leaf + certs.ca.intermediate_pem)
+        key.write_bytes(certs.good.served.key_pem)
+        ctx.load_cert_chain(chain, key)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(5)
+
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+                conn.settimeout(5)
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except OSError:
+                return
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        presented = probe("127.0.0.1", listener.getsockname()[1], "imaps", "legacy.example.test", TIMEOUT,
+                          roots=certs.roots)
+        thread.join(6)
+    assert presented.tls_version == "TLSv1"
+    finding = judge(presented, certs.good.thumbprint, {certs.intermediate})
+    assert finding.verdict is Verdict.OK and finding.detail.endswith("TLSv1")

@@ -6,10 +6,11 @@ import socket
 import time
 
 import pytest
+from cryptography import x509
 
 from orchestrator.lab.tls_services import ServedCert
 from orchestrator.verify import Verdict, judge, probe
-from orchestrator.verify.tls_probe import ServiceKind
+from orchestrator.verify.tls_probe import ChainReader, ServiceKind
 
 from .conftest import NAMES, Certs, Lab
 
@@ -24,7 +25,7 @@ def check(
     sni: str = "mail.example.test",
     intermediates: frozenset[str] = frozenset(),
     warn_days: int = 30,
-    roots: list | None = None,  # type: ignore[type-arg]
+    roots: list[x509.Certificate] | None = None,
 ) -> tuple[Verdict, str]:
     presented = probe("127.0.0.1", lab.port(service), service, sni, TIMEOUT,
                       roots=certs.roots if roots is None else roots)
@@ -78,14 +79,18 @@ def test_without_the_intermediate_is_missing_intermediate(fresh_lab: Lab, certs:
     assert verdict is Verdict.MISSING_INTERMEDIATE and "does not send the intermediate" in detail
 
 
-def test_an_intermediate_other_than_the_expected_is_missing_intermediate(fresh_lab: Lab, certs: Certs) -> None:
-    other = certs.other_ca.intermediate_pem
-    assert check(fresh_lab, certs, certs.good.thumbprint, intermediates=frozenset({certs.intermediate}))[0] \
-        is Verdict.OK
-    wanted = frozenset({certs.intermediate, "AB" * 20})
-    verdict, detail = check(fresh_lab, certs, certs.good.thumbprint, intermediates=wanted)
-    assert verdict is Verdict.MISSING_INTERMEDIATE and "AB" * 20 in detail
-    assert other  # the foreign CA's intermediate is never sent by the good certificate's binding
+def test_an_intermediate_that_did_not_issue_it_is_missing(fresh_lab: Lab, certs: Certs) -> None:
+    serve(fresh_lab, certs.good.with_chain(certs.other_ca.intermediate_pem))
+    verdict, detail = check(fresh_lab, certs, certs.good.thumbprint)
+    assert verdict is Verdict.MISSING_INTERMEDIATE and "does not send the intermediate" in detail
+
+
+def test_every_expected_intermediate_must_be_sent(fresh_lab: Lab, certs: Certs) -> None:
+    only_ours = frozenset({certs.intermediate})
+    assert check(fresh_lab, certs, certs.good.thumbprint, intermediates=only_ours)[0] is Verdict.OK
+    two_levels = frozenset({certs.intermediate, "AB" * 20})
+    verdict, detail = check(fresh_lab, certs, certs.good.thumbprint, intermediates=two_levels)
+    assert verdict is Verdict.MISSING_INTERMEDIATE and detail.endswith("AB" * 20)
 
 
 def test_a_name_the_certificate_lacks_is_name_mismatch(fresh_lab: Lab, certs: Certs) -> None:
@@ -168,7 +173,7 @@ def test_a_silent_server_is_unreachable_within_the_timeout(certs: Certs) -> None
         port = listener.getsockname()[1]
         for service in ("smtp", "https"):
             started = time.monotonic()
-            presented = probe("127.0.0.1", port, service, "mail.example.test", 0.5)  # type: ignore[arg-type]
+            presented = probe("127.0.0.1", port, service, "mail.example.test", 0.5)
             assert time.monotonic() - started < 2.0
             assert presented.stage == ("greeting" if service == "smtp" else "handshake")
             assert judge(presented, certs.good.thumbprint).verdict is Verdict.UNREACHABLE
@@ -184,10 +189,10 @@ def test_the_worst_problem_wins(fresh_lab: Lab, certs: Certs) -> None:
 
 
 @pytest.mark.parametrize("reader", ["ssl", "openssl"])
-def test_both_chain_readers_see_the_same_chain(fresh_lab: Lab, certs: Certs, reader: str) -> None:
+def test_both_chain_readers_see_the_same_chain(fresh_lab: Lab, certs: Certs, reader: ChainReader) -> None:
     for service in ("https", "smtp"):
-        presented = probe("127.0.0.1", fresh_lab.port(service), service, "legacy.example.test", TIMEOUT,  # type: ignore[arg-type]
-                          roots=certs.roots, chain_reader=reader)  # type: ignore[arg-type]
+        presented = probe("127.0.0.1", fresh_lab.port(service), service, "legacy.example.test", TIMEOUT,
+                          roots=certs.roots, chain_reader=reader)
         assert presented.chain_source == reader
         assert presented.assessment is not None
         assert presented.assessment.sent_thumbprints == (certs.good.thumbprint, certs.intermediate)
