@@ -75,6 +75,16 @@ class FaultPlan:
     def clear(self) -> None:
         self.set_rules([])
 
+    @property
+    def http_count(self) -> int:
+        """HTTP requests counted so far (rule numbers are absolute: next request = this + 1)."""
+        with self._lock:
+            return self._http_count
+
+    def action_count(self, action: str) -> int:
+        with self._lock:
+            return self._action_counts[action]
+
     def to_json(self) -> str:
         with self._lock:
             return json.dumps({"rules": [r.to_json() for r in self.rules]})

@@ -165,7 +165,10 @@ def test_plan_from_control_file(basic_server: LabServer, runs: list[str], tmp_pa
     basic_server.faults.watch_file(control)
     pool = open_pool(basic_server)
     assert count_cmd(pool).invoke() == [1]
-    control.write_text(json.dumps({"rules": [{"kind": "http_500", "action": "Command", "request": 2}]}))
+    # Rule numbers are absolute since the server started; the plan tells where the count is.
+    nxt = basic_server.faults.action_count("Command") + 1
+    assert nxt == 2
+    control.write_text(json.dumps({"rules": [{"kind": "http_500", "action": "Command", "request": nxt}]}))
     with pytest.raises(WinRMTransportError):
         count_cmd(pool).invoke()
     assert fault_records(basic_server)[0][1:] == ("Command", "http_500", 500)
