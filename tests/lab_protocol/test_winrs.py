@@ -110,3 +110,12 @@ def test_protocol_level_stdin_and_cleanup(basic_server: LabServer) -> None:
     p.close_shell(shell_id)
     assert basic_server.log.actions() == ["Create", "Command", "Send", "Receive", "Signal", "Delete"]
     assert basic_server.shell_ids() == []
+
+
+def test_run_cmd_ntlm_https_without_message_encryption(
+    make_server: Callable[..., LabServer], server_cert: tuple[bytes, bytes], ca_file: Path
+) -> None:
+    srv = make_server(auth=("negotiate",), tls=server_cert)
+    s = session(srv, "ntlm", server_cert_validation="validate", ca_trust_path=str(ca_file))
+    assert s.run_cmd("hostname").std_out == b"EX1\r\n"
+    assert not any(r.encrypted for r in srv.log.records())
