@@ -173,7 +173,7 @@ class Authenticator:
             return AuthResult(body=body, username=user, scheme="basic")
 
         if scheme_l in ("negotiate", "ntlm") and self._wants_negotiate:
-            return self._negotiate_step(conn, value.strip(), body)
+            return self._negotiate_step(conn, value.strip(), headers, body)
 
         if scheme:
             return self._unauthorized()
@@ -183,7 +183,7 @@ class Authenticator:
             return self._unauthorized()
         return self._session_body(conn, headers, body)
 
-    def _negotiate_step(self, conn: ConnectionAuth, value: str, body: bytes) -> AuthResult:
+    def _negotiate_step(self, conn: ConnectionAuth, value: str, headers: Any, body: bytes) -> AuthResult:
         try:
             token = base64.b64decode(value, validate=True)
         except binascii.Error:
@@ -211,12 +211,16 @@ class Authenticator:
         conn.scheme = "negotiate"
         conn.encrypted = not self.tls
         # The request carrying the final token is executed: empty when the client sets up message
-        # encryption, the real request over HTTPS. A plain body where encryption is required is
-        # refused like any other plain body on an encrypted session.
+        # encryption, the real request over HTTPS. A body here goes through the same rules as on an
+        # established session (decrypt, or refuse plain text where encryption is required).
         # The final SPNEGO token (mechListMIC) must reach the client, or sequence numbers drift.
-        if body and conn.encrypted and not self.allow_unencrypted:
-            conn.reset()
-            return self._unauthorized()
+        if body:
+            result = self._session_body(conn, headers, body)
+            if result.status is not None:
+                conn.reset()
+                return result
+            result.headers = out_header + result.headers
+            return result
         return AuthResult(body=body, username=user, scheme="negotiate", headers=out_header)
 
     def _known_user(self, principal: str) -> str | None:

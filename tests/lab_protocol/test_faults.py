@@ -180,3 +180,25 @@ def test_reset_after_on_the_empty_auth_post(make_server: Callable[..., LabServer
     with pytest.raises(requests.exceptions.ConnectionError):
         open_pool(srv, auth="ntlm", encryption="always")
     assert fault_records(srv) == [(3, "", "reset_after", 0)]
+
+
+def test_reset_under_ntlm_encryption_needs_a_new_client(make_server: Callable[..., LabServer]) -> None:
+    """Observed pypsrp behaviour: after a reset its WSMan re-authenticates on a new connection but
+    keeps encrypting with the old context, so the server cannot decrypt (400). A new WSMan works."""
+    srv = make_server(auth=("negotiate",))
+    pool = open_pool(srv, auth="ntlm", encryption="always")
+    srv.faults.add(FaultRule(FaultKind.RESET_BEFORE, request=1, action="Command"))
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Get-LabThing")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        ps.invoke()
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Get-LabThing")
+    with pytest.raises(WinRMTransportError) as info:
+        ps.invoke()
+    assert info.value.code == 400
+    fresh = open_pool(srv, auth="ntlm", encryption="always")
+    ps = PowerShell(fresh)
+    ps.add_cmdlet("Get-LabThing")
+    assert len(ps.invoke()) == 1
+    fresh.close()
