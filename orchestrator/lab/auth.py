@@ -8,9 +8,10 @@
   is refused with 401, as a listener with AllowUnencrypted=false does.
 
 pyspnego's NTLM acceptor reads its users only from the file named by the NTLM_USER_FILE
-environment variable. Each server writes a private temp file holding only its lab users,
-and every acceptor step runs under one process-wide lock with the variable pointing at that
-file, so several lab servers with different users can live in one process.
+environment variable. Every acceptor step runs under one process-wide lock with the variable
+pointing at a private 0600 file holding only this server's lab users, written for that step
+and removed right after, so several lab servers with different users can live in one process
+and no credential file outlives a handshake.
 """
 
 from __future__ import annotations
@@ -39,31 +40,29 @@ _ENV_LOCK = threading.Lock()
 
 
 class UserFile:
-    """A 0600 temp file in pyspnego's `DOMAIN:USER:PASSWORD` format with only the lab users."""
+    """pyspnego's `DOMAIN:USER:PASSWORD` store with only the lab users, on disk only while needed.
+
+    The file exists just for the duration of one acceptor step (`active()`): written 0600 into a
+    fresh private directory, pointed at by NTLM_USER_FILE, removed on exit. No credential file is
+    left behind by a crashed or never-stopped server.
+    """
 
     def __init__(self, users: dict[str, str]) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="exmig-lab-ntlm-", suffix=".txt")
         lines = []
         for name, password in users.items():
-            if "\\" in name:
-                domain, user = name.split("\\", 1)
-            else:
-                domain, user = "", name
+            domain, user = name.split("\\", 1) if "\\" in name else ("", name)
             lines.append(f"{domain}:{user}:{password}\n")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.writelines(lines)
-
-    def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._content = "".join(lines)
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        with _ENV_LOCK:
+        with _ENV_LOCK, tempfile.TemporaryDirectory(prefix="exmig-lab-ntlm-") as directory:
+            path = os.path.join(directory, "users")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self._content)
             previous = os.environ.get("NTLM_USER_FILE")
-            os.environ["NTLM_USER_FILE"] = self.path
+            os.environ["NTLM_USER_FILE"] = path
             try:
                 yield
             finally:
@@ -114,26 +113,14 @@ class Authenticator:
         self.schemes = tuple(s.lower() for s in schemes)
         self.tls = tls
         self.allow_unencrypted = allow_unencrypted
-        self._raw_users = dict(users)
-        self._user_file: UserFile | None = None
-        self._file_lock = threading.Lock()
+        self._user_file = UserFile(users)
 
     @property
     def _wants_negotiate(self) -> bool:
         return "negotiate" in self.schemes or "ntlm" in self.schemes
 
     def close(self) -> None:
-        """Remove the NTLM user file (a later handshake writes a new one)."""
-        with self._file_lock:
-            if self._user_file is not None:
-                self._user_file.remove()
-                self._user_file = None
-
-    def _users_file(self) -> UserFile:
-        with self._file_lock:
-            if self._user_file is None:
-                self._user_file = UserFile(self._raw_users)
-            return self._user_file
+        """Nothing to release: the NTLM user file only exists during a handshake step."""
 
     def challenge_headers(self) -> list[tuple[str, str]]:
         headers = []
@@ -190,7 +177,7 @@ class Authenticator:
             conn.reset()
             return self._unauthorized()
         try:
-            with self._users_file().active():
+            with self._user_file.active():
                 if conn.context is None or conn.context.complete:
                     conn.reset()
                     conn.context = spnego.server(protocol="negotiate")
