@@ -88,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.track(self.request, False)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature from http.server
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log records what matters; stderr noise would hide test output
 
     def _reply(self, resp: HttpResponse) -> None:
@@ -133,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._reply(HttpResponse(405, headers=[("Allow", "POST")]))
 
-    do_GET = do_PUT = do_DELETE = do_HEAD = _not_allowed  # noqa: N815 - http.server naming
+    do_GET = do_PUT = do_DELETE = do_HEAD = _not_allowed
 
 
 def _format_exc() -> str:

@@ -330,7 +330,7 @@ class PsrpShell:
             pipe = self._pipes.get(pid) if pid else None
             if pipe is None:
                 return
-            if code_l.endswith("/ctrl_c") or code_l.endswith("/terminate"):
+            if code_l.endswith(("/ctrl_c", "/terminate")):
                 pipe.stop.set()
                 if pipe.pipeline.state == PSInvocationState.Running:
                     pipe.pipeline.begin_stop()

@@ -57,7 +57,7 @@ def _enum_member(value: LabEnum) -> Any:
         member = _enum_cache.get(key)
         if member is None:
             members = {value.text or "none": int(value.value)}
-            cls = PSEnumBase(f"LabEnum{len(_enum_cache)}", members)  # type: ignore[call-overload]
+            cls = PSEnumBase(f"LabEnum{len(_enum_cache)}", members)
             cls = PSType(chain, rehydrate=False)(cls)
             member = next(iter(cls))
             _enum_cache[key] = member

@@ -8,6 +8,7 @@ Every request ends up in the request log.
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import tempfile
@@ -17,12 +18,19 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 from orchestrator.lab import wsman
-from orchestrator.lab.auth import SOAP_CONTENT_TYPE, AuthResult, Authenticator, ConnectionAuth, wrap
+from orchestrator.lab.auth import SOAP_CONTENT_TYPE, Authenticator, AuthResult, ConnectionAuth, wrap
 from orchestrator.lab.engine import LanguageMode
 from orchestrator.lab.faults import FaultKind, FaultPlan, FaultRule
-from orchestrator.lab.httpserver import HttpRequest, HttpResponse, LabHTTPServer, ServerThread, require_loopback
+from orchestrator.lab.httpserver import (
+    HttpRequest,
+    HttpResponse,
+    LabHTTPServer,
+    ServerThread,
+    require_loopback,
+)
 from orchestrator.lab.psrp_shell import PsrpShell, ShellClosed
 from orchestrator.lab.registry import Registry
 from orchestrator.lab.requestlog import RequestLog, RequestRecord
@@ -124,7 +132,7 @@ class LabServer:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> LabServer:
+    def start(self) -> Self:
         if self._http is not None:
             return self
         self._http = LabHTTPServer(self.host, self._port, self, self.ssl_context)
@@ -144,8 +152,9 @@ class LabServer:
         self._http = None
         self._thread = None
 
-    def __enter__(self) -> LabServer:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
@@ -221,8 +230,8 @@ class LabServer:
 
         try:
             req = wsman.parse_request(auth.body)
-        except wsman.WSManFault as fault:
-            return finish(self._reply(auth, wsman.fault_envelope(fault, None, self.name), 500, record, fault))
+        except wsman.WSManFault as bad:
+            return finish(self._reply(auth, wsman.fault_envelope(bad, None, self.name), 500, record, bad))
         record.action = req.short_action
         record.shell_id = req.shell_id
         action_rule = self.faults.wsman_request(req.short_action)
@@ -233,17 +242,20 @@ class LabServer:
                 if pre.body and auth.encrypted:
                     return finish(self._reply(auth, pre.body, pre.status, record, None))
                 return finish(pre)
+        fault: wsman.WSManFault | None = None
+        command_id: str | None = None
         try:
             body, command_id = self._dispatch(request, req, auth.username or "")
-            status, fault = 200, None
-        except wsman.WSManFault as f:
-            body, command_id, status, fault = wsman.fault_envelope(f, req.message_id, self.name), None, 500, f
+        except wsman.WSManFault as exc:
+            fault = exc
         except Exception as exc:  # noqa: BLE001 - a lab bug: answer with a readable fault, keep it for tests
             import traceback
 
             self._internal_errors.append(traceback.format_exc())
-            f = wsman.internal_error_fault(f"{type(exc).__name__}: {exc}")
-            body, command_id, status, fault = wsman.fault_envelope(f, req.message_id, self.name), None, 500, f
+            fault = wsman.internal_error_fault(f"{type(exc).__name__}: {exc}")
+        status = 200
+        if fault is not None:
+            body, status = wsman.fault_envelope(fault, req.message_id, self.name), 500
         record.command_id = command_id
         if rule is not None and rule.kind is FaultKind.RESET_AFTER:
             return finish(HttpResponse(0, reset=True))
@@ -378,6 +390,7 @@ class LabServer:
 
     def _psrp(self, shell: PsrpShell, req: wsman.WSManRequest, action: wsman.Action) -> tuple[bytes, str | None]:
         body = req.body
+        command_id: str | None
         if action is wsman.Action.COMMAND:
             line = body
             if line is None or line.tag != f"{{{wsman.SHELL_NS}}}CommandLine":
@@ -391,8 +404,6 @@ class LabServer:
             shell.command(command_id, args.text if args is not None else None)
             return wsman.response(req, wsman.command_response(command_id)), command_id
         if action is wsman.Action.SEND:
-            import base64
-
             command_id = None
             data = b""
             for st in wsman.findall(body, "rsp:Stream"):
@@ -427,6 +438,7 @@ class LabServer:
 
     def _winrs(self, shell: WinrsShell, req: wsman.WSManRequest, action: wsman.Action) -> tuple[bytes, str | None]:
         body = req.body
+        command_id: str | None
         if action is wsman.Action.COMMAND:
             program_el = wsman.find(body, "rsp:Command")
             program = (program_el.text or "").strip() if program_el is not None else ""
@@ -434,8 +446,6 @@ class LabServer:
             command_id = shell.command(program, args)
             return wsman.response(req, wsman.command_response(command_id)), command_id
         if action is wsman.Action.SEND:
-            import base64
-
             command_id = None
             for st in wsman.findall(body, "rsp:Stream"):
                 command_id = st.get("CommandId") or command_id

@@ -126,7 +126,7 @@ def test_serialized_layout() -> None:
     assert "<T>A.MVP</T><T>System.Object</T></TN><LST><S>a</S></LST>" in _xml(LabList(["A.MVP"], ["a"]))
     assert "<T>System.Object[]</T>" in _xml([1])
     assert _xml(b"\x00\x01") == "<BA>AAE=</BA>"
-    assert _xml(datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)) == "<DT>2030-01-01T00:00:00Z</DT>"
+    assert _xml(datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)) == "<DT>2030-01-01T00:00:00Z</DT>"
 
 
 def test_from_ps_plain_values() -> None:

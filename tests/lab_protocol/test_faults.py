@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -32,7 +33,7 @@ def runs(registry: Registry) -> list[str]:
     return seen
 
 
-def open_pool(srv: LabServer, **kw: object) -> RunspacePool:
+def open_pool(srv: LabServer, **kw: Any) -> RunspacePool:
     pool = RunspacePool(wsman_for(srv, **kw), configuration_name="Microsoft.Exchange")
     pool.open()
     return pool

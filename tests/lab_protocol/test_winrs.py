@@ -104,7 +104,7 @@ def test_protocol_level_stdin_and_cleanup(basic_server: LabServer) -> None:
     shell_id = p.open_shell()
     command_id = p.run_command(shell_id, "showargs", ["one"])
     p.send_command_input(shell_id, command_id, b"ignored input\r\n", end=True)
-    out, err, code = p.get_command_output(shell_id, command_id)
+    out, _err, code = p.get_command_output(shell_id, command_id)
     assert (out, code) == (b"[one]\r\n", 1)
     p.cleanup_command(shell_id, command_id)
     p.close_shell(shell_id)
