@@ -92,7 +92,7 @@ def test_command_not_found(reg: Registry) -> None:
     assert info.value.error_id == "CommandNotFoundException"
 
 
-@pytest.mark.parametrize("mode", [LanguageMode.NO_LANGUAGE, LanguageMode.FULL])
+@pytest.mark.parametrize("mode", [LanguageMode.NO_LANGUAGE, LanguageMode.RESTRICTED, LanguageMode.FULL])
 def test_scripts_refused_before_anything_runs(reg: Registry, mode: LanguageMode) -> None:
     sink = Collect()
     with pytest.raises(LabError) as info:

@@ -444,3 +444,14 @@ def test_idle_shells_expire(make_server: Callable[..., LabServer]) -> None:
     with pytest.raises(WSManFaultError) as info:
         abandoned.shell.wsman.delete(abandoned.shell.resource_uri, selector_set=abandoned.shell._selector_set)
     assert info.value.code == 2150858843
+
+
+def test_ipv6_loopback(make_server: Callable[..., LabServer]) -> None:
+    srv = make_server(host="::1", allow_unencrypted=True)
+    assert srv.url("PowerShell") == f"http://[::1]:{srv.port}/PowerShell"
+    w = WSMan("::1", port=srv.port, path="PowerShell", ssl=False, auth="basic", encryption="never",
+              username=USER, password=PASSWORD)
+    with RunspacePool(w, configuration_name="Microsoft.Exchange") as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-LabThing")
+        assert len(ps.invoke()) == 1
