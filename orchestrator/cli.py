@@ -301,7 +301,10 @@ def lab_sign(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ExmigError becomes one line on stderr and its exit code, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns (not raises) a command's typer.Exit code.
+        returned = app(args=argv, standalone_mode=False)
+        if isinstance(returned, int) and not isinstance(returned, bool):
+            return returned
     except ExmigError as exc:
         sys.stderr.write(f"exmig: error: {exc}\n")
         return int(exc.exit_code)

@@ -85,6 +85,9 @@ class Executor:
         self._sessions: dict[str, ServerSession] = {}
         self._knowledge: dict[str, ServerKnowledge] = {}
         self._blobs: dict[str, bytes] = {}
+        # 2007 targets whose PFX file this run wrote: a file from an earlier run carries that run's
+        # (generated) password, so it cannot be imported with ours.
+        self._pfx_written: set[str] = set()
         self._issued: IssuedCertificate | None = None
         self._current_step = ""
         # Steps finished by earlier runs (read before this run marks them running again).
@@ -471,6 +474,7 @@ class Executor:
         if checks.installed_with_key(self.certificates(server), thumb).done:
             return "ok", "the certificate is already imported; no copy needed"
         self._run_commands(server, step)
+        self._pfx_written.add(server.name)
         return "changed", f"PFX written to {remote_path(server, pfx_file_name(self.playbook))}"
 
     def _pfx_on_disk(self, server: Server) -> bool:
@@ -484,10 +488,10 @@ class Executor:
         decision = checks.installed_with_key(self.certificates(server), thumb)
         if decision.done:
             return "ok", decision.reason
-        if server.version == 2007 and not self._pfx_on_disk(server):
-            raise DependencyError(
-                f"import on {server.name} needs the PFX in {server.workdir} (step copy); run it with --step copy"
-            )
+        if server.version == 2007 and server.name not in self._pfx_written:
+            copy = next(s for s in self.plan().for_server(server.name) if s.name is StepName.COPY)
+            self._run_commands(server, copy)  # this run's PFX, with this run's password
+            self._pfx_written.add(server.name)
         self._run_commands(server, step)
         after = checks.installed_with_key(self.certificates(server), thumb)
         if not after.done:

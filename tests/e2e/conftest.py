@@ -42,8 +42,9 @@ class Lab:
     def server(self, name: str) -> EmulatedServer:
         return self.site.servers[name]
 
-    def exmig(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+    def exmig(self, *args: str, timeout: float = 240, env_extra: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} | (env_extra or {})
         return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.tmp, env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.lab.exchange import MY
-from orchestrator.playbook import ManualIssuer, Playbook
+from orchestrator.playbook import LAB_DEFAULT_PASSWORD, ManualIssuer, Playbook, Role, SecretRef
 from tests.e2e.conftest import Lab, build_lab, write_playbook
 
 
@@ -19,9 +19,15 @@ def our_certificate(lab: Lab, server: str, thumb: str) -> Any:
 
 
 def test_manual_issuer_round_trip(lab: Lab, tmp_path: Path) -> None:
-    manual_playbook = lab.playbook.model_copy(update={"issuer": ManualIssuer(type="manual", csr_file="mitserv.csr")})
+    # A real-server style playbook: manual issuer, password from an environment variable.
+    password = SecretRef(env="EX_LAB_PASSWORD")
+    servers = [s.model_copy(update={"credentials": s.credentials.model_copy(update={"password": password})})
+               for s in lab.playbook.servers]
+    manual_playbook = lab.playbook.model_copy(update={
+        "issuer": ManualIssuer(type="manual", csr_file="mitserv.csr"), "servers": servers})
     write_playbook(manual_playbook, lab.playbook_path)
-    first = lab.exmig("run", str(lab.playbook_path), "--yes")
+    env = {"EX_LAB_PASSWORD": LAB_DEFAULT_PASSWORD}
+    first = lab.exmig("run", str(lab.playbook_path), "--yes", env_extra=env)
     assert first.returncode == 3, first.stderr  # waiting for the CA
     assert "waiting for the CA" in first.stderr
     csr = tmp_path / "mitserv.csr"
@@ -33,7 +39,7 @@ def test_manual_issuer_round_trip(lab: Lab, tmp_path: Path) -> None:
     thumb = signed.stdout.split()[1]
     zip_file = next((tmp_path / "ca-answer").glob("*.zip"))
 
-    second = lab.exmig("run", str(lab.playbook_path), "--yes", "--certificate", str(zip_file))
+    second = lab.exmig("run", str(lab.playbook_path), "--yes", "--certificate", str(zip_file), env_extra=env)
     assert second.returncode == 0, second.stderr + second.stdout
     for name in ("EX2010", "EX2007"):
         view = our_certificate(lab, name, thumb)
@@ -58,8 +64,9 @@ def test_per_server_steps_wait_for_their_dependencies(lab: Lab) -> None:
     assert proc.returncode == 0, proc.stderr
     steps = [(e["server"], e["step"], e["outcome"]) for e in events if e["event"] == "step" and e["phase"] == "end"]
     assert steps == [("EX2007", "import", "changed")]
-    assert [c for c in commands_sent(events, "EX2007") if c not in ("Get-ExchangeCertificate", "Test-Path")] == [
-        "Import-ExchangeCertificate"]
+    # The PFX file of the earlier run carries that run's generated password: this run writes its own.
+    assert [c for c in commands_sent(events, "EX2007") if c != "Get-ExchangeCertificate"] == [
+        "New-Item", "Set-Content", "Import-ExchangeCertificate"]
     # Nothing else changed on the 2007 server: not enabled yet, the PFX still waits for cleanup.
     thumb = lab.server("EX2010").inspector.serving()["https"]
     view = our_certificate(lab, "EX2007", thumb)
@@ -68,7 +75,7 @@ def test_per_server_steps_wait_for_their_dependencies(lab: Lab) -> None:
 
 def _with_second_2010(playbook: Playbook) -> Playbook:
     source = playbook.source
-    second = source.model_copy(update={"name": "EX2010B", "role": "target", "client_names": None})
+    second = source.model_copy(update={"name": "EX2010B", "role": Role.TARGET, "client_names": None})
     return playbook.model_copy(update={"servers": [*playbook.servers, second]})
 
 
