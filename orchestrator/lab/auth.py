@@ -31,6 +31,9 @@ from typing import Any
 
 import spnego
 import spnego.exceptions
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from spnego.channel_bindings import GssChannelBindings
 
 SPNEGO_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
 BOUNDARY = "Encrypted Boundary"
@@ -72,6 +75,17 @@ class UserFile:
                     os.environ["NTLM_USER_FILE"] = previous
 
 
+def tls_server_end_point(cert_pem: bytes) -> bytes:
+    """RFC 5929 channel binding data for a server certificate (the first PEM in `cert_pem`)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or isinstance(algorithm, (hashes.MD5, hashes.SHA1)):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(cert.public_bytes(serialization.Encoding.DER))
+    return b"tls-server-end-point:" + digest.finalize()
+
+
 @dataclass
 class ConnectionAuth:
     """Authentication state of one TCP connection."""
@@ -108,12 +122,16 @@ class Authenticator:
         schemes: tuple[str, ...],
         tls: bool,
         allow_unencrypted: bool = False,
+        channel_binding: bytes | None = None,
     ) -> None:
         self._users = {k.lower(): (k, v) for k, v in users.items()}
         self.schemes = tuple(s.lower() for s in schemes)
         self.tls = tls
         self.allow_unencrypted = allow_unencrypted
         self._user_file = UserFile(users)
+        # HTTPS channel binding (CBT), checked as WinRM's CbtHardeningLevel=Relaxed does: a client
+        # that sends bindings must send the right ones.
+        self._bindings = GssChannelBindings(application_data=channel_binding) if channel_binding else None
 
     @property
     def _wants_negotiate(self) -> bool:
@@ -180,7 +198,7 @@ class Authenticator:
             with self._user_file.active():
                 if conn.context is None or conn.context.complete:
                     conn.reset()
-                    conn.context = spnego.server(protocol="negotiate")
+                    conn.context = spnego.server(protocol="negotiate", channel_bindings=self._bindings)
                 out = conn.context.step(token)
         except (spnego.exceptions.SpnegoError, ValueError, struct.error):
             # Wrong user or password: Windows answers a fresh 401 with the bare challenge.

@@ -21,7 +21,14 @@ from types import TracebackType
 from typing import Self
 
 from orchestrator.lab import wsman
-from orchestrator.lab.auth import SOAP_CONTENT_TYPE, Authenticator, AuthResult, ConnectionAuth, wrap
+from orchestrator.lab.auth import (
+    SOAP_CONTENT_TYPE,
+    Authenticator,
+    AuthResult,
+    ConnectionAuth,
+    tls_server_end_point,
+    wrap,
+)
 from orchestrator.lab.engine import LanguageMode
 from orchestrator.lab.faults import FaultKind, FaultPlan, FaultRule
 from orchestrator.lab.httpserver import (
@@ -81,7 +88,8 @@ class LabServer:
         configurations: PowerShell configurations offered ("Microsoft.Exchange" at /PowerShell,
             "Microsoft.PowerShell" at /wsman) or `Endpoint`s.
         auth: schemes offered: "basic", "negotiate" (also accepts "ntlm" tokens).
-        tls: an `ssl.SSLContext`, a (cert_pem, key_pem) pair, or None for plain HTTP.
+        tls: an `ssl.SSLContext`, a (cert_pem, key_pem) pair, or None for plain HTTP. With a pair,
+            NTLM over HTTPS also checks the client's channel binding token against the certificate.
         host/port: loopback address; port 0 = any free port.
         latency: seconds added to every request (benchmarks).
         faults: a FaultPlan (settable later through `.faults`).
@@ -119,8 +127,12 @@ class LabServer:
         self.log = RequestLog()
         self.cmd_shell = cmd_shell
         self.ssl_context = _ssl_context(tls)
+        binding = None
+        if isinstance(tls, tuple):
+            cert_pem = tls[0].encode() if isinstance(tls[0], str) else tls[0]
+            binding = tls_server_end_point(cert_pem)
         self.auth = Authenticator(users, tuple(auth), tls=self.ssl_context is not None,
-                                  allow_unencrypted=allow_unencrypted)
+                                  allow_unencrypted=allow_unencrypted, channel_binding=binding)
         self._shells: dict[str, PsrpShell | WinrsShell] = {}
         self._internal_errors: list[str] = []
         self._owners: dict[str, str] = {}

@@ -455,3 +455,18 @@ def test_ipv6_loopback(make_server: Callable[..., LabServer]) -> None:
         ps = PowerShell(pool)
         ps.add_cmdlet("Get-LabThing")
         assert len(ps.invoke()) == 1
+
+
+def test_ntlm_over_https_checks_channel_binding(
+    make_server: Callable[..., LabServer], server_cert: tuple[bytes, bytes], lab_ca: Any, ca_file: Path
+) -> None:
+    from orchestrator.lab.auth import Authenticator, tls_server_end_point
+
+    srv = make_server(auth=("negotiate",), tls=server_cert)
+    # Expect the binding of another certificate: what a client behind a TLS-intercepting proxy sends.
+    other_cert, _ = lab_ca.issue_server_cert(["elsewhere.lab.local"])
+    srv.auth = Authenticator({USER: PASSWORD}, ("negotiate",), tls=True,
+                             channel_binding=tls_server_end_point(other_cert))
+    w = wsman_for(srv, auth="ntlm", ssl=True, cert_validation=str(ca_file))
+    with pytest.raises(AuthenticationError):
+        RunspacePool(w, configuration_name="Microsoft.Exchange").open()
