@@ -427,8 +427,17 @@ class RetryPolicy(_Model):
     max_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
     initial_backoff: Annotated[float, Field(gt=0, le=60)] = 0.5
     max_backoff: Annotated[float, Field(gt=0, le=300)] = 10.0
-    operation_timeout: Annotated[StrictInt, Field(ge=5, le=600)] = 20
-    read_timeout: Annotated[StrictInt, Field(ge=10, le=900)] = 30
+    operation_timeout: Annotated[StrictInt, Field(ge=1, le=600)] = 20
+    read_timeout: Annotated[StrictInt, Field(ge=2, le=900)] = 30
+
+    @model_validator(mode="after")
+    def _read_after_operation(self) -> RetryPolicy:
+        if self.read_timeout <= self.operation_timeout:
+            raise ValueError(
+                f"read_timeout ({self.read_timeout}) must be longer than operation_timeout ({self.operation_timeout}): "
+                "the server holds a Receive for up to operation_timeout before answering"
+            )
+        return self
 
 
 class Playbook(_Model):
