@@ -470,3 +470,28 @@ def test_ntlm_over_https_checks_channel_binding(
     w = wsman_for(srv, auth="ntlm", ssl=True, cert_validation=str(ca_file))
     with pytest.raises(AuthenticationError):
         RunspacePool(w, configuration_name="Microsoft.Exchange").open()
+
+
+def test_stop_with_a_receive_waiting(make_server: Callable[..., LabServer]) -> None:
+    srv = make_server(allow_unencrypted=True)
+    pool = RunspacePool(wsman_for(srv, operation_timeout=20, read_timeout=30), configuration_name="Microsoft.Exchange")
+    pool.open()
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Start-LabSleep").add_parameter("Seconds", 3)
+    outcome: list[str] = []
+
+    def invoke() -> None:
+        try:
+            ps.invoke()
+            outcome.append("returned")
+        except Exception as exc:  # noqa: BLE001 - the point is which error the client sees
+            outcome.append(type(exc).__name__)
+
+    t = threading.Thread(target=invoke)
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t0 < 2
+    t.join(5)
+    assert outcome == ["ConnectionError"]
