@@ -32,9 +32,14 @@ class RequestRecord:
 
 @dataclass
 class RequestLog:
+    """Keeps the last `max_records` records (a long `lab serve` must not grow without bound);
+    `dropped` says how many older ones were discarded. Counters cover the kept records."""
+
+    max_records: int = 100_000
     _records: list[RequestRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _seq: int = 0
+    dropped: int = 0
 
     def next_seq(self) -> int:
         with self._lock:
@@ -44,6 +49,10 @@ class RequestLog:
     def add(self, record: RequestRecord) -> None:
         with self._lock:
             self._records.append(record)
+            if len(self._records) > self.max_records:
+                excess = len(self._records) - self.max_records // 2
+                del self._records[:excess]
+                self.dropped += excess
 
     def records(self) -> list[RequestRecord]:
         with self._lock:

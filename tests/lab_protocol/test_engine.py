@@ -152,3 +152,13 @@ def test_wsman_parse_request() -> None:
     assert (req.short_action, req.message_id, req.shell_id) == ("Receive", "uuid:ABC", "S1")
     assert req.operation_timeout == 20.5 and req.max_envelope_size == 512000
     assert parse_duration("PT1M5S") == 65.0
+
+
+def test_request_log_is_bounded() -> None:
+    from orchestrator.lab.requestlog import RequestLog, RequestRecord
+
+    log = RequestLog(max_records=10)
+    for _ in range(25):
+        log.add(RequestRecord(log.next_seq(), "POST", "/wsman", "Receive", 200, 1, 1, 0.0))
+    assert len(log) <= 10 and log.dropped + len(log) == 25
+    assert log.records()[-1].seq == 25
