@@ -128,6 +128,7 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing servers.")] = False,
     save_pfx: Annotated[Optional[Path], typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
     = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
 ) -> None:
     """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
     if dry_run:
@@ -145,6 +146,8 @@ def run(
         if not typer.confirm(f"Run {playbook} against {', '.join(s.name for s in loaded.playbook.servers)}?"):
             raise typer.Abort()
     code = _execute(loaded, state, json_output, server, step, from_step, certificate or [], chain or [], save_pfx)
+    if code == 0 and not no_verify and not step and not from_step:
+        code = _verify(loaded, state, json_output, server, 30, None, 10.0)
     if code:
         raise typer.Exit(code)
 
@@ -182,6 +185,69 @@ def _execute(loaded: object, state: Path | None, json_output: bool, servers: lis
         raise
     events.finish()
     return int(ExitCode.OK)
+
+
+def _verify(loaded: object, state: Path | None, json_output: bool, servers: list[str] | None, warn_days: int,
+            ca_file: Path | None, timeout: float, certificate: list[Path] | None = None) -> int:
+    from orchestrator import journal as journal_mod
+    from orchestrator.certs import load_delivery
+    from orchestrator.connect import session_factory
+    from orchestrator.issuance import issued_from_journal, lab_ca_dir
+    from orchestrator.playbook import LabIssuer, LoadedPlaybook
+    from orchestrator.secrets_store import SecretStore
+    from orchestrator.verify.live import load_roots, verify
+    from orchestrator.verify.report import exit_code, findings_table
+
+    assert isinstance(loaded, LoadedPlaybook)
+    if certificate:
+        issued = load_delivery(certificate)
+    else:
+        journal = journal_mod.load(state or journal_mod.default_path(loaded.path), loaded.path)
+        if not journal.issued_pem:
+            raise UsageError("verify needs the issued certificate: run the migration first, or pass --certificate FILE")
+        issued = issued_from_journal(journal.issued_pem, journal.chain_pems)
+    roots = None
+    if ca_file is not None:
+        roots = load_roots(ca_file)
+    elif isinstance(loaded.playbook.issuer, LabIssuer):
+        from orchestrator.lab.ca import LabCA
+
+        roots = [LabCA.load_or_create(lab_ca_dir(loaded)).root_cert]
+    selected = [s for s in loaded.playbook.servers if not servers or s.name.lower() in {n.lower() for n in servers}]
+    secrets = SecretStore(loaded.playbook)
+    findings = verify(loaded.playbook, issued, selected, session_factory(loaded, secrets), roots, warn_days, timeout)
+    if json_output:
+        import json
+
+        _echo("".join(json.dumps({"event": "verify", **f.to_dict()}) + "\n" for f in findings))
+    else:
+        from rich.console import Console
+
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+        console.print(findings_table(findings))
+    return exit_code(findings)
+
+
+@app.command("verify")
+def verify_command(
+    playbook: PlaybookArg,
+    server: ServerOpt = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per finding.")] = False,
+    warn_days: Annotated[int, typer.Option("--warn-days", help="Warn when the certificate expires sooner.")] = 30,
+    ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="Roots clients trust (PEM); default: the "
+                                                    "system's, or the lab CA for lab playbooks.")] = None,
+    certificate: CertOpt = None,
+    state: Annotated[Optional[Path], typer.Option("--state", help="Journal file.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per TLS probe.")] = 10.0,
+) -> None:
+    """Prove the migration from outside: every service, every name, the chain, the expiry."""
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    _check_selection(loaded, server, None)
+    code = _verify(loaded, state, json_output, server, warn_days, ca_file, timeout, certificate)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -228,7 +294,10 @@ def rehearse(
             if not json_output:
                 for d in site.describe():
                     _echo(f"lab {d['name']} (Exchange {d['version']}) at {d['exchange_url']}\n")
-            code = _execute(lab_loaded, state_dir / "journal.json", json_output, None, None, None, [], [], None)
+            journal_path = state_dir / "journal.json"
+            code = _execute(lab_loaded, journal_path, json_output, None, None, None, [], [], None)
+            if code == 0:
+                code = _verify(lab_loaded, journal_path, json_output, None, 30, site.ca_file, 10.0)
             if not json_output:
                 for name, emulated in site.servers.items():
                     serving = emulated.inspector.serving()

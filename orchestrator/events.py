@@ -94,7 +94,8 @@ class ConsoleEvents:
         from rich.console import Console
 
         self.summary = Summary()
-        self._console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+        out = stream or sys.stdout
+        self._console = Console(file=out, highlight=False, width=None if out.isatty() else 150)
         self._style = {"changed": "yellow", "ok": "green", "skipped": "dim", "failed": "bold red"}
 
     def step_started(self, server: str, step: str) -> None:

@@ -447,7 +447,7 @@ def bind(
         if len(complete) == 1:
             candidates = complete
         elif spec.default_set in (complete or candidates):
-            candidates = {spec.default_set}  # type: ignore[arg-type]
+            candidates = {spec.default_set}
     if len(candidates) > 1:
         raise _binding_error(
             spec,
