@@ -101,7 +101,7 @@ class LabSite:
 
     def _build(self, server: Server) -> EmulatedServer:
         ep = server.exchange_endpoint
-        if server.version == 2010 and ep.port != server.system_endpoint.port:
+        if self.use_playbook_ports and server.version == 2010 and ep.port != server.system_endpoint.port:
             raise UsageError(
                 f"servers[{server.name}].connection: the lab serves both endpoints on one port; set system_port "
                 f"to {ep.port} (the same as port)"

@@ -1,0 +1,25 @@
+"""`exmig rehearse`: the README's main job, for the lab playbook and for a production playbook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("playbook", ["playbooks/lab.yml", "playbooks/mitserv.yml"])
+def test_rehearse_runs_the_whole_migration(playbook: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "rehearse", playbook, "--json"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    summary = next(e for e in events if e["event"] == "summary")
+    assert summary["counts"].get("failed", 0) == 0 and summary["counts"]["changed"] >= 10
+    verdicts = [e["verdict"] for e in events if e["event"] == "verify"]
+    assert verdicts and set(verdicts) == {"ok"}
