@@ -3,8 +3,9 @@
 Each Command runs one program through `registry.native(name)` in a worker thread; its
 stdout/stderr come back on Receive with the exit code once it is done. Command lines are
 split with CommandLineToArgvW's rules. Lab limits: no cmd.exe built-ins, pipes or
-redirections; stdin sent with Send is accepted and kept (`Command.stdin`) but native
-handlers do not read it (their signature has no stdin).
+redirections. Stdin sent with Send is kept (`Command.stdin`); the handler signature has no
+stdin, so a handler that reads it calls `current_stdin()` from its worker thread (WinRS
+`powershell.exe` in `lab/exshell.py` reads the SecureString lines that way).
 """
 
 from __future__ import annotations
@@ -90,6 +91,38 @@ class Command:
     worker: threading.Thread | None = None
 
 
+_worker = threading.local()
+
+
+class StdinReader:
+    """The stdin of one running program, as its handler may read it (bounded waits only)."""
+
+    def __init__(self, shell: WinrsShell, cmd: Command) -> None:
+        self._shell = shell
+        self._cmd = cmd
+        self._pos = 0
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next line (without CR/LF) in the shell's code page, or None if none arrives in time."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._shell._cond:
+            while True:
+                data = bytes(self._cmd.stdin[self._pos:])
+                end = data.find(b"\n")
+                if end >= 0:
+                    self._pos += end + 1
+                    return data[:end].rstrip(b"\r").decode(self._shell.encoding, errors="replace")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._shell._closed:
+                    return None
+                self._shell._cond.wait(remaining)
+
+
+def current_stdin() -> StdinReader | None:
+    """Stdin of the program the calling native handler runs; None outside a WinRS worker thread."""
+    return getattr(_worker, "stdin", None)
+
+
 def _codec(codepage: str | None) -> str:
     if codepage == "65001":
         return "utf-8"
@@ -121,6 +154,7 @@ class WinrsShell:
         return cmd.command_id
 
     def _run(self, cmd: Command) -> None:
+        _worker.stdin = StdinReader(self, cmd)
         try:
             if not cmd.argv:
                 result = NativeResult()
@@ -145,6 +179,7 @@ class WinrsShell:
             cmd = self._commands.get(command_id.upper())
             if cmd is not None:
                 cmd.stdin += data
+                self._cond.notify_all()
 
     def receive(self, command_id: str, timeout: float) -> tuple[bytes, bytes, int | None] | None:
         """(stdout, stderr, exit code when done) or None on OperationTimeout."""
