@@ -90,6 +90,7 @@ class Executor:
         self._pfx_written: set[str] = set()
         self._issued: IssuedCertificate | None = None
         self._current_step = ""
+        self._maybe_changed = False  # a modifying command of the current step lost its reply
         # Steps finished by earlier runs (read before this run marks them running again).
         self._previously_done = {key for key in journal.steps if journal.done(key)}
         if journal.issued_pem:
@@ -165,11 +166,11 @@ class Executor:
             outcome = "error"
             raise
         finally:
-            if command.changes and outcome != "ok":
-                # It may or may not have happened: read again before deciding anything.
+            if command.changes:
+                # Changed, or maybe changed (a lost reply): read again before deciding anything.
                 self._knowledge.pop(server.name, None)
-            elif command.changes:
-                self._knowledge.pop(server.name, None)
+                if outcome == "transient-error":
+                    self._maybe_changed = True
             self.events.command(server.name, self._current_step, command.name, time.monotonic() - start, outcome)
 
     def known(self, server: Server) -> ServerKnowledge:
@@ -221,6 +222,7 @@ class Executor:
         self.events.step_started(step.server, step.name.value)
         start = time.monotonic()
         self.journal.begin(step.key, step.name.value, step.server)
+        self._maybe_changed = False
         attempts = 0
 
         def before_sleep(state: RetryCallState) -> None:
@@ -255,6 +257,9 @@ class Executor:
             self.journal.finish(step.key, "failed", message, attempts)
             self.events.step_finished(step.server, step.name.value, "failed", message, time.monotonic() - start)
             raise
+        if outcome == "ok" and self._maybe_changed:
+            # The re-read found the state in place: the attempt whose reply was lost made the change.
+            outcome, reason = "changed", reason + " (made by the attempt whose reply was lost)"
         self.journal.finish(step.key, outcome, reason, attempts)
         self.events.step_finished(step.server, step.name.value, outcome, reason, time.monotonic() - start)
 

@@ -36,6 +36,9 @@ class FaultRule:
     request: int  # 1-based: HTTP request number, or k-th request with `action`
     action: str | None = None  # short WSMan action: Create, Command, Send, Receive, Signal, Delete
     seconds: float = 0.0  # for STALL
+    # With `cmdlet`: the k-th PSRP pipeline running this cmdlet, at the Receive that delivers its
+    # completion (the server has acted; only the reply is at stake). Only RESET_AFTER applies there.
+    cmdlet: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,6 +52,7 @@ class FaultRule:
             request=int(d["request"]),
             action=d.get("action"),
             seconds=float(d.get("seconds", 0.0)),
+            cmdlet=d.get("cmdlet"),
         )
 
 
@@ -59,6 +63,7 @@ class FaultPlan:
     rules: list[FaultRule] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _action_counts: Counter[str] = field(default_factory=Counter, repr=False)
+    _cmdlet_counts: Counter[str] = field(default_factory=Counter, repr=False)
     _http_count: int = 0
     _watch: Path | None = None
     _watch_mtime: float | None = None
@@ -120,7 +125,7 @@ class FaultPlan:
         with self._lock:
             self._reload_if_changed()
             self._http_count += 1
-            return self._take(lambda r: r.action is None and r.request == self._http_count)
+            return self._take(lambda r: r.action is None and r.cmdlet is None and r.request == self._http_count)
 
     def wsman_request(self, action: str) -> FaultRule | None:
         """Count one request with this WSMan action; the matching per-action rule, if any."""
@@ -130,6 +135,17 @@ class FaultPlan:
             return self._take(
                 lambda r: r.action is not None and r.action.lower() == action.lower() and r.request == n
             )
+
+    def pipeline_completed(self, cmdlets: list[str]) -> FaultRule | None:
+        """Count one completed pipeline per cmdlet it ran; the matching `cmdlet` rule, if any."""
+        with self._lock:
+            found: FaultRule | None = None
+            for name in {c.lower() for c in cmdlets}:
+                self._cmdlet_counts[name] += 1
+                n = self._cmdlet_counts[name]
+                found = found or self._take(lambda r: r.cmdlet is not None and r.cmdlet.lower() == name
+                                            and r.request == n)
+            return found
 
     def _take(self, pred: Any) -> FaultRule | None:
         for rule in self.rules:

@@ -283,6 +283,15 @@ class PsrpShell:
         with self._cond:
             return pid in self._pipes
 
+    def delivered_completion(self, command_id: str) -> list[str] | None:
+        """The cmdlets of a pipeline whose last output and final state have been handed out, else None."""
+        pid = uuid.UUID(command_id)
+        with self._cond:
+            pipe = self._pipes.get(pid)
+            if pipe is None or not pipe.finished or self._queues.get(pid):
+                return None
+            return [cmd.command_text for cmd in pipe.pipeline.metadata.commands]
+
     def send(self, command_id: str | None, data: bytes) -> None:
         pid = uuid.UUID(command_id) if command_id else None
         with self._cond:

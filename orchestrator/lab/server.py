@@ -269,9 +269,25 @@ class LabServer:
         if fault is not None:
             body, status = wsman.fault_envelope(fault, req.message_id, self.name), 500
         record.command_id = command_id
+        if rule is None and fault is None and command_id and req.short_action == "Receive":
+            rule = self._completion_rule(req.shell_id, command_id, record)
         if rule is not None and rule.kind is FaultKind.RESET_AFTER:
             return finish(HttpResponse(0, reset=True))
         return finish(self._reply(auth, body, status, record, fault))
+
+    def _completion_rule(self, shell_id: str | None, command_id: str, record: RequestRecord) -> FaultRule | None:
+        """A `cmdlet` fault rule for the Receive that just delivered a pipeline's completion."""
+        with self._lock:
+            shell = self._shells.get(shell_id or "")
+        if not isinstance(shell, PsrpShell):
+            return None
+        cmdlets = shell.delivered_completion(command_id)
+        if cmdlets is None:
+            return None
+        rule = self.faults.pipeline_completed(cmdlets)
+        if rule is not None:
+            record.fault = rule.kind.value
+        return rule
 
     def _reply(self, auth: AuthResult, body: bytes, status: int, record: RequestRecord,
                fault: wsman.WSManFault | None) -> HttpResponse:
