@@ -15,10 +15,11 @@ log = logging.getLogger(__name__)
 def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
                     warn: Callable[[str], None] | None = None) -> Callable[[Server], ServerSession]:
     def open_session(server: Server) -> ServerSession:
-        if server.connection.transport == "winrs":
+        if server.connection.transport == "winrs" and server.version != 2007:
             from orchestrator.errors import UsageError
 
-            raise UsageError(f"servers[{server.name}].connection.transport: winrs is not available in this build yet")
+            raise UsageError(f"servers[{server.name}].connection.transport: winrs is for Exchange 2007 hosts; "
+                             "Exchange 2010 cmdlets run over PowerShell remoting (transport: psrp)")
         from orchestrator.transport.psrp import ConnectionSettings, PsrpServerSession
 
         verify: bool | str = server.connection.verify_tls
@@ -37,6 +38,10 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
             operation_timeout=policy.operation_timeout,
             read_timeout=policy.read_timeout,
         )
+        if server.connection.transport == "winrs":
+            from orchestrator.transport.winrs import WinrsServerSession
+
+            return WinrsServerSession(server, settings)
         return PsrpServerSession(server, settings)
 
     return open_session

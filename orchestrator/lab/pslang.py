@@ -10,11 +10,17 @@ Accepted shapes (one command per line):
     [$Name = ]Command-Name [-Param | -Param value | -Param:value | value]...
 Values: 'verbatim', 'a','b' lists, integers, $true/$false, (Get-Credential).Password,
 ([Byte[]]$(Get-Content -Path '...' -Encoding Byte -ReadCount 0)), $Var.Property, and bare
-words for native-program arguments.
+words for native-program arguments; a bare `$Var` only when the caller declares it.
+
+`parse_winrs_script` reads the three script shapes of the WinRS transport
+(`orchestrator/render/winrs_script.py`): a command after one fixed stdin-reading prelude line per
+SecureString, a byte-write chunk, and a SHA-256 hash check. Those fixed texts are written out
+again here rather than imported, so the round-trip tests compare two independent spellings.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,13 @@ class VariableProperty:
 @dataclass(frozen=True)
 class Placeholder:
     text: str
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A bare `$name` the script declared (WinRS: a SecureString read from stdin)."""
+
+    name: str
 
 
 @dataclass
@@ -113,7 +126,7 @@ class _Reader:
             out.append(ch)
 
 
-def _scalar(r: _Reader, native: bool) -> Any:
+def _scalar(r: _Reader, native: bool, variables: frozenset[str] = frozenset()) -> Any:
     if not r.eof() and r.text[r.pos] in SINGLE_QUOTES:
         return r.verbatim_string()
     if r.literal("$true", ignore_case=True):
@@ -129,6 +142,8 @@ def _scalar(r: _Reader, native: bool) -> Any:
         return FileBytes(path)
     var = r.match(_VAR)
     if var:
+        if var.group(1).lower() in variables and r.peek() != ".":
+            return Variable(var.group(1))
         if not r.literal("."):
             raise ParseError("a bare variable is not supported")
         prop = r.match(re.compile(r"[A-Za-z][A-Za-z0-9]*"))
@@ -152,19 +167,20 @@ def _scalar(r: _Reader, native: bool) -> Any:
     raise ParseError(f"unsupported value at {r.pos}: {r.text[r.pos:r.pos + 20]!r}")
 
 
-def _value(r: _Reader, native: bool) -> Any:
-    first = _scalar(r, native)
+def _value(r: _Reader, native: bool, variables: frozenset[str] = frozenset()) -> Any:
+    first = _scalar(r, native, variables)
     if r.peek() != ",":
         return first
     items = [first]
     while r.peek() == ",":
         r.pos += 1
-        items.append(_scalar(r, native))
+        items.append(_scalar(r, native, variables))
     return items
 
 
-def parse_command(line: str) -> ParsedCommand:
-    """Parse one rendered command line (string literals may span lines)."""
+def parse_command(line: str, variables: frozenset[str] = frozenset()) -> ParsedCommand:
+    """Parse one rendered command line (string literals may span lines); `variables` (lower
+    case) are the names a bare `$name` value may have."""
     r = _Reader(line.strip("\r\n"))
     r.skip_ws()
     capture = None
@@ -189,12 +205,98 @@ def parse_command(line: str) -> ParsedCommand:
             if not param:
                 raise ParseError(f"bad parameter at {r.pos}")
             if param.group(2):  # -Name:value
-                command.arguments.append((param.group(1), _value(r, native)))
+                command.arguments.append((param.group(1), _value(r, native, variables)))
                 continue
             r.skip_ws()
             if r.eof() or (r.peek() == "-" and _PARAM.match(r.text, r.pos) and not _INT.match(r.text, r.pos)):
                 command.arguments.append((param.group(1), None))  # a switch
                 continue
-            command.arguments.append((param.group(1), _value(r, native)))
+            command.arguments.append((param.group(1), _value(r, native, variables)))
             continue
-        command.arguments.append((None, _value(r, native)))
+        command.arguments.append((None, _value(r, native, variables)))
+
+
+# --- WinRS powershell.exe scripts -----------------------------------------------------------------
+
+_SECRET_PRELUDE = ("${v} = New-Object System.Security.SecureString; foreach ($exmigChar in "
+                   "[Console]::In.ReadLine().ToCharArray()) {{ ${v}.AppendChar($exmigChar) }}; ${v}.MakeReadOnly()")
+_SECRET_NAME = "exmigSecret{index}"
+_WRITE_HEAD = "$exmigBytes = [System.Convert]::FromBase64String("
+_WRITE_MID = "); $exmigFile = [System.IO.File]::Open("
+_WRITE_TAIL = ", 'Write'); $exmigFile.Write($exmigBytes, 0, $exmigBytes.Length); $exmigFile.Close()"
+_HASH_HEAD = "$exmigStream = [System.IO.File]::OpenRead("
+_HASH_TAIL = ("); $exmigHash = [System.BitConverter]::ToString([System.Security.Cryptography.SHA256]::Create()"
+              ".ComputeHash($exmigStream)).Replace('-', ''); $exmigStream.Close(); $exmigHash")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+@dataclass(frozen=True)
+class WinrsCommand:
+    command: ParsedCommand
+    secrets: tuple[str, ...]  # the declared variables, one stdin line each, in order
+
+
+@dataclass(frozen=True)
+class ByteWrite:
+    path: str
+    data: bytes
+    append: bool
+
+
+@dataclass(frozen=True)
+class HashCheck:
+    path: str
+
+
+WinrsScript = WinrsCommand | ByteWrite | HashCheck
+
+
+def _byte_write(text: str) -> ByteWrite:
+    r = _Reader(text)
+    r.literal(_WRITE_HEAD)
+    encoded = r.verbatim_string()
+    if not _BASE64.match(encoded) or len(encoded) % 4:
+        raise ParseError("the byte write carries no base64 text")
+    if not r.literal(_WRITE_MID):
+        raise ParseError("unsupported byte write form")
+    path = r.verbatim_string()
+    mode = ""
+    for candidate in (", 'Create'", ", 'Append'"):
+        if r.literal(candidate):
+            mode = candidate[3:-1]
+    if not mode or not r.literal(_WRITE_TAIL) or not r.eof():
+        raise ParseError("unsupported byte write form")
+    return ByteWrite(path=path, data=base64.b64decode(encoded, validate=True), append=mode == "Append")
+
+
+def _hash_check(text: str) -> HashCheck:
+    r = _Reader(text)
+    r.literal(_HASH_HEAD)
+    path = r.verbatim_string()
+    if not r.literal(_HASH_TAIL) or not r.eof():
+        raise ParseError("unsupported hash check form")
+    return HashCheck(path)
+
+
+def parse_winrs_script(text: str) -> WinrsScript:
+    """One script the WinRS transport sends (see the module docstring), or ParseError."""
+    if text.startswith(_WRITE_HEAD):
+        return _byte_write(text)
+    if text.startswith(_HASH_HEAD):
+        return _hash_check(text)
+    secrets: list[str] = []
+    rest = text
+    while True:
+        name = _SECRET_NAME.format(index=len(secrets) + 1)
+        prelude = _SECRET_PRELUDE.format(v=name) + "\n"
+        if not rest.startswith(prelude):
+            break
+        secrets.append(name)
+        rest = rest[len(prelude):]
+    command = parse_command(rest, variables=frozenset(s.lower() for s in secrets))
+    if command.capture is not None:
+        raise ParseError("an assignment is not a command")
+    used = [v.name.lower() for _, v in command.arguments if isinstance(v, Variable)]
+    if sorted(used) != sorted(s.lower() for s in secrets):
+        raise ParseError("each SecureString read from stdin must be used exactly once")
+    return WinrsCommand(command, tuple(secrets))

@@ -116,6 +116,11 @@ class LabSite:
         if ep.scheme == "https":
             tls = self.ca.issue_server_cert(["localhost", fqdn, "127.0.0.1"])
         username, password = lab_username(server), lab_password(server)
+        if server.version == 2007 and server.connection.transport == "winrs":
+            # WinRS: the Exchange shell is powershell.exe -PSConsoleFile exshell.psc1 in a cmd shell.
+            from orchestrator.lab.exshell import register_exshell
+
+            register_exshell(registry, model)
         winrm = LabServer(server.name, registry, {username: password}, configurations=configurations,
                           auth=_auth_schemes(server), tls=tls, port=ep.port if self.use_playbook_ports else 0,
                           latency=self.latency, faults=FaultPlan())

@@ -1,0 +1,352 @@
+"""WinRS transport (pywinrm) for Exchange 2007 hosts without PowerShell remoting.
+
+One cmd shell per server (WS-Management `.../windows/shell/cmd` at /wsman), opened on first use and
+kept for the run; every plan command is one `powershell.exe ... -OutputFormat xml -EncodedCommand`
+process in it, its script rendered by `orchestrator/render/winrs_script.py` from the same Command
+the dry-run renders (the shapes, the SecureString-over-stdin rule and the chunk sizing are
+documented there). Exchange cmdlets get `-PSConsoleFile <exshell.psc1>`, which loads the Exchange
+snap-in the way the Exchange Management Shell shortcut does; Windows commands run without it.
+
+Per command: Command, [Send stdin with End=true: only when the script reads SecureStrings],
+Receive until Done (bounded in count and time; pywinrm's own loop is unbounded, so it is not
+used), Signal terminate. Stdout and stderr are CLIXML and are read with pypsrp's deserializer, so
+output objects are the same `RemoteObject`s/values the PSRP transport returns; error records (or
+`<S S="Error">` lines) become `RemoteError` with the server's text and FullyQualifiedErrorId.
+
+`Set-Content -Value <bytes> -Encoding Byte` becomes chunked byte writes (first chunk truncates,
+so a retried step rewrites the file from the start) followed by a SHA-256 check on the server;
+a mismatch is a `TransientError` (the step is retried and the file rewritten).
+
+Failures are classified as for PSRP: connection problems, HTTP 5xx and lost shells are
+`TransientError(reopen=True)` (the executor retries the step and we open a new shell), refused
+credentials, TLS validation and unknown resources are `ConnectError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from pypsrp.complex_objects import GenericComplexObject
+from pypsrp.serializer import Serializer
+from winrm.exceptions import (
+    AuthenticationError,
+    WinRMError,
+    WinRMOperationTimeoutError,
+    WinRMTransportError,
+    WSManFaultError,
+)
+from winrm.protocol import Protocol
+
+from orchestrator.commands import Blob, Command, Shell, Text
+from orchestrator.errors import ExmigError
+from orchestrator.playbook import Server
+from orchestrator.render import winrs_script
+from orchestrator.transport.base import (
+    ConnectError,
+    InvocationResult,
+    RemoteError,
+    TransientError,
+    ValueSource,
+)
+from orchestrator.transport.psrp import ConnectionSettings, to_python
+
+log = logging.getLogger(__name__)
+
+WSMAN_SHELL_NOT_FOUND = 2150858843
+WSMAN_RESOURCE_NOT_FOUND = 2150858811
+WSMAN_ACCESS_DENIED = 5
+SHELL_CODEPAGE = 437  # pywinrm's default; stdin (the secrets) is encoded in it
+MAX_RECEIVES = 10_000  # a bound on Receive requests per command, whatever the server does
+CLIXML_HEADER = "#< CLIXML"
+_NS = "{http://schemas.microsoft.com/powershell/2004/04}"
+
+# pywinrm's names for the playbook's auth values (pywinrm's "ntlm" speaks Negotiate/NTLM).
+_AUTH = {"basic": "basic", "ntlm": "ntlm", "negotiate": "ntlm", "kerberos": "kerberos", "credssp": "credssp"}
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0][:300] if text else type(value).__name__
+
+
+def classify(server: str, exc: BaseException) -> Exception:
+    """A pywinrm/requests exception as TransientError (retry) or ConnectError (stop, with why)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ConnectError(f"{server}: TLS certificate validation failed ({_first_line(exc)}); "
+                            "set connection.ca_file to the CA that issued the server's certificate")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return TransientError(server, f"connection failed: {_first_line(exc)}", reopen=True)
+    if isinstance(exc, AuthenticationError):
+        return ConnectError(f"{server}: the server refused the credentials (HTTP 401); check the user name "
+                            "and the password variable")
+    if isinstance(exc, WinRMOperationTimeoutError):
+        return TransientError(server, "WSMan operation timed out", reopen=True)
+    if isinstance(exc, WSManFaultError):
+        code = exc.wsman_fault_code
+        if code == WSMAN_SHELL_NOT_FOUND:
+            return TransientError(server, "the remote shell is gone", reopen=True)
+        if code == WSMAN_RESOURCE_NOT_FOUND:
+            return ConnectError(f"{server}: {_first_line(exc.reason)} (is WinRS allowed on the server's /wsman "
+                                "listener?)")
+        if code == WSMAN_ACCESS_DENIED:
+            return ConnectError(f"{server}: access denied: {_first_line(exc.reason)}")
+        if exc.code in (500, 502, 503, 504) and code is None:
+            return TransientError(server, f"HTTP {exc.code} from the server", reopen=True)
+        return ConnectError(f"{server}: WSMan fault {code}: {_first_line(exc.reason)}")
+    if isinstance(exc, WinRMTransportError):
+        if exc.code in (500, 502, 503, 504):
+            return TransientError(server, f"HTTP {exc.code} from the server", reopen=True)
+        return ConnectError(f"{server}: HTTP {exc.code}: {_first_line(exc.response_text or '')}")
+    if isinstance(exc, WinRMError):
+        return TransientError(server, f"protocol error: {_first_line(exc)}", reopen=True)
+    if isinstance(exc, (StopIteration, ET.ParseError)):
+        return TransientError(server, f"unreadable WinRS reply ({type(exc).__name__})", reopen=True)
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+# --- CLIXML from powershell.exe -OutputFormat xml -----------------------------------------------
+
+
+def _elements(text: str) -> list[ET.Element]:
+    """The objects of a `#< CLIXML` stream (one or more <Objs> documents, back to back)."""
+    body = text.split(CLIXML_HEADER, 1)[1] if CLIXML_HEADER in text else text
+    root = ET.fromstring("<exmig>" + body.strip() + "</exmig>")
+    return [obj for objs in root for obj in objs]
+
+
+def _strip_ns(element: ET.Element) -> ET.Element:
+    """pypsrp's deserializer matches tags without the PowerShell namespace."""
+    for node in element.iter():
+        if node.tag.startswith(_NS):
+            node.tag = node.tag[len(_NS):]
+    return element
+
+
+def _stream(element: ET.Element) -> str:
+    return (element.get("S") or "output").lower()
+
+
+def _error_text(value: Any) -> tuple[str, str | None]:
+    """(message, FullyQualifiedErrorId) of a deserialized error record or error string."""
+    if isinstance(value, GenericComplexObject):
+        props = {**value.adapted_properties, **value.extended_properties}
+        error_id = props.get("FullyQualifiedErrorId")
+        message = value.to_string
+        exception = props.get("Exception")
+        if not message and isinstance(exception, GenericComplexObject):
+            message = (exception.adapted_properties.get("Message") or exception.extended_properties.get("Message")
+                       or exception.to_string)
+        return str(message or "the command failed"), str(error_id) if error_id else None
+    return str(value).rstrip("\r\n"), None
+
+
+def parse_streams(stdout: str, stderr: str) -> tuple[list[Any], list[tuple[str, str | None]], list[str]]:
+    """(output values, errors as (message, error id), warnings) from one powershell.exe run."""
+    output: list[Any] = []
+    errors: list[tuple[str, str | None]] = []
+    warnings: list[str] = []
+    for text, default in ((stdout, "output"), (stderr, "error")):
+        if not text.strip():
+            continue
+        if CLIXML_HEADER not in text:
+            # Not PowerShell's serialized output: cmd.exe or powershell.exe itself complained.
+            if default == "error":
+                errors.append((text.strip().splitlines()[0], None))
+            continue
+        serializer = Serializer()  # <TNRef>/<Ref> ids are per stream: keep them across its objects
+        for index, element in enumerate(_elements(text)):
+            stream = (element.get("S") or default).lower()
+            value = serializer.deserialize(_strip_ns(element), clear=index == 0)
+            if stream == "output":
+                output.append(to_python(value))
+            elif stream == "error":
+                errors.append(_error_text(value))
+            elif stream == "warning":
+                warnings.append(str(value))
+            # verbose/debug/progress are not results
+    return output, errors, warnings
+
+
+# --- the session ----------------------------------------------------------------------------------
+
+
+class WinrsServerSession:
+    """One WinRS cmd shell to one server; every command is a powershell.exe process in it."""
+
+    def __init__(self, server: Server, settings: ConnectionSettings,
+                 on_send: Callable[[str, Command], None] | None = None,
+                 console_file: str = winrs_script.EXSHELL_CONSOLE_FILE,
+                 command_line_budget: int = winrs_script.COMMAND_LINE_BUDGET) -> None:
+        self.name = server.name
+        self._server = server
+        self._settings = settings
+        self._on_send = on_send
+        self.console_file = console_file
+        self.command_line_budget = command_line_budget
+        self._protocol: Protocol | None = None
+        self._shell_id: str | None = None
+
+    # -- connection --------------------------------------------------------------------------------
+
+    def _endpoint(self) -> str:
+        ep = self._server.exchange_endpoint
+        host = f"[{self._settings.host}]" if ":" in self._settings.host else self._settings.host
+        return f"{ep.scheme}://{host}:{ep.port}/wsman"  # the cmd shell lives at /wsman
+
+    def _shell(self) -> tuple[Protocol, str]:
+        if self._protocol is not None and self._shell_id is not None:
+            return self._protocol, self._shell_id
+        s = self._settings
+        https = self._server.exchange_endpoint.scheme == "https"
+        verify = s.verify_tls
+        protocol = Protocol(
+            self._endpoint(), transport=_AUTH.get(s.auth, s.auth),  # type: ignore[arg-type]
+            username=s.username, password=s.password,
+            server_cert_validation="validate" if verify else "ignore",
+            ca_trust_path=verify if isinstance(verify, str) else "legacy_requests",
+            read_timeout_sec=s.read_timeout, operation_timeout_sec=s.operation_timeout,
+            message_encryption="auto" if s.auth != "basic" or https else "never",
+        )
+        try:
+            shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            raise classify(self.name, exc) from exc
+        self._protocol, self._shell_id = protocol, shell_id
+        return protocol, shell_id
+
+    def reopen(self) -> None:
+        """Forget the shell without a Delete (the connection is suspect); the server expires it."""
+        protocol, self._protocol, self._shell_id = self._protocol, None, None
+        if protocol is not None:
+            try:
+                protocol.transport.close_session()
+            except Exception as exc:  # noqa: BLE001 - best effort
+                log.debug("closing the HTTP session to %s failed: %s", self.name, _first_line(exc))
+
+    def close(self) -> None:
+        protocol, shell_id = self._protocol, self._shell_id
+        self._protocol, self._shell_id = None, None
+        if protocol is not None and shell_id is not None:
+            try:
+                protocol.close_shell(shell_id)
+            except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
+                log.debug("closing the shell on %s failed: %s", self.name, _first_line(exc))
+
+    # -- one process -------------------------------------------------------------------------------
+
+    def _max_seconds(self) -> float:
+        # A command gets a few read timeouts' worth of Receives; each Receive is itself bounded.
+        return max(60.0, 4.0 * self._settings.read_timeout)
+
+    def run_powershell(self, script: str, exchange: bool, stdin: bytes | None = None) -> tuple[str, str, int]:
+        """Start powershell.exe with `script`, feed `stdin`, and collect (stdout, stderr, exit code)."""
+        protocol, shell_id = self._shell()
+        args = winrs_script.arguments(script, self.console_file if exchange else None)
+        length = len(" ".join([winrs_script.POWERSHELL_EXE, *args]))
+        if length > winrs_script.CMD_EXE_LIMIT:
+            raise ExmigError(f"{self.name}: the command is {length} characters, over cmd.exe's "
+                             f"{winrs_script.CMD_EXE_LIMIT}; WinRS cannot send it")
+        try:
+            command_id = protocol.run_command(shell_id, winrs_script.POWERSHELL_EXE, args)
+            if stdin is not None:
+                protocol.send_command_input(shell_id, command_id, stdin, end=True)
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + self._max_seconds()
+            code: int | None = None
+            for _ in range(MAX_RECEIVES):
+                try:
+                    o, e, rc, done = protocol.get_command_output_raw(shell_id, command_id)
+                except WinRMOperationTimeoutError:
+                    if time.monotonic() > deadline:
+                        break
+                    continue  # nothing yet within OperationTimeout: ask again, as WinRS clients do
+                out += o
+                err += e
+                if done:
+                    code = rc
+                    break
+                if time.monotonic() > deadline:
+                    break
+            if code is None:
+                raise TransientError(self.name, f"powershell.exe did not finish within {self._max_seconds():g} s",
+                                     reopen=True)
+            try:
+                protocol.cleanup_command(shell_id, command_id)
+            except (WinRMError, WinRMTransportError, WinRMOperationTimeoutError, AssertionError) as exc:
+                log.debug("Signal terminate on %s failed: %s", self.name, _first_line(exc))
+        except (TransientError, ExmigError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            raise classify(self.name, exc) from exc
+        codec = f"cp{SHELL_CODEPAGE}"
+        return out.decode(codec, errors="replace"), err.decode(codec, errors="replace"), code
+
+    def _checked(self, name: str, stdout: str, stderr: str, code: int) -> InvocationResult:
+        try:
+            output, errors, warnings = parse_streams(stdout, stderr)
+        except ET.ParseError as exc:
+            raise TransientError(self.name, f"{name}: unreadable CLIXML from powershell.exe ({exc})") from exc
+        if errors:
+            message, error_id = errors[0]
+            raise RemoteError(self.name, name, message, error_id)
+        if code != 0:
+            raise RemoteError(self.name, name, f"powershell.exe exited with code {code}")
+        return InvocationResult(output=output, warnings=warnings)
+
+    # -- ServerSession ----------------------------------------------------------------------------
+
+    def invoke(self, command: Command, values: ValueSource) -> InvocationResult:
+        if self._on_send is not None:
+            self._on_send(self.name, command)
+        data = _byte_write(command)
+        if data is not None:
+            path, blob = data
+            return self._write_file(command.name, path, values.blob(blob.key))
+        try:
+            script = winrs_script.command_script(command)
+        except winrs_script.NotSendable as exc:
+            raise ExmigError(f"{self.name}: {exc}") from None
+        stdin = None
+        if script.secrets:
+            stdin = b"".join(self._secret_line(values.secret(key)) for key in script.secrets)
+        stdout, stderr, code = self.run_powershell(script.text, command.shell is Shell.EXCHANGE, stdin)
+        return self._checked(command.name, stdout, stderr, code)
+
+    def _secret_line(self, secret: str) -> bytes:
+        if "\r" in secret or "\n" in secret:
+            raise ExmigError(f"{self.name}: the PFX password has a line break; WinRS sends it as one line on stdin")
+        try:
+            return secret.encode(f"cp{SHELL_CODEPAGE}") + b"\r\n"
+        except UnicodeEncodeError:
+            raise ExmigError(f"{self.name}: the PFX password has characters outside code page {SHELL_CODEPAGE}, "
+                             "which WinRS stdin carries") from None
+
+    def _write_file(self, name: str, path: str, data: bytes) -> InvocationResult:
+        scripts = winrs_script.write_scripts(path, data, None, self.command_line_budget)
+        for script in scripts:
+            self._checked(name, *self.run_powershell(script, exchange=False))
+        result = self._checked(name, *self.run_powershell(winrs_script.hash_script(path), exchange=False))
+        remote = str(result.output[0]) if result.output else ""
+        local = hashlib.sha256(data).hexdigest().upper()
+        if remote.upper() != local:
+            raise TransientError(self.name, f"{path}: SHA-256 on the server is {remote or 'missing'}, "
+                                 f"expected {local}; the file will be written again")
+        return InvocationResult()
+
+
+def _byte_write(command: Command) -> tuple[str, Blob] | None:
+    """(path, bytes reference) when `command` is the plan's file write (Set-Content -Encoding Byte)."""
+    if command.name.lower() != "set-content":
+        return None
+    path, value, encoding = command.param("Path"), command.param("Value"), command.param("Encoding")
+    if isinstance(path, Text) and isinstance(value, Blob) and isinstance(encoding, Text) \
+            and encoding.value.lower() == "byte" and len(command.params) == 3:
+        return path.value, value
+    return None
