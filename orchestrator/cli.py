@@ -380,17 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("exmig: interrupted\n")
         return int(ExitCode.INTERRUPTED)
-    except Exception as exc:  # click's own usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("exmig: aborted\n")
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        # Usage errors (typer's own, or click's in older typer): they know their message and code.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             sys.stderr.write(f"exmig: error: {exc.format_message()}\n")
             return int(ExitCode.USAGE)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.stderr.write("exmig: aborted\n")
-            return int(ExitCode.INTERRUPTED)
         raise
     return int(ExitCode.OK)
 

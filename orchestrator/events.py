@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,17 +58,21 @@ class JsonEvents:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.summary = Summary()
         self._stream = stream or sys.stdout
+        self._lock = threading.Lock()  # targets report from several threads; one line at a time
 
     def _emit(self, **data: Any) -> None:
         data["time"] = round(time.time(), 3)
-        self._stream.write(json.dumps(data) + "\n")
-        self._stream.flush()
+        line = json.dumps(data) + "\n"
+        with self._lock:
+            self._stream.write(line)
+            self._stream.flush()
 
     def step_started(self, server: str, step: str) -> None:
         self._emit(event="step", phase="start", server=server, step=step)
 
     def step_finished(self, server: str, step: str, outcome: str, reason: str, seconds: float) -> None:
-        self.summary.add(server, step, outcome, reason)
+        with self._lock:
+            self.summary.add(server, step, outcome, reason)
         self._emit(event="step", phase="end", server=server, step=step, outcome=outcome, reason=reason,
                    duration=round(seconds, 3))
 
@@ -94,6 +99,7 @@ class ConsoleEvents:
         from rich.console import Console
 
         self.summary = Summary()
+        self._lock = threading.Lock()
         out = stream or sys.stdout
         self._console = Console(file=out, highlight=False, width=None if out.isatty() else 150)
         self._style = {"changed": "yellow", "ok": "green", "skipped": "dim", "failed": "bold red"}
@@ -102,7 +108,8 @@ class ConsoleEvents:
         return None
 
     def step_finished(self, server: str, step: str, outcome: str, reason: str, seconds: float) -> None:
-        self.summary.add(server, step, outcome, reason)
+        with self._lock:
+            self.summary.add(server, step, outcome, reason)
         style = self._style.get(outcome, "")
         self._console.print(f"[{style}]{outcome:>8}[/] {server:<12} {step:<14} {reason} ({seconds:.1f}s)",
                             markup=True)

@@ -11,7 +11,9 @@ written after every step, so a crash or Ctrl-C resumes where it stopped.
 from __future__ import annotations
 
 import base64
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,7 @@ class RunOptions:
     from_step: str | None = None
     certificate_files: list[Path] = field(default_factory=list)
     save_pfx: Path | None = None
+    parallel: int = 8  # targets deployed at once
 
 
 SessionFactory = Callable[[Server], ServerSession]
@@ -89,8 +92,11 @@ class Executor:
         # (generated) password, so it cannot be imported with ours.
         self._pfx_written: set[str] = set()
         self._issued: IssuedCertificate | None = None
-        self._current_step = ""
-        self._maybe_changed = False  # a modifying command of the current step lost its reply
+        # Per thread (targets run concurrently): the step being run, and whether one of its
+        # modifying commands lost its reply.
+        self._local = threading.local()
+        self._export_lock = threading.Lock()
+        self._sessions_lock = threading.Lock()
         # Steps finished by earlier runs (read before this run marks them running again).
         self._previously_done = {key for key in journal.steps if journal.done(key)}
         if journal.issued_pem:
@@ -99,8 +105,10 @@ class Executor:
     # -- values the transport asks for (ValueSource) -------------------------------------------
 
     def blob(self, key: str) -> bytes:
-        if key == "pfx" and key not in self._blobs:
-            self._export_pfx(on_demand=True)
+        if key == "pfx":
+            with self._export_lock:
+                if key not in self._blobs:
+                    self._export_pfx(on_demand=True)
         try:
             return self._blobs[key]
         except KeyError:
@@ -145,9 +153,10 @@ class Executor:
     # -- sessions and remote calls ---------------------------------------------------------------
 
     def session(self, server: Server) -> ServerSession:
-        if server.name not in self._sessions:
-            self._sessions[server.name] = self._session_factory(server)
-        return self._sessions[server.name]
+        with self._sessions_lock:
+            if server.name not in self._sessions:
+                self._sessions[server.name] = self._session_factory(server)
+            return self._sessions[server.name]
 
     def close(self) -> None:
         sessions, self._sessions = self._sessions, {}
@@ -170,8 +179,9 @@ class Executor:
                 # Changed, or maybe changed (a lost reply): read again before deciding anything.
                 self._knowledge.pop(server.name, None)
                 if outcome == "transient-error":
-                    self._maybe_changed = True
-            self.events.command(server.name, self._current_step, command.name, time.monotonic() - start, outcome)
+                    self._local.maybe_changed = True
+            self.events.command(server.name, getattr(self._local, "step", ""), command.name,
+                                time.monotonic() - start, outcome)
 
     def known(self, server: Server) -> ServerKnowledge:
         return self._knowledge.setdefault(server.name, ServerKnowledge())
@@ -196,17 +206,54 @@ class Executor:
     def run(self) -> None:
         self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         self.journal.save()
+        targets = {t.name for t in self.playbook.targets}
         try:
             index = 0
             while True:
+                # Re-planned after every step: the issue step turns placeholders into facts.
                 plan = self._selected(self.plan())
                 if index >= len(plan.steps):
                     break
-                step = plan.steps[index]
-                self._run_step(step)
-                index += 1
+                if plan.steps[index].server not in targets:
+                    self._run_step(plan.steps[index])
+                    index += 1
+                    continue
+                end = index
+                while end < len(plan.steps) and plan.steps[end].server in targets:
+                    end += 1
+                self._fan_out(plan.steps[index:end])
+                index = end
         finally:
             self.close()
+
+    def _fan_out(self, steps: tuple[Step, ...]) -> None:
+        """Each target's steps in order; targets side by side, at most `parallel` at once."""
+        by_server: dict[str, list[Step]] = {}
+        for step in steps:
+            by_server.setdefault(step.server, []).append(step)
+        if len(by_server) == 1 or self.options.parallel <= 1:
+            for server_steps in by_server.values():
+                for step in server_steps:
+                    self._run_step(step)
+            return
+        if any(s.name in (StepName.COPY, StepName.IMPORT) for s in steps):
+            self.blob("pfx")  # export once, before the threads need it
+        failures: list[tuple[str, BaseException]] = []
+
+        def one(server_steps: list[Step]) -> None:
+            try:
+                for step in server_steps:
+                    self._run_step(step)
+            except BaseException as exc:  # noqa: BLE001 - reported per server below; other targets go on
+                failures.append((server_steps[0].server, exc))
+
+        with ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix="exmig-target") as pool:
+            list(pool.map(one, by_server.values()))
+        if failures:
+            if len(failures) == 1:
+                raise failures[0][1]
+            names = ", ".join(f"{name}: {exc}" for name, exc in failures)
+            raise ExmigError(f"{len(failures)} of {len(by_server)} targets failed: {names}")
 
     def _selected(self, plan: Plan) -> Plan:
         chosen = plan.select(self.options.servers, self.options.steps)
@@ -218,11 +265,11 @@ class Executor:
         return chosen
 
     def _run_step(self, step: Step) -> None:
-        self._current_step = step.name.value
+        self._local.step = step.name.value
         self.events.step_started(step.server, step.name.value)
         start = time.monotonic()
         self.journal.begin(step.key, step.name.value, step.server)
-        self._maybe_changed = False
+        self._local.maybe_changed = False
         attempts = 0
 
         def before_sleep(state: RetryCallState) -> None:
@@ -257,7 +304,7 @@ class Executor:
             self.journal.finish(step.key, "failed", message, attempts)
             self.events.step_finished(step.server, step.name.value, "failed", message, time.monotonic() - start)
             raise
-        if outcome == "ok" and self._maybe_changed:
+        if outcome == "ok" and self._local.maybe_changed:
             # The re-read found the state in place: the attempt whose reply was lost made the change.
             outcome, reason = "changed", reason + " (made by the attempt whose reply was lost)"
         self.journal.finish(step.key, outcome, reason, attempts)
@@ -401,9 +448,24 @@ class Executor:
         wanted = [checks.sha1_thumbprint(c) for c in self._issued.intermediates]
         decision = checks.ca_store_has(self.ca_store(server), wanted)
         if decision.done:
+            # An earlier attempt whose answer was lost after certutil ran leaves its .cer file behind.
+            if self._remove_leftover_files(server, step):
+                return "changed", f"{decision.reason}; removed the intermediate file an interrupted attempt left"
             return "ok", decision.reason
         self._run_commands(server, step)
         return "changed", "intermediate certificate(s) added to LocalMachine\\CA"
+
+    def _remove_leftover_files(self, server: Server, step: Step) -> bool:
+        removed = False
+        for command in step.commands:
+            if command.name != "Remove-Item":
+                continue
+            path = next(p.value for p in command.params if p.name == "Path")
+            assert isinstance(path, Text)
+            if self._exists(server, path.value):
+                self.call(server, command)
+                removed = True
+        return removed
 
     def _complete(self, server: Server, step: Step) -> tuple[str, str]:
         thumb = self._need_issued(server, step)
@@ -483,7 +545,9 @@ class Executor:
         return "changed", f"PFX written to {remote_path(server, pfx_file_name(self.playbook))}"
 
     def _pfx_on_disk(self, server: Server) -> bool:
-        path = remote_path(server, pfx_file_name(self.playbook))
+        return self._exists(server, remote_path(server, pfx_file_name(self.playbook)))
+
+    def _exists(self, server: Server, path: str) -> bool:
         result = self.call(server, Command("Test-Path", (Param("Path", Text(path)),), shell=Shell.SYSTEM,
                                            changes=False))
         return bool(result.output and result.output[0] is True)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +50,8 @@ class Journal:
     chain_pems: list[str] = field(default_factory=list)
     steps: dict[str, StepRecord] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # Targets run side by side: one writer at a time, each write a whole, consistent file.
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -59,18 +62,20 @@ class Journal:
     # -- changes (each followed by save()) ----------------------------------------------------
 
     def begin(self, key: str, step: str, server: str) -> StepRecord:
-        record = StepRecord(step=step, server=server, outcome="running", started=now())
-        self.steps[key] = record
-        self.save()
-        return record
+        with self._lock:
+            record = StepRecord(step=step, server=server, outcome="running", started=now())
+            self.steps[key] = record
+            self.save()
+            return record
 
     def finish(self, key: str, outcome: str, message: str | None = None, attempts: int = 1) -> None:
-        record = self.steps[key]
-        record.outcome = outcome
-        record.finished = now()
-        record.message = message
-        record.attempts = attempts
-        self.save()
+        with self._lock:
+            record = self.steps[key]
+            record.outcome = outcome
+            record.finished = now()
+            record.message = message
+            record.attempts = attempts
+            self.save()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,7 +91,8 @@ class Journal:
         }
 
     def save(self) -> None:
-        write_atomic(self.path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
+        with self._lock:
+            write_atomic(self.path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

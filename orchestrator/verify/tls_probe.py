@@ -30,6 +30,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -172,9 +173,20 @@ def _directly_issued(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
-@functools.cache
+_SYSTEM_ROOTS_LOCK = threading.Lock()
+
+
 def system_roots() -> tuple[x509.Certificate, ...]:
-    """The machine's trusted roots, from the paths OpenSSL itself uses (cafile, else capath)."""
+    """The machine's trusted roots, from the paths OpenSSL itself uses (cafile, else capath).
+
+    Loaded once; the lock matters because probes run in threads and warnings.catch_warnings (used
+    while loading) is not thread-safe."""
+    with _SYSTEM_ROOTS_LOCK:
+        return _load_system_roots()
+
+
+@functools.cache
+def _load_system_roots() -> tuple[x509.Certificate, ...]:
     paths = ssl.get_default_verify_paths()
     found: list[x509.Certificate] = []
     if paths.cafile and Path(paths.cafile).is_file():
