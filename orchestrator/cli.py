@@ -129,6 +129,7 @@ def run(
     save_pfx: Annotated[Optional[Path], typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
     = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 8,
 ) -> None:
     """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
     if dry_run:
@@ -145,7 +146,8 @@ def run(
             raise UsageError("this run changes servers; add --yes to run without a terminal")
         if not typer.confirm(f"Run {playbook} against {', '.join(s.name for s in loaded.playbook.servers)}?"):
             raise typer.Abort()
-    code = _execute(loaded, state, json_output, server, step, from_step, certificate or [], chain or [], save_pfx)
+    code = _execute(loaded, state, json_output, server, step, from_step, certificate or [], chain or [], save_pfx,
+                    parallel)
     if code == 0 and not no_verify and not step and not from_step:
         code = _verify(loaded, state, json_output, server, 30, None, 10.0)
     if code:
@@ -154,7 +156,7 @@ def run(
 
 def _execute(loaded: object, state: Path | None, json_output: bool, servers: list[str] | None,
              steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
-             save_pfx: Path | None) -> int:
+             save_pfx: Path | None, parallel: int = 8) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.connect import session_factory
     from orchestrator.events import ConsoleEvents, JsonEvents
@@ -169,7 +171,7 @@ def _execute(loaded: object, state: Path | None, json_output: bool, servers: lis
     events = JsonEvents() if json_output else ConsoleEvents()
     warn = events.note if not json_output else (lambda text: sys.stderr.write(text + "\n"))
     options = RunOptions(servers=servers, steps=steps, from_step=from_step,
-                         certificate_files=[*certificate, *chain], save_pfx=save_pfx)
+                         certificate_files=[*certificate, *chain], save_pfx=save_pfx, parallel=parallel)
     executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)
     try:
         executor.run()
