@@ -86,6 +86,32 @@ def _clixml(items: list[tuple[Any, ClixmlStream]]) -> str:
     return CLIXML_HEADER + _NON_ASCII.sub(lambda m: f"&#x{ord(m.group(0)):X};", text)
 
 
+class ArgumentsRejected(ValueError):
+    """powershell.exe's arguments are not the shape exmig's WinRS transport sends."""
+
+
+def decode_arguments(args: list[str], console_file: str = EXSHELL_CONSOLE_FILE) -> tuple[bool, str]:
+    """(console file given, decoded script) from powershell.exe's argv[1:], or ArgumentsRejected."""
+    lowered = [a.lower() for a in args]
+    if lowered[:3] != list(_LEADING):
+        raise ArgumentsRejected("powershell.exe takes -NoLogo -NoProfile -NonInteractive first here; got "
+                                + " ".join(args[:3]))
+    rest = args[3:]
+    console = False
+    if rest[:1] and rest[0].lower() == "-psconsolefile":
+        if len(rest) < 2 or rest[1].lower() != console_file.lower():
+            raise ArgumentsRejected(f"-PSConsoleFile must be {console_file}")
+        console = True
+        rest = rest[2:]
+    if len(rest) != 4 or [r.lower() for r in rest[:3]] != ["-outputformat", "xml", "-encodedcommand"]:
+        raise ArgumentsRejected("only -OutputFormat xml -EncodedCommand <script> is run (no -Command, -File or "
+                                "other switches)")
+    try:
+        return console, base64.b64decode(rest[3], validate=True).decode("utf-16-le")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ArgumentsRejected("-EncodedCommand is not base64 of UTF-16LE text") from None
+
+
 @dataclass(frozen=True)
 class Invocation:
     """What the lab saw of one powershell.exe start (tests: no secret in a command line)."""
@@ -117,20 +143,14 @@ class ExShell:
 
     def __call__(self, args: list[str], session: Session) -> NativeResult:
         line = " ".join(["powershell.exe", *args])
-        parsed = self._arguments(args)
-        if isinstance(parsed, str):
+        try:
+            console, script = decode_arguments(args, self.console_file)
+        except ArgumentsRejected as exc:
             with self._lock:
                 self._seen.append(Invocation(line, None))
-            return NativeResult(stderr=f"Lab limitation: {parsed}\r\n", exit_code=1)
-        console, encoded = parsed
-        try:
-            script = base64.b64decode(encoded, validate=True).decode("utf-16-le")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            script = None
+            return NativeResult(stderr=f"Lab limitation: {exc}\r\n", exit_code=1)
         with self._lock:
             self._seen.append(Invocation(line, script))
-        if script is None:
-            return self._result([], [lab_script_error("-EncodedCommand is not base64 of UTF-16LE text")], [])
         sink = _Collect()
         outputs: list[Any] = []
         try:
@@ -147,22 +167,6 @@ class ExShell:
         except LabError as err:  # terminating: what ran before it still reaches the client
             sink.errors.append(err)
         return self._result(outputs, sink.errors, sink.warnings)
-
-    def _arguments(self, args: list[str]) -> tuple[bool, str] | str:
-        """(console file given, encoded script) for the renderer's argument shape, else the reason."""
-        lowered = [a.lower() for a in args]
-        if lowered[:3] != list(_LEADING):
-            return "powershell.exe takes -NoLogo -NoProfile -NonInteractive first here; got " + " ".join(args[:3])
-        rest = args[3:]
-        console = False
-        if rest[:1] and rest[0].lower() == "-psconsolefile":
-            if len(rest) < 2 or rest[1].lower() != self.console_file.lower():
-                return f"-PSConsoleFile must be {self.console_file}"
-            console = True
-            rest = rest[2:]
-        if len(rest) != 4 or [r.lower() for r in rest[:3]] != ["-outputformat", "xml", "-encodedcommand"]:
-            return "only -OutputFormat xml -EncodedCommand <script> is run (no -Command, -File or other switches)"
-        return console, rest[3]
 
     def _result(self, outputs: list[Any], errors: list[LabError], warnings: list[str]) -> NativeResult:
         stdout = _clixml([(serialize.to_ps(o), ClixmlStream.OUTPUT) for o in outputs])

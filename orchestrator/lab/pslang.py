@@ -296,6 +296,10 @@ def parse_winrs_script(text: str) -> WinrsScript:
     command = parse_command(rest, variables=frozenset(s.lower() for s in secrets))
     if command.capture is not None:
         raise ParseError("an assignment is not a command")
+    for _, value in command.arguments:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (CredentialPassword, FileBytes, VariableProperty, Placeholder)):
+                raise ParseError(f"{type(item).__name__} is a dry-run form, not something the transport sends")
     used = [v.name.lower() for _, v in command.arguments if isinstance(v, Variable)]
     if sorted(used) != sorted(s.lower() for s in secrets):
         raise ParseError("each SecureString read from stdin must be used exactly once")

@@ -145,7 +145,7 @@ def chunk_capacity(path: str, console_file: str | None = None, budget: int = COM
     overhead = len(write_chunk_script(path, b"", True).encode("utf-16-le"))
     b64_chars = ((script_bytes - overhead) // 2) // 4 * 4  # base64 text: 2 bytes a character in UTF-16
     capacity = b64_chars // 4 * 3
-    if capacity < 256:
+    if capacity < 48:
         raise NotSendable(f"the path {path!r} is too long for a WinRS byte write")
     return capacity
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import requests
 from pypsrp.complex_objects import GenericComplexObject
+from pypsrp.messages import ErrorRecordMessage
 from pypsrp.serializer import Serializer
 from winrm.exceptions import (
     AuthenticationError,
@@ -135,6 +136,8 @@ def _stream(element: ET.Element) -> str:
 
 def _error_text(value: Any) -> tuple[str, str | None]:
     """(message, FullyQualifiedErrorId) of a deserialized error record or error string."""
+    if isinstance(value, ErrorRecordMessage):  # what pypsrp makes of an ErrorRecord, as over PSRP
+        return str(value) or "the command failed", value.fq_error or None
     if isinstance(value, GenericComplexObject):
         props = {**value.adapted_properties, **value.extended_properties}
         error_id = props.get("FullyQualifiedErrorId")
@@ -329,7 +332,10 @@ class WinrsServerSession:
                              "which WinRS stdin carries") from None
 
     def _write_file(self, name: str, path: str, data: bytes) -> InvocationResult:
-        scripts = winrs_script.write_scripts(path, data, None, self.command_line_budget)
+        try:
+            scripts = winrs_script.write_scripts(path, data, None, self.command_line_budget)
+        except winrs_script.NotSendable as exc:
+            raise ExmigError(f"{self.name}: {exc}") from None
         for script in scripts:
             self._checked(name, *self.run_powershell(script, exchange=False))
         result = self._checked(name, *self.run_powershell(winrs_script.hash_script(path), exchange=False))
