@@ -244,6 +244,9 @@ class WinrsServerSession:
 
     # -- one process -------------------------------------------------------------------------------
 
+    def _idle_polls(self) -> int:
+        return int(getattr(self._settings, "idle_polls", 6))
+
     def _max_seconds(self) -> float:
         # A command gets a few read timeouts' worth of Receives; each Receive is itself bounded.
         return max(60.0, 4.0 * self._settings.read_timeout)
@@ -263,13 +266,18 @@ class WinrsServerSession:
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + self._max_seconds()
             code: int | None = None
+            idle = 0
             for _ in range(MAX_RECEIVES):
                 try:
                     o, e, rc, done = protocol.get_command_output_raw(shell_id, command_id)
                 except WinRMOperationTimeoutError:
-                    if time.monotonic() > deadline:
+                    # Nothing within OperationTimeout: ask again, as WinRS clients do, but not forever
+                    # (a process whose Receives stay empty this long is given up as lost).
+                    idle += 1
+                    if idle >= self._idle_polls() or time.monotonic() > deadline:
                         break
-                    continue  # nothing yet within OperationTimeout: ask again, as WinRS clients do
+                    continue
+                idle = 0
                 out += o
                 err += e
                 if done:
@@ -278,8 +286,9 @@ class WinrsServerSession:
                 if time.monotonic() > deadline:
                     break
             if code is None:
-                raise TransientError(self.name, f"powershell.exe did not finish within {self._max_seconds():g} s",
-                                     reopen=True)
+                raise TransientError(self.name, "powershell.exe sent nothing for "
+                                     f"{idle * self._settings.operation_timeout} s or ran past "
+                                     f"{self._max_seconds():g} s; given up as lost", reopen=True)
             try:
                 protocol.cleanup_command(shell_id, command_id)
             except (WinRMError, WinRMTransportError, WinRMOperationTimeoutError, AssertionError) as exc:

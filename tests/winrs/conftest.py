@@ -95,8 +95,9 @@ def winrs_lab(tmp_path: Path) -> Iterator[InProcessLab]:
         lab.site.stop()
 
 
-def wait_quiet(lab: InProcessLab, name: str, seconds: float = 10.0) -> None:
-    """Let requests a fault left running finish server-side before the state is read."""
+def wait_quiet(lab: InProcessLab, name: str, seconds: float = 15.0) -> None:
+    """Let the faulted request finish server-side (a stalled one acts late) before the state is read:
+    the request log gets its record when the reply is done."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and lab.server(name).winrm.faults.rules:
+    while time.monotonic() < deadline and not lab.server(name).winrm.log.faults():
         time.sleep(0.05)

@@ -114,6 +114,7 @@ FAULTS = [
     (FaultKind.RESET_AFTER, "Send", 1),      # the stdin carrying the PFX password
     (FaultKind.RESET_BEFORE, "Create", 1),
     (FaultKind.RESET_AFTER, "Receive", 9),
+    (FaultKind.STALL, "Send", 1),            # past the read timeout: the import runs after the client gave up
 ]
 
 
@@ -122,7 +123,8 @@ def test_faults_on_the_winrs_server_are_absorbed(tmp_path: Path, psrp_reference:
                                                  kind: FaultKind, action: str, nth: int) -> None:
     lab = start_lab(tmp_path)
     try:
-        lab.server("EX2007").winrm.faults.set_rules([FaultRule(kind, action=action, request=nth)])
+        seconds = 5.0 if kind is FaultKind.STALL else 0.0
+        lab.server("EX2007").winrm.faults.set_rules([FaultRule(kind, action=action, request=nth, seconds=seconds)])
         result = lab.run()
         wait_quiet(lab, "EX2007")
         assert not lab.server("EX2007").winrm.faults.rules, "the fault never fired"
