@@ -97,6 +97,8 @@ class Executor:
         self._local = threading.local()
         self._export_lock = threading.Lock()
         self._sessions_lock = threading.Lock()
+        self._preflight_lock = threading.Lock()
+        self._preflight_done = False
         # Steps finished by earlier runs (read before this run marks them running again).
         self._previously_done = {key for key in journal.steps if journal.done(key)}
         if journal.issued_pem:
@@ -164,6 +166,8 @@ class Executor:
             session.close()
 
     def call(self, server: Server, command: Command) -> InvocationResult:
+        if command.changes and not self._preflight_done:
+            self._preflight()
         start = time.monotonic()
         outcome = "ok"
         try:
@@ -182,6 +186,25 @@ class Executor:
                     self._local.maybe_changed = True
             self.events.command(server.name, getattr(self._local, "step", ""), command.name,
                                 time.monotonic() - start, outcome)
+
+    def _preflight(self) -> None:
+        """Before the run's first change anywhere, read every server the run will touch (both endpoints):
+        a wrong password, an unreachable host, a TLS or endpoint mistake on a target then stops the run
+        with no server changed, instead of after the source has a new request."""
+        with self._preflight_lock:
+            if self._preflight_done or getattr(self._local, "in_preflight", False):
+                return
+            self._local.in_preflight = True
+            try:
+                names = {s.server for s in self._selected(self.plan()).steps} - {WORKSTATION}
+                for server in self.playbook.servers:
+                    if server.name in names:
+                        self.certificates(server)
+                        if server.system_endpoint != server.exchange_endpoint:
+                            self.ca_store(server)  # 2010: files and certutil go to another endpoint
+                self._preflight_done = True
+            finally:
+                self._local.in_preflight = False
 
     def known(self, server: Server) -> ServerKnowledge:
         return self._knowledge.setdefault(server.name, ServerKnowledge())
@@ -275,9 +298,11 @@ class Executor:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, TransientError):
-                if exc.reopen and step.server != WORKSTATION:
-                    self.session(self.playbook.server(step.server)).reopen()
-                    self._knowledge.pop(step.server, None)
+                # The failing server is the one the error names: a step's facts can come from another.
+                failing = exc.server if exc.server in self._sessions else step.server
+                if exc.reopen and failing in self._sessions:
+                    self._sessions[failing].reopen()
+                    self._knowledge.pop(failing, None)
                 delay = state.next_action.sleep if state.next_action else 0.0
                 self.events.retrying(step.server, step.name.value, state.attempt_number, str(exc), delay)
 
@@ -386,7 +411,7 @@ class Executor:
     def _write_csr_file(self) -> None:
         issuer = self.playbook.issuer
         if isinstance(issuer, ManualIssuer) and self.journal.csr_pem:
-            from orchestrator.journal import write_atomic
+            from orchestrator.fileio import write_atomic
 
             path = self.csr_path()
             write_atomic(path, self.journal.csr_pem.encode(), mode=0o644)
@@ -525,7 +550,7 @@ class Executor:
         assert result is not None
         self._blobs["pfx"] = pfx_bytes(result.output)
         if self.options.save_pfx is not None:
-            from orchestrator.journal import write_atomic
+            from orchestrator.fileio import write_atomic
 
             write_atomic(self.options.save_pfx, self._blobs["pfx"], mode=0o600)
 

@@ -8,10 +8,7 @@ certificate (public data) and never a secret: no passwords, no PFX, no private k
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ExmigError
+from orchestrator.fileio import write_atomic
 
 FORMAT = 1
 
@@ -93,27 +91,6 @@ class Journal:
     def save(self) -> None:
         with self._lock:
             write_atomic(self.path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def default_path(playbook: Path) -> Path:

@@ -18,10 +18,10 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import io
 import ipaddress
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from orchestrator.fileio import write_atomic
 
 __all__ = [
     "CSRRejected",
@@ -100,17 +102,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a certificate."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A reader never sees half a certificate."""
+    write_atomic(path, data, mode)
 
 
 @contextlib.contextmanager
@@ -456,17 +449,11 @@ def write_delivery(
     _write_atomic(inter_path, inter_pem)
     _write_atomic(p7b_path, pkcs7.serialize_certificates([cert, intermediate], serialization.Encoding.DER))
 
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{basename}.zip.")
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(leaf_path.name, leaf_pem)
-            zf.writestr(inter_path.name, inter_pem)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, zip_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(leaf_path.name, leaf_pem)
+        zf.writestr(inter_path.name, inter_pem)
+    _write_atomic(zip_path, archive.getvalue())
     return Delivery(directory, leaf_path, inter_path, p7b_path, zip_path, thumbprint(cert))
 
 

@@ -18,24 +18,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from orchestrator.fileio import write_atomic
+
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.chmod(tmp, mode)  # the umask may have narrowed os.open's mode; make it exact
-    os.replace(tmp, path)
+    write_atomic(path, data, mode)
 
 
 def ensure_private_dir(path: Path) -> None:
