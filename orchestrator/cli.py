@@ -267,7 +267,7 @@ def status(
     j = journal_mod.load(path, playbook)
     _echo(f"journal {path}\n")
     _echo(f"  CSR: {'kept' if j.csr_pem else 'not yet'}; issued certificate: {j.issued_thumbprint or 'not yet'}\n")
-    for key, record in j.steps.items():
+    for record in j.steps.values():
         _echo(f"  {record.server:<12} {record.step:<14} {record.outcome:<8} {record.finished or record.started}"
               f"  {record.message or ''}\n")
 

@@ -143,8 +143,8 @@ class FaultPlan:
             for name in {c.lower() for c in cmdlets}:
                 self._cmdlet_counts[name] += 1
                 n = self._cmdlet_counts[name]
-                found = found or self._take(lambda r: r.cmdlet is not None and r.cmdlet.lower() == name
-                                            and r.request == n)
+                found = found or self._take(lambda r, name=name, n=n: r.cmdlet is not None
+                                            and r.cmdlet.lower() == name and r.request == n)
             return found
 
     def _take(self, pred: Any) -> FaultRule | None:
