@@ -33,6 +33,7 @@ import binascii
 import hashlib
 import re
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ from orchestrator.lab.winrs_shell import current_stdin
 
 EXSHELL_CONSOLE_FILE = r"C:\Program Files\Microsoft\Exchange Server\bin\exshell.psc1"
 CLIXML_HEADER = "#< CLIXML\r\n"
+MAX_INVOCATIONS = 10_000
 _LEADING = ("-nologo", "-noprofile", "-noninteractive")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
@@ -132,7 +134,8 @@ class ExShell:
         self.snapin = snapin
         self.stdin_timeout = stdin_timeout
         self._lock = threading.Lock()
-        self._seen: list[Invocation] = []
+        # The last MAX_INVOCATIONS starts, so a long `exmig lab serve` does not grow without bound.
+        self._seen: deque[Invocation] = deque(maxlen=MAX_INVOCATIONS)
 
     @property
     def invocations(self) -> list[Invocation]:
@@ -187,8 +190,8 @@ class ExShell:
                 raise lab_script_error(f"no line on stdin for ${name} within {self.stdin_timeout:g} s")
             secrets[name.lower()] = Secret(line)
         arguments: list[tuple[str | None, Any]] = []
-        for name, value in form.command.arguments:
-            arguments.append((name, self._value(value, secrets)))
+        for param, value in form.command.arguments:
+            arguments.append((param, self._value(value, secrets)))
         # A new process: its own session, with the snap-in only when the console file loaded it.
         session = Session(configuration="Microsoft.PowerShell", username=cmd_session.username,
                           snapins={self.snapin} if console else set())

@@ -125,8 +125,7 @@ def _elements(text: str) -> list[ET.Element]:
 def _strip_ns(element: ET.Element) -> ET.Element:
     """pypsrp's deserializer matches tags without the PowerShell namespace."""
     for node in element.iter():
-        if node.tag.startswith(_NS):
-            node.tag = node.tag[len(_NS):]
+        node.tag = node.tag.removeprefix(_NS)
     return element
 
 
@@ -219,7 +218,7 @@ class WinrsServerSession:
         )
         try:
             shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             raise classify(self.name, exc) from exc
         self._protocol, self._shell_id = protocol, shell_id
         return protocol, shell_id
@@ -295,7 +294,7 @@ class WinrsServerSession:
                 log.debug("Signal terminate on %s failed: %s", self.name, _first_line(exc))
         except (TransientError, ExmigError):
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             raise classify(self.name, exc) from exc
         codec = f"cp{SHELL_CODEPAGE}"
         return out.decode(codec, errors="replace"), err.decode(codec, errors="replace"), code

@@ -114,7 +114,7 @@ def test_a_missing_stdin_line_is_a_clear_error(lab: InProcessLab, session: Winrs
     try:
         script = winrs_script.command_script(Command("Import-ExchangeCertificate", (
             Param("Path", Text("C:\\Certs\\none.pfx")), Param("Password", Secret("pfx-password", "pw"))))).text
-        stdout, stderr, code = session.run_powershell(script, exchange=True, stdin=None)
+        _, stderr, code = session.run_powershell(script, exchange=True, stdin=None)
     finally:
         shell.stdin_timeout = 10.0
     assert code == 1 and "no line on stdin for $exmigSecret1" in stderr

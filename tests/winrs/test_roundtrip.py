@@ -108,8 +108,8 @@ def check_round_trip(command: Command, blob: bytes = b"") -> None:
     if write is not None:
         path, _ = write
         data = bytearray()
-        for index, script in enumerate(winrs_script.write_scripts(path, blob)):
-            form = decode(script, exchange=False)
+        for index, chunk in enumerate(winrs_script.write_scripts(path, blob)):
+            form = decode(chunk, exchange=False)
             assert isinstance(form, pslang.ByteWrite) and form.path == path and form.append == (index > 0)
             data += form.data
         assert bytes(data) == blob
@@ -177,7 +177,7 @@ hostile_printable = st.lists(st.sampled_from([h for h in HOSTILE if h.isprintabl
                              max_size=6).map("".join)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(friendly=st.one_of(printable, hostile_printable).filter(lambda s: len(s.strip()) > 0 and len(s) < 64),
        org=st.one_of(printable, hostile_printable).filter(lambda s: s.strip() != ""),
        leaf=st.sampled_from(["Certs", "My Certs", "Certs$x", "a'b", "x\u2019y", "`$(x)", "%TEMP%", "a^b&c"]))
