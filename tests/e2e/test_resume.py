@@ -13,37 +13,15 @@ from typing import Any
 
 import pytest
 
-from orchestrator.lab.exchange import CA, MY, REQUEST
 from tests.e2e.conftest import Lab, build_lab
+from tests.labstate import site_state
 
 STEPS_IN_LAB_PLAN = 13
 
 
-def _subject(view: Any, thumb: str | None) -> str | None:
-    cert = view.certificate(thumb, MY) if thumb else None
-    return cert.subject if cert is not None else None
-
-
 def lab_state(lab: Lab) -> dict[str, Any]:
-    """The emulated servers' own state, normalized so runs with different keys compare equal."""
-    state: dict[str, Any] = {}
-    for name, emulated in lab.site.servers.items():
-        view = emulated.inspector
-        mine = []
-        for thumb in view.thumbprints(MY):
-            cert = view.certificate(thumb, MY)
-            assert cert is not None
-            mine.append((cert.subject, cert.services, cert.has_private_key, cert.status))
-        files = sorted(n for n, _ in emulated.model.fs.children("C:\\Certs")) if emulated.model.fs.is_dir(
-            "C:\\Certs") else []
-        state[name] = {
-            "my": sorted(mine),
-            "ca": len(view.thumbprints(CA)),
-            "requests": len(view.thumbprints(REQUEST)),
-            "files": files,
-            "serving": sorted((svc, _subject(view, t)) for svc, t in view.serving().items()),
-        }
-    return state
+    """The emulated servers' own state (shared normalizer: tests/labstate.py)."""
+    return site_state(lab.site)
 
 
 def run_until_step_end(lab: Lab, k: int) -> None:
