@@ -8,6 +8,7 @@ SecureStrings are encrypted with the session key exchanged first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -17,9 +18,9 @@ from typing import Any
 import requests
 from pypsrp.complex_objects import GenericComplexObject
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
-from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 from pypsrp.serializer import TaggedValue
-from pypsrp.wsman import WSMan
+from pypsrp.wsman import SelectorSet, WSMan
 
 from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
 from orchestrator.playbook import Endpoint, RetryPolicy, Server
@@ -52,6 +53,12 @@ class ConnectionSettings:
     operation_timeout: int
     read_timeout: int
     connection_timeout: int = 15
+    # A running command whose Receives come back empty this many times in a row (each one an
+    # OperationTimeout) is given up as lost: pypsrp itself would poll forever.
+    idle_polls: int = 6
+    # pypsrp retries a Receive that hit the read timeout (5 times); its default backoff (2 s, doubling)
+    # lets the abandoned Receive, answered late, take the output the retry waits for.
+    receive_retry_backoff: float = 0.25
 
     def __repr__(self) -> str:  # never show the password
         return f"ConnectionSettings(host={self.host!r}, auth={self.auth!r}, username={self.username!r})"
@@ -142,6 +149,15 @@ def classify(server: str, exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
+MAX_POLLS = 10_000  # with idle_polls, a bound on polling a command that keeps sending something
+
+
+def _progress(ps: PowerShell) -> tuple[Any, ...]:
+    streams = ps.streams
+    return (ps.state, len(ps.output), len(streams.error), len(streams.warning), len(streams.progress),
+            len(streams.verbose), len(streams.debug), len(streams.information))
+
+
 def _first_line(value: object) -> str:
     text = str(value).strip()
     return text.splitlines()[0][:300] if text else type(value).__name__
@@ -157,7 +173,18 @@ class PsrpServerSession:
         self._settings = settings
         self._pools: dict[tuple[str, int, str, str], RunspacePool] = {}
         self._keyed: set[tuple[str, int, str, str]] = set()
+        self._endpoints: dict[tuple[str, int, str, str], Endpoint] = {}
         self._on_send = on_send
+
+    def _wsman(self, endpoint: Endpoint) -> WSMan:
+        s = self._settings
+        return WSMan(
+            s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
+            auth=s.auth, username=s.username, password=s.password,
+            cert_validation=s.verify_tls, operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
+            connection_timeout=s.connection_timeout, reconnection_backoff=s.receive_retry_backoff,
+            encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
+        )
 
     def _endpoint(self, shell: Shell) -> Endpoint:
         return self._server.exchange_endpoint if shell is Shell.EXCHANGE else self._server.system_endpoint
@@ -167,15 +194,8 @@ class PsrpServerSession:
         pool = self._pools.get(key)
         if pool is not None:
             return key, pool
-        s = self._settings
-        wsman = WSMan(
-            s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
-            auth=s.auth, username=s.username, password=s.password,
-            cert_validation=s.verify_tls, operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
-            connection_timeout=s.connection_timeout,
-            encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
-        )
-        pool = RunspacePool(wsman, configuration_name=endpoint.configuration)
+        pool = RunspacePool(self._wsman(endpoint), configuration_name=endpoint.configuration)
+        self._endpoints[key] = endpoint
         try:
             pool.open()
         except Exception as exc:  # noqa: BLE001 - classified below
@@ -190,7 +210,9 @@ class PsrpServerSession:
 
     def _run(self, ps: PowerShell, name: str) -> InvocationResult:
         try:
-            output = ps.invoke()
+            output = self._invoke(ps, name)
+        except TransientError:
+            raise
         except Exception as exc:  # noqa: BLE001 - classified below
             raise classify(self.name, exc) from exc
         errors = [str(e) for e in ps.streams.error]
@@ -202,6 +224,22 @@ class PsrpServerSession:
             output=[to_python(o) for o in output],
             warnings=[str(w) for w in ps.streams.warning],
         )
+
+    def _invoke(self, ps: PowerShell, name: str) -> list[Any]:
+        """PowerShell.invoke, bounded: pypsrp polls a running command for as long as the server answers
+        Receives with OperationTimeout, which is forever when the output went to an abandoned Receive."""
+        ps.begin_invoke()
+        idle = 0
+        for _ in range(MAX_POLLS):
+            if ps.state != PSInvocationState.RUNNING:
+                return list(ps.output)
+            before = _progress(ps)
+            ps.poll_invoke()
+            idle = idle + 1 if _progress(ps) == before else 0
+            if idle >= self._settings.idle_polls:
+                break
+        raise TransientError(self.name, f"{name}: the server sent nothing for {idle} polls of "
+                             f"{self._settings.operation_timeout} s; the command's outcome is unknown", reopen=True)
 
     def invoke(self, command: Command, values: ValueSource) -> InvocationResult:
         key, pool = self._pool(self._endpoint(command.shell))
@@ -225,10 +263,32 @@ class PsrpServerSession:
         return self._run(ps, command.name)
 
     def reopen(self) -> None:
-        """Drop the pools without closing them (the connection is suspect: a Delete could hang until
-        the read timeout); the next command opens new ones, the server expires the old shells."""
-        self._pools = {}
+        """Drop the pools; the next command opens new ones.
+
+        The old shells are deleted through a new connection (the old one may be unusable: after a reset,
+        pypsrp's NTLM encryption state cannot recover). Deleting a shell ends whatever it still runs, so
+        a request that is late rather than lost (a stall beyond the read timeout) cannot act after the
+        step has re-read the server and done the work itself: no second certificate request."""
+        pools, self._pools = self._pools, {}
         self._keyed.clear()
+        for key, pool in pools.items():
+            self._abandon(self._endpoints[key], pool)
+            with contextlib.suppress(Exception):
+                pool.connection.close()
+
+    def _abandon(self, endpoint: Endpoint, pool: RunspacePool) -> None:
+        shell_id = pool.shell.id
+        if not shell_id:
+            return
+        wsman = self._wsman(endpoint)
+        selectors = SelectorSet()
+        selectors.add_option("ShellId", shell_id)
+        try:
+            wsman.delete(pool.shell.resource_uri, selector_set=selectors)
+        except Exception as exc:  # noqa: BLE001 - best effort: a shell already gone or a dead server
+            log.debug("deleting the abandoned shell on %s failed: %s", self.name, _first_line(exc))
+        finally:
+            wsman.close()
 
     def close(self) -> None:
         pools, self._pools = self._pools, {}
