@@ -11,7 +11,8 @@ import pytest
 
 from orchestrator.lab.faults import FaultKind, FaultRule
 from orchestrator.playbook import Playbook, Role
-from tests.e2e.test_resume import lab_state
+from tests.e2e.conftest import build_lab
+from tests.e2e.test_resume import lab_state, run_until_step_end
 from tests.winrs.conftest import PSRP_PLAYBOOK, WINRS_PLAYBOOK, InProcessLab, start_lab, wait_quiet
 
 
@@ -133,5 +134,18 @@ def test_faults_on_the_winrs_server_are_absorbed(tmp_path: Path, psrp_reference:
         assert result.error is None, result.error
         assert _state(lab) == psrp_reference
         assert lab.server("EX2007").winrm.errors == []
+    finally:
+        lab.site.stop()
+
+
+@pytest.mark.parametrize("k", [8, 9])  # after EX2007's copy (PFX on disk), after its import
+def test_killed_run_resumes_to_the_same_state(tmp_path: Path, psrp_reference: dict[str, Any], k: int) -> None:
+    """The real CLI, SIGKILLed right after step k, then run again (the e2e resume test, on WinRS)."""
+    lab = build_lab(tmp_path, source=WINRS_PLAYBOOK)
+    try:
+        run_until_step_end(lab, k)
+        proc, _ = lab.run_json()
+        assert proc.returncode == 0, proc.stderr
+        assert lab_state(lab) == psrp_reference
     finally:
         lab.site.stop()
