@@ -41,6 +41,12 @@ others (the lab's powershell.exe accepts exactly these, `lab/pslang.parse_winrs_
        Replace('-', ''); $exmigStream.Close(); $exmigHash          (one line)
 
    It outputs the upper-case hex digest, which the transport compares with its own.
+
+Not confirmed against a real PowerShell 1.0 (the lab emulates these as documented in
+`orchestrator/lab/exshell.py`): the exact CLIXML powershell.exe writes for errors with
+`-OutputFormat xml`, and `[Console]::In.ReadLine()` reading WinRS stdin with pywinrm's
+`WINRS_CONSOLEMODE_STDIN=TRUE`. The transport closes stdin (End=true) after the secret lines, so a
+process never waits for more input.
 """
 
 from __future__ import annotations

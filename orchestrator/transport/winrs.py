@@ -17,6 +17,9 @@ output objects are the same `RemoteObject`s/values the PSRP transport returns; e
 so a retried step rewrites the file from the start) followed by a SHA-256 check on the server;
 a mismatch is a `TransientError` (the step is retried and the file rewritten).
 
+The connection uses the playbook's host, scheme, port, auth and TLS settings; the path is always
+/wsman (where WinRM serves the cmd shell), so `connection.path`/`configuration` do not apply.
+
 Failures are classified as for PSRP: connection problems, HTTP 5xx and lost shells are
 `TransientError(reopen=True)` (the executor retries the step and we open a new shell), refused
 credentials, TLS validation and unknown resources are `ConnectError`.
