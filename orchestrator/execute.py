@@ -25,7 +25,7 @@ from tenacity.wait import wait_exponential_jitter
 from orchestrator import checks
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Param, Shell, Text, Thumbprint
-from orchestrator.dialects import dialect_for, remote_path
+from orchestrator.dialects import dialect_for, remote_path, remove_file
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
@@ -586,11 +586,29 @@ class Executor:
             copy = next(s for s in self.plan().for_server(server.name) if s.name is StepName.COPY)
             self._run_commands(server, copy)  # this run's PFX, with this run's password
             self._pfx_written.add(server.name)
-        self._run_commands(server, step)
-        after = checks.installed_with_key(self.certificates(server), thumb)
-        if not after.done:
-            raise ExmigError(f"{server.name}: the import did not leave certificate {thumb} with its key: {after.reason}")
+        try:
+            self._run_commands(server, step)
+            after = checks.installed_with_key(self.certificates(server), thumb)
+            if not after.done:
+                raise ExmigError(
+                    f"{server.name}: the import did not leave certificate {thumb} with its key: {after.reason}")
+        except TransientError:
+            raise  # retried: the PFX is still needed (the cleanup step removes it)
+        except Exception:
+            if server.version == 2007:
+                self._discard_pfx(server)  # the run stops here: its cleanup step would never come
+            raise
         return "changed", f"certificate {thumb} imported with its private key"
+
+    def _discard_pfx(self, server: Server) -> None:
+        """Best effort: the PFX holds the private key; a failed import must not leave it on the server."""
+        self._pfx_written.discard(server.name)
+        path = remote_path(server, pfx_file_name(self.playbook))
+        try:
+            if self._exists(server, path):
+                self.call(server, remove_file(server, path))
+        except Exception:  # noqa: BLE001 - the import's own error is the one to report
+            return
 
     def _cleanup(self, server: Server, step: Step) -> tuple[str, str]:
         if not self._pfx_on_disk(server):
