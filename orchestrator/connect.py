@@ -15,11 +15,6 @@ log = logging.getLogger(__name__)
 def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
                     warn: Callable[[str], None] | None = None) -> Callable[[Server], ServerSession]:
     def open_session(server: Server) -> ServerSession:
-        if server.connection.transport == "winrs" and server.version != 2007:
-            from orchestrator.errors import UsageError
-
-            raise UsageError(f"servers[{server.name}].connection.transport: winrs is for Exchange 2007 hosts; "
-                             "Exchange 2010 cmdlets run over PowerShell remoting (transport: psrp)")
         from orchestrator.transport.psrp import ConnectionSettings, PsrpServerSession
 
         verify: bool | str = server.connection.verify_tls
@@ -39,9 +34,11 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
             read_timeout=policy.read_timeout,
         )
         if server.connection.transport == "winrs":
+            from orchestrator.render.winrs_script import EXSHELL_CONSOLE_FILE
             from orchestrator.transport.winrs import WinrsServerSession
 
-            return WinrsServerSession(server, settings)
+            console_file = server.connection.console_file or EXSHELL_CONSOLE_FILE
+            return WinrsServerSession(server, settings, console_file=console_file)
         return PsrpServerSession(server, settings)
 
     return open_session

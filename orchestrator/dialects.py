@@ -103,6 +103,7 @@ class Dialect:
             return [Command("New-ExchangeCertificate", (*params, *self._server(server)), capture="Request")]
         # 2007 writes the request file on the server; read it back so exmig holds the CSR.
         return [
+            ensure_folder(server),
             Command("New-ExchangeCertificate", (*params, text("Path", csr_path))),
             read_file(server, csr_path, capture="Request"),
         ]

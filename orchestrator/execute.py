@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_exponential, wait_random
 
 from orchestrator import checks
 from orchestrator.certs import IssuedCertificate, der
@@ -309,7 +309,9 @@ class Executor:
         policy = self.playbook.retry
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
-            wait=wait_exponential_jitter(initial=policy.initial_backoff, max=policy.max_backoff),
+            # Exponential backoff with jitter, so parallel targets do not retry in lock step.
+            wait=wait_exponential(multiplier=policy.initial_backoff, max=policy.max_backoff)
+            + wait_random(0, policy.initial_backoff),
             retry=retry_if_exception_type(TransientError),
             before_sleep=before_sleep,
             reraise=True,

@@ -277,6 +277,8 @@ class Connection(_Model):
     ca_file: StrictStr | None = None
     # Exchange 2007: the snap-in added to the Microsoft.PowerShell session.
     snapin: StrictStr | None = None
+    # Exchange 2007 over WinRS: the Exchange shell's console file on the server (its shortcut's -PSConsoleFile).
+    console_file: StrictStr | None = None
     # Exchange 2010: the standard WinRM listener used for Windows-level steps (files, certutil),
     # which the restricted Microsoft.Exchange endpoint cannot do.
     system_scheme: Literal["http", "https"] | None = None
@@ -332,6 +334,17 @@ class Server(_Model):
         if value not in (2007, 2010):
             raise ValueError(f"{value!r} is not supported; use 2007 or 2010")
         return value
+
+    @model_validator(mode="after")
+    def _transport_fits_version(self) -> Server:
+        if self.connection.transport == "winrs" and self.version != 2007:
+            raise ValueError(
+                "connection.transport winrs is for Exchange 2007 hosts without PowerShell remoting; "
+                "Exchange 2010 cmdlets run over PowerShell remoting (transport: psrp)"
+            )
+        if self.connection.console_file is not None and self.connection.transport != "winrs":
+            raise ValueError("connection.console_file goes with transport: winrs")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -34,6 +34,22 @@ def _server_heading(server: Server) -> str:
             f"{ep.url(server.connection.host)} [{ep.configuration}, {server.auth}{transport}]")
 
 
+def rendered_lines(server: Server | None, command: Command) -> list[str]:
+    """The command as it is sent: PowerShell text, or on a WinRS server the script powershell.exe runs
+    (secrets read from stdin, bytes written in chunks)."""
+    if server is None or server.connection.transport != "winrs":
+        return [render_command(command)]
+    from orchestrator.render.winrs_script import NotSendable, command_script
+
+    try:
+        return command_script(command).text.splitlines()
+    except NotSendable:
+        if any(isinstance(p.value, Blob) for p in command.params):
+            return ["# over WinRS: written in base64 chunks with [System.IO.File], then checked by SHA-256",
+                    render_command(command)]
+        return [render_command(command)]
+
+
 def _session_note(server: Server, command: Command) -> str | None:
     if server.version == 2010 and command.shell is Shell.SYSTEM:
         return f"# in Windows PowerShell on {server.name} ({server.system_endpoint.configuration} at "\
@@ -63,7 +79,7 @@ def render_text(plan: Plan, playbook: Playbook) -> str:
             if note and note != last_note:
                 lines.append("      " + note)
             last_note = note
-            lines.append("      " + render_command(command))
+            lines.extend("      " + line for line in rendered_lines(server, command))
         if step.unresolved:
             lines.append("      (waiting for: " + "; ".join(step.unresolved) + ")")
     return "\n".join(lines) + "\n"
@@ -93,7 +109,7 @@ def render_ps1(plan: Plan, playbook: Playbook) -> dict[str, str]:
                 if note and note != last_note:
                     lines.append(note)
                 last_note = note
-                lines.append(render_command(command))
+                lines.extend(rendered_lines(server, command))
         scripts[server.name] = "\n".join(lines) + "\n"
     return scripts
 
