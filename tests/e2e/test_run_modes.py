@@ -98,3 +98,16 @@ def test_a_second_2010_target_imports_with_filedata(tmp_path: Path) -> None:
         assert view is not None and view.has_private_key and set(view.services.split(", ")) >= {"IIS", "SMTP"}
     finally:
         lab.site.stop()
+
+
+def test_status_shows_the_journal(lab: Lab) -> None:
+    before = lab.exmig("status", str(lab.playbook_path))
+    assert before.returncode == 0 and "no run yet" in before.stdout
+    proc, _ = lab.run_json("--server", "EX2010", "--server", "workstation", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    status = lab.exmig("status", str(lab.playbook_path))
+    assert status.returncode == 0
+    assert "CSR: kept" in status.stdout
+    rows = [line.split() for line in status.stdout.splitlines() if line.startswith("  EX2010")]
+    assert [r[1] for r in rows] == ["request", "install-chain", "complete", "enable", "export", "verify"]
+    assert all(r[2] in ("changed", "ok") for r in rows)
