@@ -93,7 +93,8 @@ class JsonEvents:
 
 
 class ConsoleEvents:
-    """Per-step lines as they happen (rich when stdout is a terminal), then a summary table."""
+    """For people: a line per finished step, and on a terminal a live panel of what each server is doing
+    (targets run side by side); a summary table at the end."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         from rich.console import Console
@@ -103,24 +104,47 @@ class ConsoleEvents:
         out = stream or sys.stdout
         self._console = Console(file=out, highlight=False, width=None if out.isatty() else 150)
         self._style = {"changed": "yellow", "ok": "green", "skipped": "dim", "failed": "bold red"}
+        self._state: dict[str, tuple[str, str]] = {}  # server -> (step, what it is doing)
+        self._live: Any = None
+        if out.isatty():
+            from rich.live import Live
+
+            self._live = Live(self._panel(), console=self._console, refresh_per_second=8, transient=True)
+            self._live.start()
+
+    def _panel(self) -> Any:
+        from rich.table import Table
+
+        table = Table(show_header=False, show_edge=False, box=None)
+        for server, (step, doing) in self._state.items():
+            table.add_row(f"[bold]{escape(server)}[/]", escape(step), doing)
+        return table
+
+    def _set(self, server: str, step: str, doing: str) -> None:
+        with self._lock:
+            self._state[server] = (step, doing)
+            if self._live is not None:
+                self._live.update(self._panel())
 
     def step_started(self, server: str, step: str) -> None:
-        return None
+        self._set(server, step, "[cyan]running[/]")
 
     def step_finished(self, server: str, step: str, outcome: str, reason: str, seconds: float) -> None:
         with self._lock:
             self.summary.add(server, step, outcome, reason)
         style = self._style.get(outcome, "")
-        self._console.print(f"[{style}]{outcome:>8}[/] {server:<12} {step:<14} {reason} ({seconds:.1f}s)",
-                            markup=True)
+        self._set(server, step, f"[{style}]{outcome}[/]")
+        self._console.print(f"[{style}]{outcome:>8}[/] {escape(server):<12} {escape(step):<14} {escape(reason)} "
+                            f"({seconds:.1f}s)", markup=True)
 
     def command(self, server: str, step: str, command: str, seconds: float, outcome: str,
                 detail: str | None = None) -> None:
         return None
 
     def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None:
-        self._console.print(f"[magenta]retrying[/] {server:<12} {step:<14} attempt {attempt + 1} in {delay:.1f}s: "
-                            f"{reason}", markup=True)
+        self._set(server, step, f"[magenta]retrying in {delay:.1f}s[/]")
+        self._console.print(f"[magenta]retrying[/] {escape(server):<12} {escape(step):<14} attempt {attempt + 1} "
+                            f"in {delay:.1f}s: {escape(reason)}", markup=True)
 
     def note(self, text: str) -> None:
         self._console.print(text, markup=False)
@@ -128,11 +152,21 @@ class ConsoleEvents:
     def finish(self) -> None:
         from rich.table import Table
 
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         table = Table(title=None, show_edge=False)
         for column in ("server", "step", "outcome", "detail"):
             table.add_column(column)
         for server, step, outcome, reason in self.summary.rows:
-            table.add_row(server, step, f"[{self._style.get(outcome, '')}]{outcome}[/]", reason)
+            table.add_row(escape(server), escape(step), f"[{self._style.get(outcome, '')}]{outcome}[/]", escape(reason))
         if self.summary.rows:
             self._console.print(table)
         self._console.print(self.summary.line(), markup=False)
+
+
+def escape(text: str) -> str:
+    """Server texts can hold [brackets] that rich would read as markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
