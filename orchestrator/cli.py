@@ -169,7 +169,13 @@ def _execute(loaded: object, state: Path | None, json_output: bool, servers: lis
     journal = journal_mod.load(state or journal_mod.default_path(loaded.path), loaded.path)
     secrets = SecretStore(loaded.playbook)
     events = JsonEvents() if json_output else ConsoleEvents()
-    warn = events.note if not json_output else (lambda text: sys.stderr.write(text + "\n"))
+    def warn(text: str) -> None:
+        # In --json mode stdout carries only events.
+        if json_output:
+            sys.stderr.write(text + "\n")
+        else:
+            events.note(text)
+
     options = RunOptions(servers=servers, steps=steps, from_step=from_step,
                          certificate_files=[*certificate, *chain], save_pfx=save_pfx, parallel=parallel)
     executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)

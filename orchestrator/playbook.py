@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from orchestrator.errors import PlaybookError
 from orchestrator.yamlsource import SourceMap, load_yaml
@@ -528,7 +529,7 @@ class LoadedPlaybook(BaseModel):
         return p if p.is_absolute() else self.directory / p
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     msg = str(error["msg"])
     if kind == "extra_forbidden":

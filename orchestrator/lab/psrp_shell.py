@@ -169,6 +169,7 @@ class PsrpShell:
 
     def _statements(self, pipe: _Pipeline) -> list[engine.Statement]:
         metadata = pipe.pipeline.metadata
+        assert metadata is not None  # set by CREATE_PIPELINE before the pipeline starts
         statements: list[engine.Statement] = [[]]
         for cmd in metadata.commands:
             args = [(name, serialize.from_ps(value)) for name, value in cmd.parameters]
@@ -288,9 +289,10 @@ class PsrpShell:
         pid = uuid.UUID(command_id)
         with self._cond:
             pipe = self._pipes.get(pid)
-            if pipe is None or not pipe.finished or self._queues.get(pid):
+            metadata = pipe.pipeline.metadata if pipe is not None else None
+            if pipe is None or metadata is None or not pipe.finished or self._queues.get(pid):
                 return None
-            return [cmd.command_text for cmd in pipe.pipeline.metadata.commands]
+            return [cmd.command_text for cmd in metadata.commands]
 
     def send(self, command_id: str | None, data: bytes) -> None:
         pid = uuid.UUID(command_id) if command_id else None

@@ -57,8 +57,9 @@ def _enum_member(value: LabEnum) -> Any:
         member = _enum_cache.get(key)
         if member is None:
             members = {value.text or "none": int(value.value)}
-            cls = PSEnumBase(f"LabEnum{len(_enum_cache)}", members)
-            cls = PSType(chain, rehydrate=False)(cls)
+            # The functional Enum API builds the class; psrpcore's stubs only describe members.
+            cls = PSEnumBase(f"LabEnum{len(_enum_cache)}", members)  # type: ignore[arg-type]
+            cls = PSType(chain, rehydrate=False)(cls)  # type: ignore[type-var]
             member = next(iter(cls))
             _enum_cache[key] = member
     return member
