@@ -1,0 +1,1 @@
+"""exmig benchmarks (issue 8): `.venv/bin/python -m benchmarks.run`; see BENCHMARKS.md."""
