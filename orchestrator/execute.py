@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
@@ -29,6 +30,7 @@ from orchestrator.dialects import dialect_for, remote_path, remove_file
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
+from orchestrator.fileio import write_atomic
 from orchestrator.issuance import (
     WaitingForCA,
     check_issued,
@@ -36,6 +38,7 @@ from orchestrator.issuance import (
     from_lab_ca,
     issued_from_journal,
     issued_to_pems,
+    load_csr,
 )
 from orchestrator.journal import Journal
 from orchestrator.plan import WORKSTATION, Facts, IntermediateFact, Plan, Step, StepName, build_plan, pfx_file_name
@@ -110,7 +113,7 @@ class Executor:
         if key == "pfx":
             with self._export_lock:
                 if key not in self._blobs:
-                    self._export_pfx(on_demand=True)
+                    self._export_pfx()
         try:
             return self._blobs[key]
         except KeyError:
@@ -376,9 +379,6 @@ class Executor:
             return "ok", "the request is already completed on the source"
         pending = checks.matching_requests(certs, self.playbook.certificate.subject.CN)
         if self.journal.csr_pem:
-            from orchestrator.issuance import load_csr
-            from cryptography.hazmat.primitives import serialization
-
             key = load_csr(self.journal.csr_pem).public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
             if any(p.public_key_der == key for p in pending) or (self._issued is not None):
@@ -413,8 +413,6 @@ class Executor:
     def _write_csr_file(self) -> None:
         issuer = self.playbook.issuer
         if isinstance(issuer, ManualIssuer) and self.journal.csr_pem:
-            from orchestrator.fileio import write_atomic
-
             path = self.csr_path()
             write_atomic(path, self.journal.csr_pem.encode(), mode=0o644)
 
@@ -535,7 +533,7 @@ class Executor:
                 out.append(target)
         return out
 
-    def _export_pfx(self, on_demand: bool) -> None:
+    def _export_pfx(self) -> None:
         source = self.playbook.source
         thumb = self.thumbprint
         if thumb is None or not checks.installed_with_key(self.certificates(source), thumb).done:
@@ -552,15 +550,13 @@ class Executor:
         assert result is not None
         self._blobs["pfx"] = pfx_bytes(result.output)
         if self.options.save_pfx is not None:
-            from orchestrator.fileio import write_atomic
-
             write_atomic(self.options.save_pfx, self._blobs["pfx"], mode=0o600)
 
     def _export(self, server: Server, step: Step) -> tuple[str, str]:
         self._need_issued(server, step)
         if not self._targets_needing_pfx() and self.options.save_pfx is None:
             return "ok", "no target needs the PFX"
-        self._export_pfx(on_demand=False)
+        self._export_pfx()
         return "ok", f"PFX exported ({len(self._blobs['pfx'])} bytes, held in memory)"
 
     def _copy(self, server: Server, step: Step) -> tuple[str, str]:
