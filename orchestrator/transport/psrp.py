@@ -181,7 +181,8 @@ class PsrpServerSession:
         return WSMan(
             s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
             auth=s.auth, username=s.username, password=s.password,
-            cert_validation=s.verify_tls,  # type: ignore[arg-type]  # pypsrp also takes a CA bundle path operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
+            cert_validation=s.verify_tls,  # type: ignore[arg-type]  # pypsrp also takes a CA bundle path
+            operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
             connection_timeout=s.connection_timeout, reconnection_backoff=s.receive_retry_backoff,
             encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
         )
