@@ -167,6 +167,10 @@ class LabFarm:
     def not_serving(self, thumbprint: str) -> list[str]:
         return [name for name, s in self.servers.items() if not s.serves(thumbprint)]
 
+    def lab_cpu(self) -> float | None:
+        """CPU seconds the lab used so far; None when it shares this process (then it is in the client's)."""
+        return None
+
     def loaded(self) -> LoadedPlaybook:
         """The playbook pointed at the farm's ports, with the lab CA as issuer."""
         ports = self.ports()
@@ -236,6 +240,9 @@ class LabFarmProcess(LabFarm):
     def not_serving(self, thumbprint: str) -> list[str]:
         return list(self._ask(f"not-serving {thumbprint}")["servers"])
 
+    def lab_cpu(self) -> float | None:
+        return float(self._ask("cpu")["cpu"])
+
 
 def _read_json_line(stream: IO[str], timeout: float) -> dict[str, Any]:
     ready, _, _ = select.select([stream], [], [], timeout)
@@ -249,7 +256,7 @@ def _read_json_line(stream: IO[str], timeout: float) -> dict[str, Any]:
 
 
 def serve(argv: list[str]) -> int:
-    """Child side: start the farm, print its ports, answer `counts`, `not-serving THUMB`, `stop`."""
+    """Child side: start the farm, print its ports, answer `counts`, `cpu`, `not-serving THUMB`, `stop`."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.labfarm serve")
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--ca", type=Path, required=True)
@@ -269,6 +276,8 @@ def serve(argv: list[str]) -> int:
             words = line.split()
             if words[0] == "counts":
                 _reply({"counts": {n: {**asdict(c), "actions": dict(c.actions)} for n, c in farm.counts().items()}})
+            elif words[0] == "cpu":
+                _reply({"cpu": time.process_time()})
             elif words[0] == "not-serving" and len(words) == 2:
                 _reply({"servers": farm.not_serving(words[1])})
             else:

@@ -13,12 +13,16 @@ real change belongs in the owners' modules. Each one keeps exmig's guarantees:
   store), Import-ExchangeCertificate's own output object replaces the read after it, Enable's success
   (no error record) replaces the read after it (verify reads at the end anyway), and cleanup skips
   Test-Path when this run wrote the PFX. Plus the two above.
+- `BatchingExecutor`: LeanReadsExecutor, and a step's commands for one endpoint sent as one pipeline.
+- `shared_exchange_key()`: one RSA key pair per run for pypsrp's SecureString key exchange, not one per pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,3 +231,34 @@ class BatchingExecutor(LeanReadsExecutor):
                 self.known(server).certificates = kept_certs
             self.events.command(server.name, getattr(self._local, "step", ""), " + ".join(c.name for c in commands),
                                 time.monotonic() - start, outcome)
+
+
+@contextlib.contextmanager
+def shared_exchange_key() -> Iterator[None]:
+    """pypsrp generates a fresh 2048-bit RSA key pair for every pool's SecureString key exchange
+    (RunspacePool.exchange_keys): ~50 ms of CPU per target. The pair only wraps the session key the
+    server picks for that pool, so one ephemeral pair per run (kept in memory, never written) serves
+    every pool as well. Prototype: while active, pypsrp's key generation returns one cached pair."""
+    import pypsrp.powershell as pypsrp_powershell
+
+    real = pypsrp_powershell.rsa
+    cache: dict[tuple[int, int], Any] = {}
+    lock = threading.Lock()
+
+    class _SharedRsa:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def generate_private_key(public_exponent: int, key_size: int, backend: Any = None) -> Any:
+            with lock:
+                key = (public_exponent, key_size)
+                if key not in cache:
+                    cache[key] = real.generate_private_key(public_exponent=public_exponent, key_size=key_size)
+                return cache[key]
+
+    pypsrp_powershell.rsa = _SharedRsa()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pypsrp_powershell.rsa = real

@@ -87,12 +87,11 @@ PROTOTYPE_BATCH = "exmig + proposals + batched steps (prototype)"
 def _run_client(client: str, farm: LabFarm, parallel: int | None = None) -> RunResult:
     if client == "exmig":
         return run_exmig(farm, parallel=parallel)
-    if client == PROTOTYPE:
-        return run_exmig(farm, parallel=parallel, executor_class=prototypes.LeanReadsExecutor,
-                         journal_class=prototypes.GroupCommitJournal, label=PROTOTYPE)
-    if client == PROTOTYPE_BATCH:
-        return run_exmig(farm, parallel=parallel, executor_class=prototypes.BatchingExecutor,
-                         journal_class=prototypes.GroupCommitJournal, label=PROTOTYPE_BATCH)
+    if client in (PROTOTYPE, PROTOTYPE_BATCH):
+        executor = prototypes.LeanReadsExecutor if client == PROTOTYPE else prototypes.BatchingExecutor
+        with prototypes.shared_exchange_key():
+            return run_exmig(farm, parallel=parallel, executor_class=executor,
+                             journal_class=prototypes.GroupCommitJournal, label=client)
     return run_plain(farm, per_command=client == "naive")
 
 
@@ -184,13 +183,15 @@ def fanout(ca: LabCA, tmp: Path, targets: list[int], latency_ms: int, parallels:
             t0 = time.monotonic()
             with farm_class(state, ca, targets=n, latency=latency_ms / 1000) as farm:
                 built = time.monotonic() - t0
-                cpu = time.process_time()
+                cpu, lab_cpu = time.process_time(), farm.lab_cpu()
                 result = _run_client(client, farm, parallel)
                 cpu = time.process_time() - cpu
+                lab_after = farm.lab_cpu()
+                lab_cpu = lab_after - lab_cpu if lab_after is not None and lab_cpu is not None else None
                 c = farm.counts()
                 per_target = [c[name].requests for name in farm.target_names]
                 source = c[farm.source_name].requests
-            rows.append({"targets": n, "client": client, "parallel": parallel, "cpu": cpu, "default_parallel": parallel == min(default, n),
+            rows.append({"targets": n, "client": client, "parallel": parallel, "cpu": cpu, "lab_cpu": lab_cpu, "default_parallel": parallel == min(default, n),
                          "wall": result.wall, "target_phase": result.target_phase, "lab_build": built,
                          "per_target_mean": statistics.mean(per_target), "per_target_min": min(per_target),
                          "per_target_max": max(per_target), "source_requests": source,
@@ -202,15 +203,16 @@ def fanout(ca: LabCA, tmp: Path, targets: list[int], latency_ms: int, parallels:
 
 def fanout_table(rows: list[dict[str, Any]]) -> str:
     one = {r["client"]: r for r in rows if r["targets"] == 1}
-    out = [("| client | targets N | --parallel | targets' part (s) | vs N=1 | whole run (s) | vs N=1 | process CPU (s) "
+    out = [("| client | targets N | --parallel | targets' part (s) | vs N=1 | whole run (s) | vs N=1 | CPU client / lab (s) "
             "| requests per target (mean, min-max) | source requests |"),
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         base = one.get(r["client"])
         phase = f"{r['target_phase'] / base['target_phase']:.2f}x" if base else "-"
         whole = f"{r['wall'] / base['wall']:.2f}x" if base else "-"
+        lab = "in client" if r["lab_cpu"] is None else f"{r['lab_cpu']:.1f}"
         out.append(f"| {r['client']} | {r['targets']} | {r['parallel']}{' (default)' if r['default_parallel'] else ''} "
-                   f"| {r['target_phase']:.2f} | {phase} | {r['wall']:.2f} | {whole} | {r['cpu']:.1f} "
+                   f"| {r['target_phase']:.2f} | {phase} | {r['wall']:.2f} | {whole} | {r['cpu']:.1f} / {lab} "
                    f"| {r['per_target_mean']:.1f} ({r['per_target_min']}-{r['per_target_max']}) "
                    f"| {r['source_requests']} |")
     return "\n".join(out)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latencies", type=_ints, default=[0, 20, 100], help="ms added per request (part 1)")
     parser.add_argument("--targets", type=_ints, default=[1, 5, 20, 50], help="fan-out target counts (part 2)")
     parser.add_argument("--fanout-latency", type=int, default=50, help="ms added per request (part 2)")
-    parser.add_argument("--parallel", default="default,all",
+    parser.add_argument("--parallel", default="default,16,all",
                         help="fan-out concurrency: 'default' (exmig's), 'all' (= N), or numbers; comma-separated")
     parser.add_argument("--startup-runs", type=int, default=15, help="runs per start-up command (part 3)")
     parser.add_argument("--only", default="migration,fanout,startup", help="which parts to run")
