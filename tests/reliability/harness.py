@@ -73,13 +73,14 @@ class InProcessLab:
     def journal_path(self) -> Path:
         return self.tmp / ".exmig" / "lab.journal.json"
 
-    def run(self, save_pfx: Path | None = None, options: RunOptions | None = None) -> RunOutcome:
+    def run(self, save_pfx: Path | None = None, options: RunOptions | None = None,
+            events: JsonEvents | None = None) -> RunOutcome:
         """One `exmig run`, as a fresh process would do it: new journal object, secrets, sessions."""
         start = time.monotonic()
         journal = journal_mod.load(self.journal_path, self.loaded.path)
         secrets = SecretStore(self.loaded.playbook, interactive=False)
-        out = io.StringIO()
-        events = JsonEvents(out)
+        out: io.StringIO = getattr(events, "stream", None) or io.StringIO()
+        events = events or JsonEvents(out)
         opts = options or RunOptions(save_pfx=save_pfx)
         executor = Executor(self.loaded, journal, session_factory(self.loaded, secrets), secrets, events, opts)
         error: BaseException | None = None
@@ -342,3 +343,41 @@ class Figures:
         return (f"runs {self.runs}, faults injected {self.injected}, converged {self.converged} ({rate:.1f}%), "
                 f"restarts {self.restarts}, duplicates {self.duplicates}, data lost {self.data_lost}, "
                 f"{self.seconds:.0f} s")
+
+
+class StepBoundaries(JsonEvents):
+    """Events that note, per step, which of its server's HTTP requests it used (first, last)."""
+
+    def __init__(self, site: LabSite) -> None:
+        self.stream = io.StringIO()
+        super().__init__(self.stream)
+        self.site = site
+        self._open: dict[tuple[str, str], int] = {}
+        self.ranges: list[tuple[str, str, int, int]] = []
+
+    def _count(self, server: str) -> int:
+        emulated = self.site.servers.get(server)
+        return emulated.winrm.faults.http_count if emulated is not None else 0
+
+    def step_started(self, server: str, step: str) -> None:
+        self._open[(server, step)] = self._count(server)
+        super().step_started(server, step)
+
+    def step_finished(self, server: str, step: str, outcome: str, reason: str, seconds: float) -> None:
+        first = self._open.pop((server, step), 0) + 1
+        last = self._count(server)
+        if server in self.site.servers and last >= first:
+            self.ranges.append((server, step, first, last))
+        super().step_finished(server, step, outcome, reason, seconds)
+
+
+def record_step_ranges(template: LabTemplate) -> list[tuple[str, str, int, int]]:
+    """(server, step, first request, last request) of every step of a fault-free run."""
+    lab = template.instantiate()
+    try:
+        events = StepBoundaries(lab.site)
+        assert lab.run(events=events).error is None
+        return events.ranges
+    finally:
+        lab.stop()
+        shutil.rmtree(lab.tmp, ignore_errors=True)
