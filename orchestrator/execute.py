@@ -378,6 +378,8 @@ class Executor:
         if self.thumbprint and checks.installed_with_key(certs, self.thumbprint).done:
             return "ok", "the request is already completed on the source"
         pending = checks.matching_requests(certs, self.playbook.certificate.subject.CN)
+        if not pending and not self.journal.csr_pem and getattr(self._local, "maybe_changed", False):
+            pending = self._settle_pending(server)
         if self.journal.csr_pem:
             key = load_csr(self.journal.csr_pem).public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -398,6 +400,18 @@ class Executor:
         self.journal.save()
         self._write_csr_file()
         return "changed", "certificate request created; the CSR is kept in the journal"
+
+    def _settle_pending(self, server: Server) -> list[checks.CertInfo]:
+        """An earlier attempt's New-ExchangeCertificate lost its reply, and no request shows yet: the server
+        may still be generating the key (the command runs on after the connection broke). Re-read for a
+        while before making another one: a second request would be a duplicate."""
+        deadline = time.monotonic() + max(5.0, 2.0 * self.playbook.retry.operation_timeout)
+        pending: list[checks.CertInfo] = []
+        while not pending and time.monotonic() < deadline:
+            time.sleep(0.5)
+            self._knowledge.pop(server.name, None)
+            pending = checks.matching_requests(self.certificates(server), self.playbook.certificate.subject.CN)
+        return pending
 
     def _recover_request(self, server: Server, pending: checks.CertInfo) -> tuple[str, str]:
         """A request exists but its CSR was lost (the reply never arrived): export it instead of a second one."""

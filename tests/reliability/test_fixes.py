@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.commands import Command, Param, Text
+from orchestrator.lab.exchange import EXCHANGE_CONFIGURATION
 from orchestrator.lab.faults import FaultKind, FaultRule
+from orchestrator.lab.registry import CommandCall, Session
 from orchestrator.transport.base import TransientError
 from orchestrator.transport.psrp import ConnectionSettings, PsrpServerSession
 from tests.reliability.harness import (
@@ -95,3 +99,31 @@ def test_the_playbook_timeouts_reach_pypsrp(lab_template: LabTemplate) -> None:
                                   operation_timeout=1, read_timeout=3)
     wsman = PsrpServerSession(server, settings)._wsman(server.exchange_endpoint)
     assert (wsman.operation_timeout, wsman.transport.read_timeout) == (1, 3)
+
+
+def test_a_lost_reply_while_the_server_still_makes_the_request_is_not_made_twice(
+        lab_template: LabTemplate, reference: Reference, tmp_path: Path) -> None:
+    # The reply to New-ExchangeCertificate's Command is lost (reset after the server started it); the
+    # server is slow to generate the key. The retry's re-read came before the request existed and made a
+    # second one (found by the full sweep, EX2010 request 15 reset_after, now and then).
+    lab = lab_template.instantiate(tmp_path / "run")
+    try:
+        registry = lab.site.servers["EX2010"].winrm.registry
+        spec = registry.command("New-ExchangeCertificate", Session(EXCHANGE_CONFIGURATION, "test"))
+
+        def slow(call: CommandCall, inner: Any = spec.handler) -> None:
+            time.sleep(1.5)  # a slow key generation
+            inner(call)
+
+        registry.register(replace(spec, handler=slow))
+        number = reference.command_number("EX2010", "New-ExchangeCertificate")
+        lab.set_fault("EX2010", FaultRule(FaultKind.RESET_AFTER, request=number, action="Command"))
+        outcome = lab.run()
+        assert outcome.error is None, outcome.error
+        assert lab.fired("EX2010")
+        time.sleep(2.0)  # any late request would have landed by now
+        assert _commands(outcome.events, "EX2010", "New-ExchangeCertificate") == ["transient-error"]
+        assert duplicates(lab) == 0
+        assert lab.state() == reference.state
+    finally:
+        lab.stop()
