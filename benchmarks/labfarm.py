@@ -94,7 +94,8 @@ class FarmServer:
 class LabFarm:
     """The source and target of `playbooks/lab.yml`, the target repeated `targets` times (EX2007-01...).
 
-    The CA is shared (created once per benchmark run); every farm has its own state folder.
+    The CA is shared (created once per benchmark run); the servers' state is in memory; the farm's
+    folder holds exmig's journal.
     """
 
     def __init__(self, state_dir: Path, ca: LabCA, targets: int = 1, latency: float = 0.0) -> None:
@@ -114,8 +115,9 @@ class LabFarm:
 
     def _build(self, server: Server) -> FarmServer:
         fqdn = f"{server.name.lower()}.{LAB_DOMAIN}"
-        model = ExchangeServerModel.load_or_create(self.state_dir / server.name, name=server.name,
-                                                   version=str(server.version), fqdn=fqdn)
+        # In memory (state_dir=None): the lab's own disk writes (an fsync'd state file per change) are not
+        # what the benchmark measures, and they would take CPU and I/O from the client on one machine.
+        model = ExchangeServerModel.load_or_create(None, name=server.name, version=str(server.version), fqdn=fqdn)
         registry = build_registry(model, self.settings)
         configurations = ("Microsoft.Exchange", "Microsoft.PowerShell") if server.version == 2010 \
             else ("Microsoft.PowerShell",)

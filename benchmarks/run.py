@@ -14,6 +14,7 @@ Everything runs on 127.0.0.1; every client and lab request is bounded by its tim
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -31,7 +32,8 @@ from typing import Any
 from benchmarks import prototypes, startup
 from benchmarks.clients import RunResult, extra_commands, run_exmig, run_plain
 from benchmarks.labfarm import LabFarm, LabFarmProcess, ServerCount
-from orchestrator.execute import RunOptions
+from orchestrator.execute import Executor, RunOptions
+from orchestrator.journal import Journal
 from orchestrator.lab.ca import LabCA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,6 +220,45 @@ def fanout_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# --- 2b. which proposal gains what (optional: --only ablation) --------------------------------------
+
+ABLATION: list[tuple[str, type[Executor], type[Journal] | None, bool]] = [
+    ("exmig", Executor, None, False),
+    ("+ parallel preflight", prototypes.ParallelPreflightExecutor, None, False),
+    ("+ group-commit journal", prototypes.ParallelPreflightExecutor, prototypes.GroupCommitJournal, False),
+    ("+ one RSA key per run", prototypes.ParallelPreflightExecutor, prototypes.GroupCommitJournal, True),
+    ("+ lean reads (= all proposals)", prototypes.LeanReadsExecutor, prototypes.GroupCommitJournal, True),
+]
+
+
+def ablation(ca: LabCA, tmp: Path, n: int, latency_ms: int, farm_class: type[LabFarm]) -> list[dict[str, Any]]:
+    """The fan-out at N targets, --parallel N, adding the prototypes one at a time (cumulative)."""
+    rows = []
+    for i, (label, executor, journal, shared_key) in enumerate(ABLATION):
+        with farm_class(tmp / f"ablation-{i}", ca, targets=n, latency=latency_ms / 1000) as farm:
+            cpu, lab_cpu = time.process_time(), farm.lab_cpu()
+            with prototypes.shared_exchange_key() if shared_key else contextlib.nullcontext():
+                result = run_exmig(farm, parallel=n, executor_class=executor, journal_class=journal, label=label)
+            cpu = time.process_time() - cpu
+            lab_after = farm.lab_cpu()
+            c = farm.counts()
+        rows.append({"variant": label, "targets": n, "wall": result.wall, "target_phase": result.target_phase,
+                     "cpu": cpu, "lab_cpu": lab_after - lab_cpu if lab_after is not None and lab_cpu is not None
+                     else None, "requests": sum(x.requests for x in c.values())})
+        print(f"  ablation {label}: phase {result.target_phase:.2f} s, wall {result.wall:.2f} s", file=sys.stderr)
+    return rows
+
+
+def ablation_table(rows: list[dict[str, Any]]) -> str:
+    out = ["| variant (cumulative) | targets' part (s) | whole run (s) | CPU client / lab (s) | requests, all servers |",
+           "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lab = "in client" if r["lab_cpu"] is None else f"{r['lab_cpu']:.1f}"
+        out.append(f"| {r['variant']} | {r['target_phase']:.2f} | {r['wall']:.2f} | {r['cpu']:.1f} / {lab} "
+                   f"| {r['requests']} |")
+    return "\n".join(out)
+
+
 # --- 3. start-up -------------------------------------------------------------------------------------
 
 
@@ -242,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", default="default,16,all",
                         help="fan-out concurrency: 'default' (exmig's), 'all' (= N), or numbers; comma-separated")
     parser.add_argument("--startup-runs", type=int, default=15, help="runs per start-up command (part 3)")
-    parser.add_argument("--only", default="migration,fanout,startup", help="which parts to run")
+    parser.add_argument("--only", default="migration,fanout,startup",
+                        help="which parts to run: migration, fanout, startup, ablation (not run by default)")
+    parser.add_argument("--ablation-targets", type=int, default=50, help="N for the ablation part")
     parser.add_argument("--lab", choices=("process", "inline"), default="process",
                         help="lab servers in a child process (default: their CPU work does not share the client's "
                              "GIL, like remote servers) or in the benchmark's own process")
@@ -266,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         if "fanout" in parts:
             results["fanout"] = fanout(ca, tmp, args.targets, args.fanout_latency, args.parallel.split(","),
                                        not args.no_prototypes, farm_class)
+        if "ablation" in parts:
+            if not 1 <= args.ablation_targets <= MAX_TARGETS:
+                parser.error(f"--ablation-targets must be in 1..{MAX_TARGETS}")
+            results["ablation"] = ablation(ca, tmp, args.ablation_targets, args.fanout_latency, farm_class)
     if "startup" in parts:
         results["startup"] = startup.measure(args.startup_runs)
     results["seconds"] = time.monotonic() - started
@@ -286,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     if "fanout" in results:
         print(f"### 2. Fan-out at {args.fanout_latency} ms per request\n")
         print(fanout_table(results["fanout"]) + "\n")
+    if "ablation" in results:
+        print(f"### 2b. Fan-out to {args.ablation_targets} targets at {args.fanout_latency} ms, --parallel "
+              f"{args.ablation_targets}: the proposals one at a time\n")
+        print(ablation_table(results["ablation"]) + "\n")
     if "startup" in results:
         print("### 3. CLI start-up\n")
         print(startup_table(results["startup"]) + "\n")
