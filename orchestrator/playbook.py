@@ -189,9 +189,10 @@ class Subject(_Model):
 
 
 def _escape_rdn(value: str) -> str:
-    """RFC 4514-style escaping, which X500DistinguishedName parses, so a ',' in O stays in O."""
-    if any(ch in value for ch in ',+"\\<>;=') or value != value.strip() or value.startswith("#"):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """Quote a value the way Windows' X500DistinguishedName (CertStrToName) reads it: inside double
+    quotes a `"` is doubled and a backslash is an ordinary character, so `O=Smith, Jones` stays in O."""
+    if any(ch in value for ch in ',+="<>;#\n\r') or value != value.strip():
+        return '"' + value.replace('"', '""') + '"'
     return value
 
 

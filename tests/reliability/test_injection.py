@@ -36,7 +36,7 @@ from tests.reliability.harness import InProcessLab, LabTemplate
 HOSTILE = ["'", "''", "\u2018", "\u2019", "\u201a", "\u201b", "\"", "$(calc)", "${env:PATH}", "`", "`n", ";", "|",
            "&", "@(1)", "#", "<#", "#>", " -Force", "$null", "%PATH%", "^", ",", "+", "=", "\\", "<", ">", "é",
            "\u00a0", "\U0001f512", "\u202e"]
-# A backslash or a double quote in the subject's O does not arrive as written (see the xfail test below).
+# Backslashes and quotes in the subject's O have their own test (test_x500_quoting_of_the_subject).
 X500_QUOTING = {"\\", '"'}
 RECORDED = ("New-ExchangeCertificate", "New-Item", "Set-Content", "Remove-Item")
 
@@ -187,10 +187,8 @@ def test_a_value_with_a_newline_is_refused_before_any_server(recorded_lab: tuple
     assert all(r.calls == [] for r in recorders.values())
 
 
-@pytest.mark.xfail(strict=True, reason="found by the sweep's injection test: playbook._escape_rdn escapes with "
-                   "backslashes inside quotes (RFC 4514); Windows' X500DistinguishedName (and the lab) take a "
-                   "backslash literally and double a quote (\"\"), so O arrives changed or the request fails")
-@pytest.mark.parametrize("org", ["Back\\slash", 'Say "hi"'])
+# Found by the injection test: quoting used RFC 4514 backslashes; Windows doubles a quote instead.
+@pytest.mark.parametrize("org", ["Back\\slash", 'Say "hi"', "Smith, Jones", '"quoted"', "a=b"])
 def test_x500_quoting_of_the_subject(recorded_lab: tuple[InProcessLab, dict[str, Recorder]], org: str) -> None:
     lab, _ = recorded_lab
     loaded = load_playbook(_playbook(lab, "quoting", org, "C:\\Certs"))

@@ -84,7 +84,7 @@ def parse_dn(text: str) -> x509.Name:
             raise DNParseError("The string contains an invalid X500 name attribute key, oid, value or delimiter.")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
+            value = value[1:-1].replace('""', '"')  # CertStrToName: a doubled quote inside quotes is one
         if oid == NameOID.COUNTRY_NAME and len(value) != 2:
             # Windows would encode it; cryptography refuses and CAs reject it, so fail early and say why.
             raise DNParseError(f"The country code '{value}' must be two letters.")
