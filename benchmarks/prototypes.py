@@ -84,7 +84,19 @@ class GroupCommitJournal(Journal):
             raise RuntimeError("journal: write did not complete")
 
 
+_RELIES_ON = ("_preflight", "_preflight_lock", "_preflight_done", "_knowledge", "_pfx_written", "_run_commands",
+              "_cleanup", "_selected", "call", "known")
+
+
 class ParallelPreflightExecutor(Executor):
+    """The prototypes override Executor internals; if those move, say so instead of measuring nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        missing = [name for name in _RELIES_ON if not hasattr(self, name)]
+        if missing:
+            raise RuntimeError(f"benchmarks/prototypes.py is out of date with orchestrator/execute.py: no {missing}")
+
     def _preflight(self) -> None:
         with self._preflight_lock:
             if self._preflight_done or getattr(self._local, "in_preflight", False):
