@@ -104,6 +104,8 @@ class Executor:
         self._preflight_done = False
         # Steps finished by earlier runs (read before this run marks them running again).
         self._previously_done = {key for key in journal.steps if journal.done(key)}
+        # Steps an earlier run was killed in: what they sent may still be landing on the server.
+        self._interrupted = {key for key, record in journal.steps.items() if record.outcome == "running"}
         if journal.issued_pem:
             self._remember_issued(issued_from_journal(journal.issued_pem, journal.chain_pems))
 
@@ -378,7 +380,8 @@ class Executor:
         if self.thumbprint and checks.installed_with_key(certs, self.thumbprint).done:
             return "ok", "the request is already completed on the source"
         pending = checks.matching_requests(certs, self.playbook.certificate.subject.CN)
-        if not pending and not self.journal.csr_pem and getattr(self._local, "maybe_changed", False):
+        lost = getattr(self._local, "maybe_changed", False) or step.key in self._interrupted
+        if not pending and not self.journal.csr_pem and lost:
             pending = self._settle_pending(server)
         if self.journal.csr_pem:
             key = load_csr(self.journal.csr_pem).public_key().public_bytes(
@@ -402,9 +405,9 @@ class Executor:
         return "changed", "certificate request created; the CSR is kept in the journal"
 
     def _settle_pending(self, server: Server) -> list[checks.CertInfo]:
-        """An earlier attempt's New-ExchangeCertificate lost its reply, and no request shows yet: the server
-        may still be generating the key (the command runs on after the connection broke). Re-read for a
-        while before making another one: a second request would be a duplicate."""
+        """An earlier attempt's New-ExchangeCertificate lost its reply (or an earlier run was killed in this
+        step), and no request shows yet: the server may still be generating the key (the command runs on
+        after the connection broke). Re-read for a while before making another: it would be a duplicate."""
         deadline = time.monotonic() + max(5.0, 2.0 * self.playbook.retry.operation_timeout)
         pending: list[checks.CertInfo] = []
         while not pending and time.monotonic() < deadline:
