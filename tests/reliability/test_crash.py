@@ -13,16 +13,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchestrator.lab.exchange import EXCHANGE_CONFIGURATION
 from orchestrator.lab.faults import FaultKind, FaultRule
+from orchestrator.lab.registry import CommandCall, Session
 from tests.conftest import ROOT
 from tests.reliability.conftest import FIGURES
 from tests.reliability.harness import (
     CaseResult,
     Figures,
+    InProcessLab,
     LabTemplate,
     Reference,
     data_lost,
@@ -42,11 +48,17 @@ def step_ranges(lab_template: LabTemplate) -> list[tuple[str, str, int, int]]:
     return record_step_ranges(lab_template)
 
 
-def kill_at(template: LabTemplate, reference: Reference, server: str, index: int, step: str) -> CaseResult:
-    """SIGKILL `exmig run` while `server` holds its request `index`; resume with a second run."""
+def kill_at(template: LabTemplate, reference: Reference, server: str, index: int,
+            prepare: Callable[[InProcessLab], None] | None = None) -> CaseResult:
+    """SIGKILL `exmig run` while `server` holds its request `index`; resume with a second run at once.
+
+    The case's kind names the step the journal shows as interrupted ("not reached": the run ended
+    before request `index`, which happens when a run needs a request less than the reference did)."""
     start = time.monotonic()
     lab = template.instantiate()
     try:
+        if prepare is not None:
+            prepare(lab)
         lab.set_fault(server, FaultRule(FaultKind.STALL, request=index, seconds=HOLD_SECONDS))
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} | {"PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(lab.loaded.path), "--yes", "--json",
@@ -67,27 +79,27 @@ def kill_at(template: LabTemplate, reference: Reference, server: str, index: int
             proc.wait(timeout=30)
         lab.wait_quiet(server)  # the held request completes server-side after the client died
         errors: list[str] = []
-        if not killed:
-            errors.append(f"the run ended (exit {proc.returncode}) before request {index}")
-        journal = json.loads(lab.journal_path.read_text()) if lab.journal_path.exists() else None
-        if journal is not None:
+        interrupted = "not reached"
+        if lab.journal_path.exists():
+            journal = json.loads(lab.journal_path.read_text())
             assert journal["format"] == 1  # whole: the atomic replace never leaves half a file
             running = [k for k, v in journal["steps"].items() if v["outcome"] == "running"]
-            if killed and running != [f"{server}:{step}"] and step != "request":
-                errors.append(f"killed in {running}, not in {server}:{step}")
+            if killed:
+                interrupted = ", ".join(running) or "between steps"
         resumed = lab.run()
         if resumed.error is not None:
             errors.append(f"resume failed: {resumed.error}")
         state = lab.state()
-        result = CaseResult(server=server, index=index, kind=f"sigkill in {step}", fired=killed,
+        result = CaseResult(server=server, index=index, kind=f"sigkill in {interrupted}", fired=killed,
                             action=lab.faulted_request(server), restarts=1,
-                            converged=resumed.error is None and state == reference.state and not errors,
+                            converged=resumed.error is None and state == reference.state,
                             duplicates=duplicates(lab), data_lost=data_lost(lab), errors=errors)
         if local_pfx_files(lab.tmp):
             result.data_lost.append("a PFX was left on the workstation's disk")
         leftovers = list((lab.tmp / ".exmig").glob(".*.tmp"))
         if leftovers:
             result.errors.append(f"temp journal files left: {leftovers}")
+            result.converged = False
         result.seconds = time.monotonic() - start
         return result
     finally:
@@ -104,19 +116,58 @@ def _check(results: list[CaseResult]) -> None:
 
 def test_killed_in_the_middle_of_each_changing_step(lab_template: LabTemplate, reference: Reference,
                                                     step_ranges: list[tuple[str, str, int, int]]) -> None:
-    cases = [(server, (first + last) // 2, step) for server, step, first, last in step_ranges
+    cases = [(server, (first + last) // 2) for server, step, first, last in step_ranges
              if (server, step) in CHANGING_STEPS]
     assert len(cases) == len(CHANGING_STEPS)
-    _check([kill_at(lab_template, reference, server, index, step) for server, index, step in cases])
+    results = [kill_at(lab_template, reference, server, index) for server, index in cases]
+    _check(results)
+    # The kills landed inside steps (the journal names the interrupted one), most of them different.
+    hit = {r.kind for r in results}
+    assert all(r.fired and ":" in r.kind for r in results), [r.kind for r in results]
+    assert len(hit) >= 8, hit
 
 
 @pytest.mark.sweep
 @pytest.mark.parametrize("server", ["EX2010", "EX2007"])
 def test_killed_at_every_request(lab_template: LabTemplate, reference: Reference,
                                  step_ranges: list[tuple[str, str, int, int]], server: str) -> None:
-    owner = {i: step for s, step, first, last in step_ranges if s == server for i in range(first, last + 1)}
-    _check([kill_at(lab_template, reference, server, index, owner.get(index, "request"))
-            for index in range(1, reference.requests[server] + 1)])
+    _check([kill_at(lab_template, reference, server, index) for index in range(1, reference.requests[server] + 1)])
+
+
+def test_killed_while_the_server_makes_the_request(lab_template: LabTemplate, reference: Reference) -> None:
+    # Killed while New-ExchangeCertificate runs on a slow server; restarted at once. The restart's re-read
+    # came before the request existed and made a second one (found by the crash sweep at EX2010's
+    # New-ExchangeCertificate Command); now a step an earlier run was killed in re-reads for a while.
+    number = sum(1 for e in reference.events if e.get("event") == "command" and e.get("server") == "EX2010"
+                 and e["command"] == "New-ExchangeCertificate")
+    assert number == 1
+
+    def slow_key_generation(lab: InProcessLab) -> None:
+        registry = lab.site.servers["EX2010"].winrm.registry
+        spec = registry.command("New-ExchangeCertificate", Session(EXCHANGE_CONFIGURATION, "test"))
+
+        def slow(call: CommandCall, inner: Any = spec.handler) -> None:
+            time.sleep(1.5)
+            inner(call)
+
+        registry.register(replace(spec, handler=slow))
+
+    command = reference.command_number("EX2010", "New-ExchangeCertificate")
+    index = _request_index(reference, "EX2010", "Command", command)
+    result = kill_at(lab_template, reference, "EX2010", index, prepare=slow_key_generation)
+    assert result.fired and result.action == "Command", result.describe()
+    assert result.ok, result.describe()
+
+
+def _request_index(reference: Reference, server: str, action: str, occurrence: int) -> int:
+    """The HTTP request number of the `occurrence`-th request with this WSMan action in the reference run."""
+    seen = 0
+    for number, name in enumerate(reference.actions[server], start=1):
+        if name == action:
+            seen += 1
+            if seen == occurrence:
+                return number
+    raise AssertionError(f"{server} has no {action} #{occurrence}")
 
 
 def test_the_journal_survives_a_kill_during_its_own_write(tmp_path: Path) -> None:
