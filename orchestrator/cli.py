@@ -133,7 +133,7 @@ def run(
     save_pfx: Annotated[Optional[Path], typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
     = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
-    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 8,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 16,
 ) -> None:
     """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
     if dry_run:
@@ -160,7 +160,7 @@ def run(
 
 def _execute(loaded: object, state: Path | None, json_output: bool, servers: list[str] | None,
              steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
-             save_pfx: Path | None, parallel: int = 8) -> int:
+             save_pfx: Path | None, parallel: int = 16) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.connect import session_factory
     from orchestrator.events import ConsoleEvents, JsonEvents

@@ -121,6 +121,9 @@ class Command:
     # The dry-run's variable name for the output exmig keeps (CSR text, PFX bytes...).
     capture: str | None = None
     changes: bool = True  # False: only reads state
+    # Which facts a change can touch ("certificates", "ca_store"); the executor re-reads only those.
+    # Empty for file commands: the executor keeps no file facts.
+    affects: frozenset[str] = frozenset({"certificates", "ca_store"})
 
     def param(self, name: str) -> Value | None:
         for p in self.params:

@@ -34,6 +34,12 @@ from orchestrator.playbook import CertificateSpec, Server, Service
 
 PFX_PASSWORD = Secret("pfx-password", "the PFX password")
 
+# What a change can touch (Command.affects). Import stays on the default (both): a PKCS#7 or PFX may
+# carry intermediates, which Windows puts into LocalMachine\CA.
+FILES_ONLY: frozenset[str] = frozenset()
+CA_STORE = frozenset({"ca_store"})
+CERTIFICATES = frozenset({"certificates"})
+
 
 def remote_path(server: Server, file_name: str) -> str:
     return server.workdir.rstrip("\\") + "\\" + file_name
@@ -45,12 +51,12 @@ def remote_path(server: Server, file_name: str) -> str:
 def ensure_folder(server: Server) -> Command:
     """Set-Content cannot create folders; New-Item -Force is a no-op when the folder exists."""
     return Command("New-Item", (text("Path", server.workdir), text("ItemType", "Directory"), switch("Force")),
-                   shell=Shell.SYSTEM)
+                   shell=Shell.SYSTEM, affects=FILES_ONLY)
 
 
 def write_file(server: Server, path: str, data: Blob) -> Command:
     return Command("Set-Content", (text("Path", path), Param("Value", data), text("Encoding", "Byte")),
-                   shell=Shell.SYSTEM)
+                   shell=Shell.SYSTEM, affects=FILES_ONLY)
 
 
 def read_file(server: Server, path: str, capture: str) -> Command:
@@ -64,12 +70,13 @@ def read_file(server: Server, path: str, capture: str) -> Command:
 
 
 def remove_file(server: Server, path: str) -> Command:
-    return Command("Remove-Item", (text("Path", path),), shell=Shell.SYSTEM)
+    return Command("Remove-Item", (text("Path", path),), shell=Shell.SYSTEM, affects=FILES_ONLY)
 
 
 def add_to_ca_store(server: Server, path: str) -> Command:
     """certutil -addstore CA: Import-Certificate does not exist before Windows 2012 (§6)."""
-    return Command("certutil.exe", (arg("-addstore"), arg("CA"), arg(path)), shell=Shell.SYSTEM, native=True)
+    return Command("certutil.exe", (arg("-addstore"), arg("CA"), arg(path)), shell=Shell.SYSTEM, native=True,
+                   affects=CA_STORE)
 
 
 def add_snapin(server: Server) -> Command | None:
@@ -100,11 +107,12 @@ class Dialect:
             params.append(text("FriendlyName", cert.friendly_name))
         if self.version == 2010:
             # 2010 returns the request text; exmig keeps it (the blog's `$Data = ...; Set-Content`).
-            return [Command("New-ExchangeCertificate", (*params, *self._server(server)), capture="Request")]
+            return [Command("New-ExchangeCertificate", (*params, *self._server(server)), capture="Request",
+                            affects=CERTIFICATES)]
         # 2007 writes the request file on the server; read it back so exmig holds the CSR.
         return [
             ensure_folder(server),
-            Command("New-ExchangeCertificate", (*params, text("Path", csr_path))),
+            Command("New-ExchangeCertificate", (*params, text("Path", csr_path)), affects=CERTIFICATES),
             read_file(server, csr_path, capture="Request"),
         ]
 
@@ -138,6 +146,7 @@ class Dialect:
             "Enable-ExchangeCertificate",
             (Param("Thumbprint", thumb), Param("Services", TextList(tuple(s.value for s in services))),
              switch("Force"), *self._server(server)),
+            affects=CERTIFICATES,
         )
 
     def export(self, server: Server, thumb: Thumbprint, file_name: str) -> list[Command]:

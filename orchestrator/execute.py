@@ -72,7 +72,7 @@ class RunOptions:
     from_step: str | None = None
     certificate_files: list[Path] = field(default_factory=list)
     save_pfx: Path | None = None
-    parallel: int = 8  # targets deployed at once
+    parallel: int = 16  # targets deployed at once
 
 
 SessionFactory = Callable[[Server], ServerSession]
@@ -185,8 +185,13 @@ class Executor:
             raise
         finally:
             if command.changes:
-                # Changed, or maybe changed (a lost reply): read again before deciding anything.
-                self._knowledge.pop(server.name, None)
+                # Changed, or maybe changed (a lost reply): read again what it can have touched.
+                known = self._knowledge.get(server.name)
+                if known is not None:
+                    if "certificates" in command.affects:
+                        known.certificates = None
+                    if "ca_store" in command.affects:
+                        known.ca_store = None
                 if outcome == "transient-error":
                     self._local.maybe_changed = True
             self.events.command(server.name, getattr(self._local, "step", ""), command.name,
@@ -202,11 +207,17 @@ class Executor:
             self._local.in_preflight = True
             try:
                 names = {s.server for s in self._selected(self.plan()).steps} - {WORKSTATION}
-                for server in self.playbook.servers:
-                    if server.name in names:
-                        self.certificates(server)
-                        if server.system_endpoint != server.exchange_endpoint:
-                            self.ca_store(server)  # 2010: files and certutil go to another endpoint
+
+                def read(server: Server) -> None:
+                    self._local.in_preflight = True
+                    self.certificates(server)
+                    if server.system_endpoint != server.exchange_endpoint:
+                        self.ca_store(server)  # 2010: files and certutil go to another endpoint
+
+                servers = [s for s in self.playbook.servers if s.name in names]
+                with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers) or 1)),
+                                        thread_name_prefix="exmig-preflight") as pool:
+                    list(pool.map(read, servers))  # re-raises the first server's error
                 self._preflight_done = True
             finally:
                 self._local.in_preflight = False
@@ -521,11 +532,19 @@ class Executor:
                 f"{server.name} holds certificate {thumb} without its private key (it was imported where the "
                 "request was not made); remove it with Remove-ExchangeCertificate and run again"
             )
-        self._run_commands(server, step)
-        after = checks.installed_with_key(self.certificates(server), thumb)
+        after = self._imported(server, self._run_commands(server, step), thumb)
         if not after.done:
             raise ExmigError(f"{server.name}: Import-ExchangeCertificate did not complete the request: {after.reason}")
         return "changed", f"request completed: certificate {thumb} with its private key"
+
+    def _imported(self, server: Server, results: list[InvocationResult], thumb: str) -> checks.Decision:
+        """Import-ExchangeCertificate answers with the certificate it imported: no second read when that
+        answer says enough (a server that sends less is read again)."""
+        for result in results:
+            decision = checks.installed_with_key(checks.certificates(result.output), thumb)
+            if decision.done:
+                return decision
+        return checks.installed_with_key(self.certificates(server), thumb)
 
     def _enable(self, server: Server, step: Step) -> tuple[str, str]:
         thumb = self._need_issued(server, step)
@@ -539,9 +558,8 @@ class Executor:
         decision = checks.services_enabled(certs, thumb, services, step.key in self._previously_done)
         if decision.done:
             return "ok", decision.reason
-        self._run_commands(server, step)
-        after = checks.services_enabled(self.certificates(server), thumb, services, True)
-        return "changed", after.reason
+        self._run_commands(server, step)  # Enable answers nothing; verify reads the result at the end
+        return "changed", "enabled for " + ", ".join(s.value for s in services)
 
     def _targets_needing_pfx(self) -> list[Server]:
         out = []
@@ -602,8 +620,7 @@ class Executor:
             self._run_commands(server, copy)  # this run's PFX, with this run's password
             self._pfx_written.add(server.name)
         try:
-            self._run_commands(server, step)
-            after = checks.installed_with_key(self.certificates(server), thumb)
+            after = self._imported(server, self._run_commands(server, step), thumb)
             if not after.done:
                 raise ExmigError(
                     f"{server.name}: the import did not leave certificate {thumb} with its key: {after.reason}")
@@ -626,9 +643,11 @@ class Executor:
             return
 
     def _cleanup(self, server: Server, step: Step) -> tuple[str, str]:
-        if not self._pfx_on_disk(server):
+        # This run wrote the file: no need to ask whether it is there.
+        if server.name not in self._pfx_written and not self._pfx_on_disk(server):
             return "ok", "no PFX left in the working folder"
         self._run_commands(server, step)
+        self._pfx_written.discard(server.name)
         return "changed", "PFX removed from the working folder"
 
     def _verify(self, server: Server, step: Step) -> tuple[str, str]:
