@@ -66,6 +66,25 @@ class ValueSource(Protocol):
     def secret(self, key: str) -> str: ...
 
 
+def first_line(value: object) -> str:
+    """One line of an exception's text, bounded, for a one-line error."""
+    text = str(value).strip()
+    return text.splitlines()[0][:300] if text else type(value).__name__
+
+
+def classify_http(server: str, exc: BaseException) -> Exception | None:
+    """What both transports see from requests: TLS validation (permanent) vs a lost connection (retry)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ConnectError(f"{server}: TLS certificate validation failed ({first_line(exc)}); "
+                            "set connection.ca_file to the CA that issued the server's certificate")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
+        return TransientError(server, f"connection failed: {first_line(exc)}", reopen=True)
+    return None
+
+
 class ServerSession(Protocol):
     """An open connection to one server, reused by every step."""
 

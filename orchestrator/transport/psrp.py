@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 from pypsrp.complex_objects import GenericComplexObject
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
 from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
@@ -23,7 +22,7 @@ from pypsrp.serializer import TaggedValue
 from pypsrp.wsman import SelectorSet, WSMan
 
 from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
-from orchestrator.playbook import Endpoint, RetryPolicy, Server
+from orchestrator.playbook import Endpoint, Server
 from orchestrator.transport.base import (
     ConnectError,
     InvocationResult,
@@ -31,6 +30,8 @@ from orchestrator.transport.base import (
     RemoteObject,
     TransientError,
     ValueSource,
+    classify_http,
+    first_line,
 )
 
 log = logging.getLogger(__name__)
@@ -117,14 +118,11 @@ def to_python(value: Any) -> Any:
 
 def classify(server: str, exc: BaseException) -> Exception:
     """Map a client exception to Transient (retry) or ConnectError (stop, with the reason)."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return ConnectError(f"{server}: TLS certificate validation failed ({_first_line(exc)}); "
-                            "set connection.ca_file to the CA that issued the server's certificate")
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        requests.exceptions.ChunkedEncodingError)):
-        return TransientError(server, f"connection failed: {_first_line(exc)}", reopen=True)
+    http = classify_http(server, exc)
+    if http is not None:
+        return http
     if isinstance(exc, AuthenticationError):
-        return ConnectError(f"{server}: authentication failed: {_first_line(exc)}")
+        return ConnectError(f"{server}: authentication failed: {first_line(exc)}")
     if isinstance(exc, WSManFaultError):
         code = exc.code
         if code == WSMAN_OPERATION_TIMEOUT:
@@ -132,20 +130,20 @@ def classify(server: str, exc: BaseException) -> Exception:
         if code == WSMAN_SHELL_NOT_FOUND:
             return TransientError(server, "the remote shell is gone", reopen=True)
         if code == WSMAN_RESOURCE_NOT_FOUND:
-            return ConnectError(f"{server}: {_first_line(exc.reason or str(exc))} (check connection.path and "
+            return ConnectError(f"{server}: {first_line(exc.reason or str(exc))} (check connection.path and "
                                 "connection.configuration)")
         if code == WSMAN_ACCESS_DENIED:
-            return ConnectError(f"{server}: access denied: {_first_line(exc.reason or str(exc))}")
-        return ConnectError(f"{server}: WSMan fault {code}: {_first_line(exc.reason or str(exc))}")
+            return ConnectError(f"{server}: access denied: {first_line(exc.reason or str(exc))}")
+        return ConnectError(f"{server}: WSMan fault {code}: {first_line(exc.reason or str(exc))}")
     if isinstance(exc, WinRMTransportError):
         if exc.code == 401:
             return ConnectError(f"{server}: the server refused the credentials (HTTP 401); check the user name "
                                 "and the password variable")
         if exc.code in (500, 502, 503, 504):
             return TransientError(server, f"HTTP {exc.code} from the server", reopen=True)
-        return ConnectError(f"{server}: HTTP {exc.code}: {_first_line(exc.response_text or '')}")
+        return ConnectError(f"{server}: HTTP {exc.code}: {first_line(exc.response_text or '')}")
     if isinstance(exc, WinRMError):
-        return TransientError(server, f"protocol error: {_first_line(exc)}", reopen=True)
+        return TransientError(server, f"protocol error: {first_line(exc)}", reopen=True)
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
@@ -156,11 +154,6 @@ def _progress(ps: PowerShell) -> tuple[Any, ...]:
     streams = ps.streams
     return (ps.state, len(ps.output), len(streams.error), len(streams.warning), len(streams.progress),
             len(streams.verbose), len(streams.debug), len(streams.information))
-
-
-def _first_line(value: object) -> str:
-    text = str(value).strip()
-    return text.splitlines()[0][:300] if text else type(value).__name__
 
 
 class PsrpServerSession:
@@ -287,7 +280,7 @@ class PsrpServerSession:
         try:
             wsman.delete(pool.shell.resource_uri, selector_set=selectors)
         except Exception as exc:  # noqa: BLE001 - best effort: a shell already gone or a dead server
-            log.debug("deleting the abandoned shell on %s failed: %s", self.name, _first_line(exc))
+            log.debug("deleting the abandoned shell on %s failed: %s", self.name, first_line(exc))
         finally:
             wsman.close()
 
@@ -298,4 +291,4 @@ class PsrpServerSession:
             try:
                 pool.close()
             except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
-                log.debug("closing a pool on %s failed: %s", self.name, _first_line(exc))
+                log.debug("closing a pool on %s failed: %s", self.name, first_line(exc))

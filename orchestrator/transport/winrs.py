@@ -34,7 +34,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
 
-import requests
 from pypsrp.complex_objects import GenericComplexObject
 from pypsrp.messages import ErrorRecordMessage
 from pypsrp.serializer import Serializer
@@ -57,6 +56,8 @@ from orchestrator.transport.base import (
     RemoteError,
     TransientError,
     ValueSource,
+    classify_http,
+    first_line,
 )
 from orchestrator.transport.psrp import ConnectionSettings, to_python
 
@@ -74,19 +75,11 @@ _NS = "{http://schemas.microsoft.com/powershell/2004/04}"
 _AUTH = {"basic": "basic", "ntlm": "ntlm", "negotiate": "ntlm", "kerberos": "kerberos", "credssp": "credssp"}
 
 
-def _first_line(value: object) -> str:
-    text = str(value).strip()
-    return text.splitlines()[0][:300] if text else type(value).__name__
-
-
 def classify(server: str, exc: BaseException) -> Exception:
     """A pywinrm/requests exception as TransientError (retry) or ConnectError (stop, with why)."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return ConnectError(f"{server}: TLS certificate validation failed ({_first_line(exc)}); "
-                            "set connection.ca_file to the CA that issued the server's certificate")
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        requests.exceptions.ChunkedEncodingError)):
-        return TransientError(server, f"connection failed: {_first_line(exc)}", reopen=True)
+    http = classify_http(server, exc)
+    if http is not None:
+        return http
     if isinstance(exc, AuthenticationError):
         return ConnectError(f"{server}: the server refused the credentials (HTTP 401); check the user name "
                             "and the password variable")
@@ -97,19 +90,19 @@ def classify(server: str, exc: BaseException) -> Exception:
         if code == WSMAN_SHELL_NOT_FOUND:
             return TransientError(server, "the remote shell is gone", reopen=True)
         if code == WSMAN_RESOURCE_NOT_FOUND:
-            return ConnectError(f"{server}: {_first_line(exc.reason)} (is WinRS allowed on the server's /wsman "
+            return ConnectError(f"{server}: {first_line(exc.reason)} (is WinRS allowed on the server's /wsman "
                                 "listener?)")
         if code == WSMAN_ACCESS_DENIED:
-            return ConnectError(f"{server}: access denied: {_first_line(exc.reason)}")
+            return ConnectError(f"{server}: access denied: {first_line(exc.reason)}")
         if exc.code in (500, 502, 503, 504) and code is None:
             return TransientError(server, f"HTTP {exc.code} from the server", reopen=True)
-        return ConnectError(f"{server}: WSMan fault {code}: {_first_line(exc.reason)}")
+        return ConnectError(f"{server}: WSMan fault {code}: {first_line(exc.reason)}")
     if isinstance(exc, WinRMTransportError):
         if exc.code in (500, 502, 503, 504):
             return TransientError(server, f"HTTP {exc.code} from the server", reopen=True)
-        return ConnectError(f"{server}: HTTP {exc.code}: {_first_line(exc.response_text or '')}")
+        return ConnectError(f"{server}: HTTP {exc.code}: {first_line(exc.response_text or '')}")
     if isinstance(exc, WinRMError):
-        return TransientError(server, f"protocol error: {_first_line(exc)}", reopen=True)
+        return TransientError(server, f"protocol error: {first_line(exc)}", reopen=True)
     if isinstance(exc, (StopIteration, ET.ParseError)):
         return TransientError(server, f"unreadable WinRS reply ({type(exc).__name__})", reopen=True)
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
@@ -233,7 +226,7 @@ class WinrsServerSession:
             try:
                 protocol.transport.close_session()
             except Exception as exc:  # noqa: BLE001 - best effort
-                log.debug("closing the HTTP session to %s failed: %s", self.name, _first_line(exc))
+                log.debug("closing the HTTP session to %s failed: %s", self.name, first_line(exc))
 
     def close(self) -> None:
         protocol, shell_id = self._protocol, self._shell_id
@@ -242,7 +235,7 @@ class WinrsServerSession:
             try:
                 protocol.close_shell(shell_id)
             except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
-                log.debug("closing the shell on %s failed: %s", self.name, _first_line(exc))
+                log.debug("closing the shell on %s failed: %s", self.name, first_line(exc))
 
     # -- one process -------------------------------------------------------------------------------
 
@@ -294,7 +287,7 @@ class WinrsServerSession:
             try:
                 protocol.cleanup_command(shell_id, command_id)
             except (WinRMError, WinRMTransportError, WinRMOperationTimeoutError, AssertionError) as exc:
-                log.debug("Signal terminate on %s failed: %s", self.name, _first_line(exc))
+                log.debug("Signal terminate on %s failed: %s", self.name, first_line(exc))
         except (TransientError, ExmigError):
             raise
         except Exception as exc:
