@@ -643,8 +643,10 @@ class Executor:
             return
 
     def _cleanup(self, server: Server, step: Step) -> tuple[str, str]:
-        # This run wrote the file: no need to ask whether it is there.
-        if server.name not in self._pfx_written and not self._pfx_on_disk(server):
+        # This run wrote the file: no need to ask whether it is there, unless an earlier attempt of this
+        # step lost its reply (its Remove-Item may have run: a second one fails on the missing file).
+        ask = server.name not in self._pfx_written or getattr(self._local, "maybe_changed", False)
+        if ask and not self._pfx_on_disk(server):
             return "ok", "no PFX left in the working folder"
         self._run_commands(server, step)
         self._pfx_written.discard(server.name)

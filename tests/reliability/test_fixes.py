@@ -127,3 +127,21 @@ def test_a_lost_reply_while_the_server_still_makes_the_request_is_not_made_twice
         assert lab.state() == reference.state
     finally:
         lab.stop()
+
+
+def test_a_lost_reply_of_the_pfx_cleanup_is_not_removed_twice(lab_template: LabTemplate, reference: Reference,
+                                                               tmp_path: Path) -> None:
+    # The cleanup's Remove-Item ran but its reply was lost; the retry skipped the Test-Path (this run
+    # wrote the file) and removed again: "Cannot find path", a failed run (found by the sweep after the
+    # round-trip savings of 6f05c00: EX2007 http_503 on that Receive).
+    lab = lab_template.instantiate(tmp_path / "run")
+    try:
+        # EX2007's first Remove-Item is install-chain's intermediate file; the second is the PFX.
+        lab.set_fault("EX2007", FaultRule(FaultKind.RESET_AFTER, request=2, cmdlet="Remove-Item"))
+        outcome = lab.run()
+        assert outcome.error is None, outcome.error
+        assert lab.fired("EX2007")
+        assert _commands(outcome.events, "EX2007", "Remove-Item") == ["ok", "transient-error"]
+        assert lab.state() == reference.state
+    finally:
+        lab.stop()
