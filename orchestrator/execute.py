@@ -94,6 +94,9 @@ class Executor:
         # 2007 targets whose PFX file this run wrote: a file from an earlier run carries that run's
         # (generated) password, so it cannot be imported with ours.
         self._pfx_written: set[str] = set()
+        # Servers where this run imported the certificate and saw it with its key: nothing else there
+        # has enabled it since (the run's own Enable comes next), so those reads can be skipped.
+        self._imported_now: set[str] = set()
         self._issued: IssuedCertificate | None = None
         # Per thread (targets run concurrently): the step being run, and whether one of its
         # modifying commands lost its reply.
@@ -540,21 +543,30 @@ class Executor:
     def _imported(self, server: Server, results: list[InvocationResult], thumb: str) -> checks.Decision:
         """Import-ExchangeCertificate answers with the certificate it imported: no second read when that
         answer says enough (a server that sends less is read again)."""
+        decision = checks.Decision(False, "")
         for result in results:
             decision = checks.installed_with_key(checks.certificates(result.output), thumb)
             if decision.done:
-                return decision
-        return checks.installed_with_key(self.certificates(server), thumb)
+                break
+        else:
+            decision = checks.installed_with_key(self.certificates(server), thumb)
+        if decision.done:
+            self._imported_now.add(server.name)
+        return decision
 
     def _enable(self, server: Server, step: Step) -> tuple[str, str]:
         thumb = self._need_issued(server, step)
+        services = server.services_for(self.playbook.certificate)
+        if server.name in self._imported_now:
+            # Imported a moment ago by this run: it is there, with no services yet.
+            self._run_commands(server, step)
+            return "changed", "enabled for " + ", ".join(s.value for s in services)
         certs = self.certificates(server)
         if checks.find(certs, thumb) is None:
             earlier = "complete" if server.name == self.playbook.source.name else "import"
             raise DependencyError(
                 f"enable on {server.name} needs certificate {thumb} on that server: run the {earlier} step first"
             )
-        services = server.services_for(self.playbook.certificate)
         decision = checks.services_enabled(certs, thumb, services, step.key in self._previously_done)
         if decision.done:
             return "ok", decision.reason
@@ -571,7 +583,8 @@ class Executor:
     def _export_pfx(self) -> None:
         source = self.playbook.source
         thumb = self.thumbprint
-        if thumb is None or not checks.installed_with_key(self.certificates(source), thumb).done:
+        known_there = source.name in self._imported_now
+        if thumb is None or not (known_there or checks.installed_with_key(self.certificates(source), thumb).done):
             raise DependencyError(
                 f"the PFX must be exported from {source.name}, which does not hold the completed certificate yet; "
                 "run the request, issue and complete steps first"

@@ -9,6 +9,7 @@ are references (environment variable, prompt, generated).
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -144,6 +145,12 @@ def check_hostname(name: str) -> str:
 
 Hostname = Annotated[StrictStr, AfterValidator(check_hostname)]
 
+def has_control(value: str) -> bool:
+    """Control characters (C0, DEL, C1 such as NEL) and line/paragraph separators: invisible in a
+    playbook, and YAML itself folds some of them into spaces."""
+    return any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value)
+
+
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -174,7 +181,7 @@ class Subject(_Model):
     @field_validator("S", "L", "O", "OU")
     @classmethod
     def _plain_text(cls, value: str | None) -> str | None:
-        if value is not None and (not value or any(ord(ch) < 32 for ch in value)):
+        if value is not None and (not value or has_control(value)):
             raise ValueError("must be non-empty text without control characters")
         return value
 
@@ -231,7 +238,7 @@ class CertificateSpec(_Model):
     def _friendly(cls, value: str | None) -> str | None:
         if value is not None and len(value) >= 64:
             raise ValueError(f"is {len(value)} characters; Exchange requires fewer than 64")
-        if value is not None and any(ord(ch) < 32 for ch in value):
+        if value is not None and has_control(value):
             raise ValueError("must not contain control characters")
         return value
 

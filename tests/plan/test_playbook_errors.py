@@ -51,6 +51,8 @@ CASES = [
     ("two sources", "    role: target", "    role: source", 1, "exactly one server must have `role: source`"),
     ("bad domain", "    - autodiscover.mitserv.net", "    - autodiscover_mitserv.net", 8,
      "certificate.domains[1]: 'autodiscover_mitserv.net' is not a valid host name"),
+    ("control character", "O: My Organization", "O: \"My\\u0085Org\"", 4,
+     "certificate.subject.O: must be non-empty text without control characters"),
     ("friendly name of 80 chars", "friendly_name: mitserv", "friendly_name: " + "x" * 80, 10,
      "certificate.friendly_name: is 80 characters; Exchange requires fewer than 64"),
     ("password in the file", "password: {env: EX_PW}", "password: hunter2", 21,

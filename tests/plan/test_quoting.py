@@ -68,7 +68,9 @@ def _playbook(friendly: str, org: str, workdir_leaf: str) -> dict:
     }
 
 
-printable = st.text(st.characters(min_codepoint=32, blacklist_categories=["Cs"]), min_size=1, max_size=30)
+# What the playbook accepts in text: no control characters or line separators (test_playbook_errors).
+printable = st.text(st.characters(min_codepoint=32, blacklist_categories=["Cs", "Cc", "Zl", "Zp"]), min_size=1,
+                    max_size=30)
 hostile_printable = st.lists(st.sampled_from([h for h in HOSTILE if h.isprintable() and h]), min_size=1,
                              max_size=6).map("".join)
 
