@@ -172,7 +172,8 @@ def _blob() -> Any:
     return Blob("pfx", Captured("Export", "FileData", "the PFX"))
 
 
-printable = st.text(st.characters(min_codepoint=32, blacklist_categories=["Cs"]), min_size=1, max_size=30)
+printable = st.text(st.characters(min_codepoint=32, blacklist_categories=["Cs", "Cc", "Zl", "Zp"]), min_size=1,
+                    max_size=30)  # what the playbook accepts in text
 hostile_printable = st.lists(st.sampled_from([h for h in HOSTILE if h.isprintable() and h]), min_size=1,
                              max_size=6).map("".join)
 
