@@ -79,7 +79,7 @@ class SecretRef(_Model):
                                           ("generate", self.generate)) if on]
         if len(chosen) != 1:
             raise ValueError("give exactly one of `env: VARIABLE`, `prompt: true` or `generate: true`")
-        if self.env is not None and not _ENV_NAME.match(self.env):
+        if self.env is not None and not _ENV_NAME.fullmatch(self.env):
             raise ValueError(f"'{self.env}' is not an environment variable name (letters, digits, _)")
         if self.lab_default and self.env is None:
             raise ValueError("`lab_default: true` goes with `env: VARIABLE`")
@@ -135,7 +135,7 @@ def check_hostname(name: str) -> str:
     if len(labels) < 2:
         raise ValueError(f"'{name}' is not a fully qualified host name (e.g. mail.example.com)")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise ValueError(
                 f"'{name}' is not a valid host name: labels use a-z, 0-9 and '-' only, "
                 "1 to 63 characters, not starting or ending with '-'"
@@ -169,7 +169,7 @@ class Subject(_Model):
     @field_validator("C")
     @classmethod
     def _country(cls, value: str | None) -> str | None:
-        if value is not None and not _COUNTRY.match(value.upper()):
+        if value is not None and not _COUNTRY.fullmatch(value.upper()):
             raise ValueError(f"'{value}' is not a two-letter ISO country code (e.g. US, DE)")
         return value.upper() if value is not None else None
 
@@ -358,7 +358,7 @@ class Server(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _SERVER_NAME.match(value):
+        if not _SERVER_NAME.fullmatch(value):
             raise ValueError(
                 f"'{value}' is not a server (NetBIOS/host) name: letters, digits and '-', up to 63 characters"
             )
@@ -367,7 +367,7 @@ class Server(_Model):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str) -> str:
-        if not _WINDOWS_DIR.match(value):
+        if not _WINDOWS_DIR.fullmatch(value):
             raise ValueError(f"'{value}' is not an absolute Windows folder such as C:\\Certs")
         return value.rstrip("\\") if len(value) > 3 else value
 

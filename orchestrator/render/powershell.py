@@ -76,10 +76,10 @@ def render_value(value: Value) -> str:
 def render_param(param: Param, native: bool) -> str:
     if param.name is None:
         assert isinstance(param.value, Text), "positional arguments are text"
-        if native and _BARE_NATIVE_ARG.match(param.value.value):
+        if native and _BARE_NATIVE_ARG.fullmatch(param.value.value):
             return param.value.value
         return quote(param.value.value)
-    if not _PARAM_NAME.match(param.name):
+    if not _PARAM_NAME.fullmatch(param.name):
         raise ValueError(f"not a parameter name: {param.name!r}")
     if isinstance(param.value, Switch):
         return f"-{param.name}" if param.value.present else f"-{param.name}:$false"
@@ -90,7 +90,7 @@ def render_param(param: Param, native: bool) -> str:
 
 
 def render_command(command: Command, with_capture: bool = True) -> str:
-    if not _COMMAND_NAME.match(command.name):
+    if not _COMMAND_NAME.fullmatch(command.name):
         raise ValueError(f"not a command name: {command.name!r}")
     parts = [command.name] + [render_param(p, command.native) for p in command.params]
     line = " ".join(parts)

@@ -93,3 +93,10 @@ def test_hostile_playbook_values_render_inert(friendly: str, org: str, leaf: str
                 elif isinstance(param.value, TextList):
                     expected = list(param.value.values)
                     assert (value if isinstance(value, list) else [value]) == expected
+
+
+@pytest.mark.parametrize("value", ["-Force\n", "CA\n", "-addstore\r", "x\n; calc"])
+def test_a_trailing_newline_never_makes_a_bare_native_argument(value: str) -> None:
+    line = render_command(Command("certutil.exe", (arg(value),), native=True))
+    assert "\n" not in line.replace(value, "") and line.endswith(quote(value))
+    assert parse_command(line).arguments == [(None, value)]
