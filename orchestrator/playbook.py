@@ -353,6 +353,23 @@ class Server(_Model):
             )
         if self.connection.console_file is not None and self.connection.transport != "winrs":
             raise ValueError("connection.console_file goes with transport: winrs")
+        c = self.connection
+        if self.version == 2007:
+            # 2007 has no Exchange endpoint: one Microsoft.PowerShell session does everything.
+            extra = [name for name, value in (("system_port", c.system_port), ("system_path", c.system_path),
+                                              ("system_scheme", c.system_scheme)) if value is not None]
+            if extra:
+                raise ValueError(f"connection.{extra[0]} is for Exchange 2010 (its second, Windows-level endpoint); "
+                                 "Exchange 2007 uses one session: remove it")
+            if c.configuration is not None and c.configuration.lower() == "microsoft.exchange":
+                raise ValueError("connection.configuration Microsoft.Exchange does not exist on Exchange 2007; "
+                                 "leave it out (Microsoft.PowerShell with the Exchange snap-in)")
+            if c.path is not None and c.path.lower().rstrip("/") == "/powershell":
+                raise ValueError("connection.path /PowerShell is Exchange 2010's endpoint; Exchange 2007 is reached "
+                                 "at /wsman (leave path out)")
+        elif c.snapin is not None:
+            raise ValueError("connection.snapin is for Exchange 2007; Exchange 2010 cmdlets come from the "
+                             "Microsoft.Exchange endpoint")
         return self
 
     @field_validator("name")

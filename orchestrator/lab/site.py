@@ -175,8 +175,9 @@ class LabSite:
         for server in self.playbook.servers:
             emulated = self.servers[server.name]
             port = emulated.winrm.port
+            ports = {"port": port, "system_port": port} if server.version == 2010 else {"port": port}
             connection = server.connection.model_copy(update={
-                "host": "127.0.0.1", "port": port, "system_port": port,
+                "host": "127.0.0.1", **ports,
                 "ca_file": str(self.ca_file) if emulated.winrm.scheme == "https" else server.connection.ca_file,
             })
             tls_ports = server.tls_ports.model_copy(update=dict(emulated.tls.ports))

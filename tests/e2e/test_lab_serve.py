@@ -35,7 +35,8 @@ def lab_playbook_on_free_ports(tmp: Path) -> Path:
     servers = []
     for server in playbook.servers:
         port = next(ports)
-        connection = server.connection.model_copy(update={"port": port, "system_port": port})
+        same = {"port": port, "system_port": port} if server.version == 2010 else {"port": port}
+        connection = server.connection.model_copy(update=same)
         tls = server.tls_ports.model_copy(update={k: next(ports) for k in ("https", "smtp", "imaps", "pop3s")})
         servers.append(server.model_copy(update={"connection": connection, "tls_ports": tls}))
     return write_playbook(playbook.model_copy(update={"servers": servers}), tmp / "lab.yml")

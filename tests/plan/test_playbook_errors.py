@@ -73,6 +73,10 @@ CASES = [
     ("missing field", "    connection:\n      host: ex2007.mitserv.net\n", "", 22, "servers[1].connection: is required"),
     ("files issuer file missing", "type: manual", "type: files\n  certificate: nothere.crt", 13,
      "issuer.certificate: file 'nothere.crt' not found"),
+    ("2010 settings on 2007", "      host: ex2007.mitserv.net", "      host: ex2007.mitserv.net\n      system_port: 5985",
+     22, "servers[1]: connection.system_port is for Exchange 2010"),
+    ("2010 endpoint on 2007", "      host: ex2007.mitserv.net", "      host: ex2007.mitserv.net\n      path: /PowerShell",
+     22, "servers[1]: connection.path /PowerShell is Exchange 2010's endpoint"),
     ("bad workdir", "    role: target\n", "    role: target\n    workdir: Certs\n", 25,
      "servers[1].workdir: 'Certs' is not an absolute Windows folder such as C:\\Certs"),
 ]

@@ -330,8 +330,10 @@ def test_a_2007_target_given_2010_syntax(lab: InProcessLab, exmig: Cli, syntax: 
                                         system_port=target["connection"]["port"])
 
     result = run(exmig, edited(lab, change))
-    expected = "HTTP 404" if syntax == "Exchange 2010 endpoint" else "Get-ExchangeCertificate"
-    refused(result, 1, "EX2007", expected)
+    if syntax == "Exchange 2010 endpoint":  # refused when the playbook loads, before any connection
+        refused(result, 2, "servers[1]", "Microsoft.Exchange does not exist on Exchange 2007")
+    else:
+        refused(result, 1, "EX2007", "Get-ExchangeCertificate")
     assert lab.state() == before
 
 
