@@ -192,10 +192,10 @@ class BatchingExecutor(LeanReadsExecutor):
                 or not isinstance(session, PsrpServerSession)):
             return super()._run_commands(server, step)
         result = self._call_batch(server, session, commands)
-        from orchestrator.execute import dialect_native_failure
+        from orchestrator.dialects import native_failure
         from orchestrator.transport.base import RemoteError
 
-        failure = dialect_native_failure(result)
+        failure = native_failure(result.output)
         if failure:
             raise RemoteError(server.name, "certutil.exe", failure)
         return [InvocationResult() for _ in commands[:-1]] + [result]

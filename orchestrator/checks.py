@@ -8,6 +8,7 @@ remoting, and some omit Services; in that case services are "not reported" (None
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from orchestrator.certs import thumbprint as sha1_thumbprint
+from orchestrator.errors import ExmigError
 from orchestrator.playbook import Service
 
 SERVICE_NAMES = {s.value for s in Service}
@@ -163,3 +165,44 @@ def store_thumbprints(objects: Iterable[Any]) -> list[str]:
         if info is not None:
             out.append(info.thumbprint)
     return out
+
+
+# -- what the server's answers carry ------------------------------------------------------------
+
+
+def csr_text(output: list[Any]) -> str:
+    """The request as the server gave it: 2010 New-ExchangeCertificate returns the Base64 text (a string,
+    or an object whose text it is); Get-Content/Export return bytes (text or DER, maybe as FileData)."""
+    for item in output:
+        getter = getattr(item, "get", None)
+        value = getter("FileData") if callable(getter) and getter("FileData") is not None else item
+        if isinstance(value, (bytes, bytearray)):
+            data = bytes(value)
+            if data[:1] == b"0":  # DER: a SEQUENCE
+                body = base64.b64encode(data).decode()
+                lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+                return f"-----BEGIN NEW CERTIFICATE REQUEST-----\n{lines}\n-----END NEW CERTIFICATE REQUEST-----\n"
+            for encoding in ("utf-8-sig", "utf-16"):
+                try:
+                    return data.decode(encoding)
+                except UnicodeDecodeError:
+                    continue
+        text = str(value) if value is not None else ""
+        if "REQUEST-----" in text:
+            return text
+    strings = [o for o in output if isinstance(o, str)]
+    if strings:  # Get-Content without -Encoding Byte: one string per line
+        return "\n".join(strings) + "\n"
+    raise ExmigError("the server returned no certificate request")
+
+
+def pfx_bytes(output: list[Any]) -> bytes:
+    for item in output:
+        if isinstance(item, (bytes, bytearray)):
+            return bytes(item)
+        getter = getattr(item, "get", None)
+        if callable(getter):
+            data = getter("FileData")
+            if isinstance(data, (bytes, bytearray)):
+                return bytes(data)
+    raise ExmigError("Export-ExchangeCertificate returned no FileData")

@@ -12,6 +12,7 @@ never blocks a non-interactive session (§3.1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.commands import (
     Blob,
@@ -77,6 +78,14 @@ def add_to_ca_store(server: Server, path: str) -> Command:
     """certutil -addstore CA: Import-Certificate does not exist before Windows 2012 (§6)."""
     return Command("certutil.exe", (arg("-addstore"), arg("CA"), arg(path)), shell=Shell.SYSTEM, native=True,
                    affects=CA_STORE)
+
+
+def native_failure(output: list[Any]) -> str | None:
+    """certutil reports failure in its output (its exit code does not reach a PSRP client)."""
+    for line in "\n".join(str(o) for o in output).splitlines():
+        if "FAILED" in line or "command failed" in line.lower():
+            return line.strip()
+    return None
 
 
 def add_snapin(server: Server) -> Command | None:

@@ -10,14 +10,12 @@ written after every step, so a crash or Ctrl-C resumes where it stopped.
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
@@ -26,7 +24,7 @@ from tenacity.wait import wait_exponential, wait_random
 from orchestrator import checks
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Param, Shell, Text, Thumbprint
-from orchestrator.dialects import dialect_for, remote_path, remove_file
+from orchestrator.dialects import dialect_for, native_failure, remote_path, remove_file
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
@@ -383,7 +381,7 @@ class Executor:
         for command in step.commands:
             result = self.call(server, command)
             if command.native:
-                failure = dialect_native_failure(result)
+                failure = native_failure(result.output)
                 if failure:
                     raise RemoteError(server.name, command.name, failure)
             results.append(result)
@@ -412,7 +410,7 @@ class Executor:
                 )
             return self._recover_request(server, pending[0])
         results = self._run_commands(server, step)
-        csr = csr_text(results[-1].output)
+        csr = checks.csr_text(results[-1].output)
         self.journal.csr_pem = csr
         self.journal.save()
         self._write_csr_file()
@@ -436,7 +434,7 @@ class Executor:
         if server.version == 2010:
             params += (Param("Server", Text(server.name)),)
         result = self.call(server, Command("Export-ExchangeCertificate", params, changes=False))
-        self.journal.csr_pem = csr_text(result.output)
+        self.journal.csr_pem = checks.csr_text(result.output)
         self.journal.save()
         self._write_csr_file()
         return "ok", f"adopted the pending request {pending.thumbprint}; its CSR was exported again"
@@ -596,7 +594,7 @@ class Executor:
             if command.capture == "Export":
                 result = r
         assert result is not None
-        self._blobs["pfx"] = pfx_bytes(result.output)
+        self._blobs["pfx"] = checks.pfx_bytes(result.output)
         if self.options.save_pfx is not None:
             write_atomic(self.options.save_pfx, self._blobs["pfx"], mode=0o600)
 
@@ -683,50 +681,3 @@ class Executor:
             raise VerifyFailed(f"{server.name}: certificate {thumb}: " + "; ".join(problems))
         services = "services not reported" if found.services is None else "enabled for " + ", ".join(sorted(wanted))
         return "ok", f"certificate {thumb}: private key, status {found.status or 'not reported'}, {services}"
-
-
-def csr_text(output: list[Any]) -> str:
-    """The request as the server gave it: 2010 New-ExchangeCertificate returns the Base64 text (a string,
-    or an object whose text it is); Get-Content/Export return bytes (text or DER, maybe as FileData)."""
-    for item in output:
-        getter = getattr(item, "get", None)
-        value = getter("FileData") if callable(getter) and getter("FileData") is not None else item
-        if isinstance(value, (bytes, bytearray)):
-            data = bytes(value)
-            if data[:1] == b"0":  # DER: a SEQUENCE
-                body = base64.b64encode(data).decode()
-                lines = "\n".join(body[i:i + 64] for i in range(0, len(body), 64))
-                return f"-----BEGIN NEW CERTIFICATE REQUEST-----\n{lines}\n-----END NEW CERTIFICATE REQUEST-----\n"
-            for encoding in ("utf-8-sig", "utf-16"):
-                try:
-                    return data.decode(encoding)
-                except UnicodeDecodeError:
-                    continue
-        text = str(value) if value is not None else ""
-        if "REQUEST-----" in text:
-            return text
-    strings = [o for o in output if isinstance(o, str)]
-    if strings:  # Get-Content without -Encoding Byte: one string per line
-        return "\n".join(strings) + "\n"
-    raise ExmigError("the server returned no certificate request")
-
-
-def pfx_bytes(output: list[Any]) -> bytes:
-    for item in output:
-        if isinstance(item, (bytes, bytearray)):
-            return bytes(item)
-        getter = getattr(item, "get", None)
-        if callable(getter):
-            data = getter("FileData")
-            if isinstance(data, (bytes, bytearray)):
-                return bytes(data)
-    raise ExmigError("Export-ExchangeCertificate returned no FileData")
-
-
-def dialect_native_failure(result: InvocationResult) -> str | None:
-    """certutil reports failure in its output (its exit code does not reach a PSRP client)."""
-    text = "\n".join(str(o) for o in result.output)
-    for line in text.splitlines():
-        if "FAILED" in line or "command failed" in line.lower():
-            return line.strip()
-    return None

@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from orchestrator.certs import IssuedCertificate, load_delivery, pem, sort_delivery, thumbprint
-from orchestrator.errors import ExmigError, ExitCode
+from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.playbook import CertificateSpec, LabIssuer, LoadedPlaybook
 
 

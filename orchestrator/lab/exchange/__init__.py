@@ -10,11 +10,11 @@ Public API:
 
 from __future__ import annotations
 
+from orchestrator.lab.exchange.certutil import CERTUTIL_TEXTS
 from orchestrator.lab.exchange.cmdlets import EMS_2007_SNAPIN, EXCHANGE_CONFIGURATION, ExchangeCertificateCmdlets
 from orchestrator.lab.exchange.inspect import TLS_SERVICES, CertView, ServerInspector
 from orchestrator.lab.exchange.model import CA, MY, REQUEST, ROOT, ExchangeServerModel, Services
 from orchestrator.lab.exchange.settings import ERROR_TEXTS, ErrorText, LabSettings
-from orchestrator.lab.exchange.certutil import CERTUTIL_TEXTS
 from orchestrator.lab.exchange.windows_commands import FULL_LANGUAGE, WindowsCommands
 from orchestrator.lab.registry import Registry
 

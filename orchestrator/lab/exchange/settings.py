@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.lab.registry import ErrorCategory, LabError
 
+
 @dataclass(frozen=True)
 class ErrorText:
     """One error row. `message` is a str.format template; `error_id` gets ",<implementing type>"."""
