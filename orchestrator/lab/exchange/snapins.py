@@ -5,10 +5,9 @@ from __future__ import annotations
 import fnmatch
 
 from orchestrator.lab.exchange.cmdlets import EMS_2007_SNAPIN
+from orchestrator.lab.exchange.pserrors import cmdlet_error
 from orchestrator.lab.objects import LabObject
-from orchestrator.lab.registry import CommandCall, ErrorCategory, LabError
-
-PS = "Microsoft.PowerShell.Commands."
+from orchestrator.lab.registry import CommandCall, ErrorCategory
 
 SNAPINS = {
     "2007": {
@@ -44,25 +43,21 @@ class Snapins:
         for pattern in call.params["Name"]:
             matches = [n for n in registered if fnmatch.fnmatch(n.lower(), pattern.lower())]
             if not matches:
-                call.write_error(LabError(
-                    message=f"The Windows PowerShell snap-in '{pattern}' is not installed on this machine.",
-                    error_id=f"AddPSSnapInRead,{PS}AddPSSnapinCommand",
-                    category=ErrorCategory.InvalidArgument,
-                    exception_type="System.Management.Automation.PSArgumentException",
-                    target=pattern,
-                    activity=call.name,
+                call.write_error(cmdlet_error(
+                    call.name,
+                    f"The Windows PowerShell snap-in '{pattern}' is not installed on this machine.",
+                    "AddPSSnapInRead",
+                    ErrorCategory.InvalidArgument, "System.Management.Automation.PSArgumentException", pattern,
                 ))
                 continue
             for name in matches:
                 if name.lower() in {s.lower() for s in call.session.snapins}:
-                    call.write_error(LabError(
-                        message=f"Cannot add Windows PowerShell snap-in {name} because it is already added. "
+                    call.write_error(cmdlet_error(
+                        call.name,
+                        f"Cannot add Windows PowerShell snap-in {name} because it is already added. "
                         "Verify the name of the snap-in, and then try again.",
-                        error_id=f"AddPSSnapInRead,{PS}AddPSSnapinCommand",
-                        category=ErrorCategory.InvalidArgument,
-                        exception_type="System.Management.Automation.PSArgumentException",
-                        target=name,
-                        activity=call.name,
+                        "AddPSSnapInRead",
+                        ErrorCategory.InvalidArgument, "System.Management.Automation.PSArgumentException", name,
                     ))
                     continue
                 call.session.snapins.add(name)
@@ -80,14 +75,12 @@ class Snapins:
         for pattern in call.params.get("Name", ["*"]):
             matches = [n for n in pool if fnmatch.fnmatch(n.lower(), pattern.lower())]
             if not matches and not any(ch in pattern for ch in "*?["):
-                call.write_error(LabError(
-                    message=f"No Windows PowerShell snap-ins matching the pattern '{pattern}' were found. "
+                call.write_error(cmdlet_error(
+                    call.name,
+                    f"No Windows PowerShell snap-ins matching the pattern '{pattern}' were found. "
                     "Check the pattern and then try the command again.",
-                    error_id=f"NoPSSnapInsFound,{PS}GetPSSnapinCommand",
-                    category=ErrorCategory.InvalidArgument,
-                    exception_type="System.Management.Automation.PSArgumentException",
-                    target=pattern,
-                    activity=call.name,
+                    "NoPSSnapInsFound",
+                    ErrorCategory.InvalidArgument, "System.Management.Automation.PSArgumentException", pattern,
                 ))
             for name in matches:
                 call.write(self._snapin_object(name, pool[name]))

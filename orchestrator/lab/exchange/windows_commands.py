@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.lab.exchange.certutil import Certutil
 from orchestrator.lab.exchange.model import CA, MY, REQUEST, ROOT, CertEntry, ExchangeServerModel
+from orchestrator.lab.exchange.pserrors import PS, cmdlet_error
 from orchestrator.lab.exchange.settings import LabSettings
 from orchestrator.lab.exchange.snapins import Snapins
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
@@ -29,7 +30,6 @@ from orchestrator.lab.registry import (
     Session,
 )
 
-PS = "Microsoft.PowerShell.Commands."
 FULL_LANGUAGE = "Microsoft.PowerShell"
 ENCODINGS = ("Unknown", "String", "Unicode", "Byte", "BigEndianUnicode", "UTF8", "UTF7", "UTF32", "Ascii",
              "Default", "Oem")
@@ -50,14 +50,8 @@ _COMMON = (
 
 
 def _path_not_found(command: str, path: str) -> LabError:
-    return LabError(
-        message=f"Cannot find path '{path}' because it does not exist.",
-        error_id=f"PathNotFound,{PS}{command.replace('-', '')}Command",
-        category=ErrorCategory.ObjectNotFound,
-        exception_type="System.Management.Automation.ItemNotFoundException",
-        target=path,
-        activity=command,
-    )
+    return cmdlet_error(command, f"Cannot find path '{path}' because it does not exist.", "PathNotFound",
+                        ErrorCategory.ObjectNotFound, "System.Management.Automation.ItemNotFoundException", path)
 
 
 class WindowsCommands:
@@ -98,17 +92,16 @@ class WindowsCommands:
         value = call.params.get("Encoding", "Default")
         match = next((e for e in ENCODINGS if e.lower() == str(value).lower()), None)
         if match is None:
-            raise LabError(
-                message=(
+            raise cmdlet_error(
+                call.name,
+                (
                     f"Cannot bind parameter 'Encoding'. Cannot convert value \"{value}\" to type "
                     "\"Microsoft.PowerShell.Commands.FileSystemCmdletProviderEncoding\". Error: \"Unable to "
                     f"match the identifier name {value} to a valid enumerator name.  Specify one of the "
                     f"following enumerator names and try again: {', '.join(ENCODINGS)}\""
                 ),
-                error_id=f"CannotConvertArgumentNoMessage,{PS}{call.name.replace('-', '')}Command",
-                category=ErrorCategory.InvalidArgument,
-                exception_type="System.Management.Automation.ParameterBindingException",
-                activity=call.name,
+                "CannotConvertArgumentNoMessage",
+                ErrorCategory.InvalidArgument, "System.Management.Automation.ParameterBindingException",
             )
         return match
 
@@ -152,13 +145,11 @@ class WindowsCommands:
                 elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 256:
                     data.append(item)
                 else:
-                    raise LabError(
-                        message="Cannot proceed with byte encoding. When using byte encoding the content "
+                    raise cmdlet_error(
+                        call.name,
+                        "Cannot proceed with byte encoding. When using byte encoding the content "
                         "must be of type byte.",
-                        error_id=f"ByteEncodingError,{PS}SetContentCommand",
-                        category=ErrorCategory.InvalidArgument,
-                        exception_type="System.ArgumentException",
-                        activity=call.name,
+                        "ByteEncodingError", ErrorCategory.InvalidArgument, "System.ArgumentException",
                     )
             content = bytes(data)
         else:
@@ -175,13 +166,11 @@ class WindowsCommands:
             for raw in call.params["Path"]:
                 path = self._fs_path(call, raw)
                 if path is None or not self.model.fs.is_dir(parent(path)):
-                    call.write_error(LabError(
-                        message=f"Could not find a part of the path '{path or raw}'.",
-                        error_id=f"GetContentWriterDirectoryNotFoundError,{PS}SetContentCommand",
-                        category=ErrorCategory.ObjectNotFound,
-                        exception_type="System.IO.DirectoryNotFoundException",
-                        target=raw,
-                        activity=call.name,
+                    call.write_error(cmdlet_error(
+                        call.name,
+                        f"Could not find a part of the path '{path or raw}'.",
+                        "GetContentWriterDirectoryNotFoundError",
+                        ErrorCategory.ObjectNotFound, "System.IO.DirectoryNotFoundException", raw,
                     ))
                     continue
                 self.model.fs.write(path, content)
@@ -261,13 +250,10 @@ class WindowsCommands:
                     continue
                 if item_type == "directory":
                     if self.model.fs.is_dir(path) and not force:
-                        call.write_error(LabError(
-                            message=f"Item with specified name {path} already exists.",
-                            error_id=f"DirectoryExist,{PS}NewItemCommand",
-                            category=ErrorCategory.ResourceExists,
-                            exception_type="System.IO.IOException",
-                            target=path,
-                            activity=call.name,
+                        call.write_error(cmdlet_error(
+                            call.name,
+                            f"Item with specified name {path} already exists.",
+                            "DirectoryExist", ErrorCategory.ResourceExists, "System.IO.IOException", path,
                         ))
                         continue
                     self.model.fs.mkdir(path)
@@ -277,13 +263,10 @@ class WindowsCommands:
                     call.write_error(_path_not_found(call.name, parent(path)))
                     continue
                 if self.model.fs.is_file(path) and not force:
-                    call.write_error(LabError(
-                        message=f"The file '{path}' already exists.",
-                        error_id=f"NewItemIOError,{PS}NewItemCommand",
-                        category=ErrorCategory.WriteError,
-                        exception_type="System.IO.IOException",
-                        target=path,
-                        activity=call.name,
+                    call.write_error(cmdlet_error(
+                        call.name,
+                        f"The file '{path}' already exists.",
+                        "NewItemIOError", ErrorCategory.WriteError, "System.IO.IOException", path,
                     ))
                     continue
                 value = call.params.get("Value")
