@@ -39,7 +39,7 @@ from orchestrator.issuance import (
     load_csr,
 )
 from orchestrator.journal import Journal
-from orchestrator.plan import WORKSTATION, Facts, IntermediateFact, Plan, Step, StepName, build_plan, pfx_file_name
+from orchestrator.plan import WORKSTATION, Facts, Plan, Step, StepName, build_plan, pfx_file_name
 from orchestrator.playbook import FilesIssuer, LabIssuer, LoadedPlaybook, ManualIssuer, Server
 from orchestrator.secrets_store import SecretStore
 from orchestrator.transport.base import InvocationResult, RemoteError, ServerSession, TransientError
@@ -96,6 +96,7 @@ class Executor:
         # has enabled it since (the run's own Enable comes next), so those reads can be skipped.
         self._imported_now: set[str] = set()
         self._issued: IssuedCertificate | None = None
+        self._facts: tuple[tuple[str | None, str | None], Facts] | None = None
         # Per thread (targets run concurrently): the step being run, and whether one of its
         # modifying commands lost its reply.
         self._local = threading.local()
@@ -134,22 +135,17 @@ class Executor:
             self._blobs[f"intermediate:{checks.sha1_thumbprint(cert)}"] = der(cert)
 
     def facts(self) -> Facts:
-        if self._issued is None:
-            return Facts(csr_pem=self.journal.csr_pem)
-        files = self.options.certificate_files
-        if files:
-            return facts_from_delivery(self._issued, files, self.journal.csr_pem)
-        return Facts(
-            csr_pem=self.journal.csr_pem,
-            issued_thumbprint=self._issued.thumbprint,
-            issued_subject=self._issued.leaf.subject.rfc4514_string(),
-            issued_file="the CA's certificate (journal)",
-            intermediates=tuple(
-                IntermediateFact(checks.sha1_thumbprint(c), c.subject.rfc4514_string(), "the CA's chain (journal)",
-                                 None, der(c))
-                for c in self._issued.intermediates
-            ),
-        )
+        """What the plan is built from. Cached: the run re-plans after every step, and with --certificate
+        files building the facts means reading and parsing those files again."""
+        key = (self.journal.csr_pem, self.thumbprint)
+        if self._facts is None or self._facts[0] != key:
+            if self._issued is None:
+                facts = Facts(csr_pem=self.journal.csr_pem)
+            else:
+                facts = facts_from_delivery(self._issued, self.options.certificate_files, self.journal.csr_pem,
+                                            held_in="the CA's certificate (journal)")
+            self._facts = (key, facts)
+        return self._facts[1]
 
     def plan(self) -> Plan:
         return build_plan(self.playbook, self.facts())

@@ -38,15 +38,21 @@ def _common_name(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else thumbprint(cert)
 
 
-def facts_from_delivery(issued: IssuedCertificate, files: Sequence[Path], csr_pem: str | None = None) -> Facts:
-    """Facts for the plan, remembering which file each certificate came from (the dry-run shows it)."""
+def facts_from_delivery(issued: IssuedCertificate, files: Sequence[Path], csr_pem: str | None = None,
+                        held_in: str = "the CA's files") -> Facts:
+    """Facts for the plan, remembering which file each certificate came from (the dry-run shows it);
+    without files (the journal holds the certificates) every one is shown as held in `held_in`."""
     origin: dict[str, tuple[str, str | None]] = {}
     for path in files:
         certs = read_certificates(path)
         for cert in certs:
             member = None if len(certs) == 1 else f"certificate {_common_name(cert)}"
             origin.setdefault(thumbprint(cert), (display_path(path), member))
-    leaf_file, leaf_member = origin[issued.thumbprint]
+
+    def where(cert: x509.Certificate) -> tuple[str, str | None]:
+        return origin.get(thumbprint(cert), (held_in, None))
+
+    leaf_file, leaf_member = where(issued.leaf)
     return Facts(
         csr_pem=csr_pem,
         issued_thumbprint=issued.thumbprint,
@@ -54,7 +60,7 @@ def facts_from_delivery(issued: IssuedCertificate, files: Sequence[Path], csr_pe
         issued_file=leaf_file,
         issued_member=leaf_member,
         intermediates=tuple(
-            IntermediateFact(thumbprint(c), c.subject.rfc4514_string(), *origin[thumbprint(c)], der(c))
+            IntermediateFact(thumbprint(c), c.subject.rfc4514_string(), *where(c), der(c))
             for c in issued.intermediates
         ),
     )
