@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from orchestrator.errors import ExitCode, ExmigError, UsageError
+
+if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast
+    from orchestrator.playbook import LoadedPlaybook
 
 app = typer.Typer(
     name="exmig",
@@ -40,11 +43,9 @@ def _echo(text: str) -> None:
     sys.stdout.flush()
 
 
-def _check_selection(loaded: object, servers: list[str] | None, steps: list[str] | None) -> None:
+def _check_selection(loaded: LoadedPlaybook, servers: list[str] | None, steps: list[str] | None) -> None:
     from orchestrator.plan import StepName
-    from orchestrator.playbook import LoadedPlaybook
 
-    assert isinstance(loaded, LoadedPlaybook)
     known = {s.name.lower() for s in loaded.playbook.servers} | {"workstation"}
     for name in servers or []:
         if name.lower() not in known:
@@ -158,7 +159,7 @@ def run(
         raise typer.Exit(code)
 
 
-def _execute(loaded: object, state: Path | None, json_output: bool, servers: list[str] | None,
+def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None,
              steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
              save_pfx: Path | None, parallel: int = 16) -> int:
     from orchestrator import journal as journal_mod
@@ -166,10 +167,8 @@ def _execute(loaded: object, state: Path | None, json_output: bool, servers: lis
     from orchestrator.events import ConsoleEvents, JsonEvents
     from orchestrator.execute import Executor, RunOptions
     from orchestrator.issuance import WaitingForCA
-    from orchestrator.playbook import LoadedPlaybook
     from orchestrator.secrets_store import SecretStore
 
-    assert isinstance(loaded, LoadedPlaybook)
     journal = journal_mod.load(state or journal_mod.default_path(loaded.path), loaded.path)
     secrets = SecretStore(loaded.playbook)
     events = JsonEvents() if json_output else ConsoleEvents()
@@ -199,18 +198,17 @@ def _execute(loaded: object, state: Path | None, json_output: bool, servers: lis
     return int(ExitCode.OK)
 
 
-def _verify(loaded: object, state: Path | None, json_output: bool, servers: list[str] | None, warn_days: int,
+def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None, warn_days: int,
             ca_file: Path | None, timeout: float, certificate: list[Path] | None = None) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.certs import load_delivery
     from orchestrator.connect import session_factory
     from orchestrator.issuance import issued_from_journal, lab_ca_dir
-    from orchestrator.playbook import LabIssuer, LoadedPlaybook
+    from orchestrator.playbook import LabIssuer
     from orchestrator.secrets_store import SecretStore
     from orchestrator.verify.live import load_roots, verify
     from orchestrator.verify.report import exit_code, findings_table
 
-    assert isinstance(loaded, LoadedPlaybook)
     if certificate:
         issued = load_delivery(certificate)
     else:
