@@ -48,7 +48,7 @@ class EmulatedServer:
             "exchange_url": f"{scheme}://127.0.0.1:{self.winrm.port}{ep.path}",
             "configuration_name": ep.configuration,
             "wsman_url": f"{scheme}://127.0.0.1:{self.winrm.port}/wsman",
-            "auth": list(self.winrm.auth.schemes) if hasattr(self.winrm.auth, "schemes") else [self.server.auth],
+            "auth": list(self.winrm.auth.schemes),
             "username": self.username,
             "password": self.password,  # lab credentials are not secrets
             "tls_ports": dict(self.tls.ports),
