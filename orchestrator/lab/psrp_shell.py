@@ -28,6 +28,8 @@ from psrpcore.types import (
     ErrorRecord,
     NETException,
     PSInvocationState,
+    PSVersion,
+    SessionCapability,
 )
 
 from orchestrator.lab import engine, serialize
@@ -106,6 +108,25 @@ class ShellClosed(Exception):
     pass
 
 
+# PSRP protocol version per Windows PowerShell version (MS-PSRP SESSION_CAPABILITY, psrpcore ProtocolVersion).
+PROTOCOL_FOR_POWERSHELL = {"2.0": "2.1", "3.0": "2.2", "4.0": "2.2", "5.1": "2.3"}
+MULTI_STATEMENT_PROTOCOL = (2, 2)
+
+
+def _runspace_pool(powershell: str) -> ServerRunspacePool:
+    """A server pool that says what the emulated PowerShell says in SESSION_CAPABILITY."""
+    try:
+        protocol = PROTOCOL_FOR_POWERSHELL[powershell]
+    except KeyError:
+        raise ValueError(f"unknown PowerShell version {powershell!r}; one of "
+                         f"{', '.join(PROTOCOL_FOR_POWERSHELL)}") from None
+    pool = ServerRunspacePool(application_private_data={"PSVersionTable": {
+        "PSVersion": PSVersion(powershell), "PSRemotingProtocolVersion": PSVersion(protocol)}})
+    pool.our_capability = SessionCapability(PSVersion=PSVersion("2.0"), protocolversion=PSVersion(protocol),
+                                            SerializationVersion=pool.our_capability.SerializationVersion)
+    return pool
+
+
 class PsrpShell:
     resource_prefix = "http://schemas.microsoft.com/powershell/"
 
@@ -116,6 +137,7 @@ class PsrpShell:
         registry: Registry,
         username: str,
         language: engine.LanguageMode,
+        powershell: str = "5.1",
     ) -> None:
         self.shell_id = shell_id
         self.configuration = configuration
@@ -123,11 +145,13 @@ class PsrpShell:
         self.language = language
         self.session = Session(configuration=configuration, username=username)
         self._cond = threading.Condition()
-        self._pool = ServerRunspacePool()
+        self._pool = _runspace_pool(powershell)
         self._queues: dict[uuid.UUID | None, deque[bytes]] = {None: deque()}
         self._pipes: dict[uuid.UUID, _Pipeline] = {}
         self._closed = False
         self.worker_errors: list[str] = []
+        major, minor = PROTOCOL_FOR_POWERSHELL[powershell].split(".")
+        self.protocol = (int(major), int(minor))
 
     # --- helpers (all called with the lock held) --------------------------------------------
 
@@ -177,7 +201,13 @@ class PsrpShell:
                                                     is_script=bool(cmd.is_script)))
             if cmd.end_of_statement:
                 statements.append([])
-        return [s for s in statements if s]
+        statements = [s for s in statements if s]
+        if self.protocol < MULTI_STATEMENT_PROTOCOL:
+            # Statements after the first travel in the PowerShell object's ExtraCmds, which protocol 2.2
+            # (PowerShell 3.0) added. What a PowerShell 2.0 server does with it is UNCONFIRMED; the lab
+            # assumes its deserializer ignores the unknown property, so only the first statement runs.
+            statements = statements[:1]
+        return statements
 
     def _start(self, pipe: _Pipeline, input_objects: list[Any] | None) -> None:
         pipe.started = True

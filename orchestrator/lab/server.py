@@ -50,11 +50,17 @@ DEFAULT_ENVELOPE = 153600
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A PowerShell session configuration a server offers, and where."""
+    """A PowerShell session configuration a server offers, and where.
+
+    `powershell` is the Windows PowerShell version behind the endpoint: it decides the PSRP protocol
+    version the pool advertises (2.0 -> 2.1, 3.0/4.0 -> 2.2, 5.1 -> 2.3) and so what the client may
+    send (several statements in one pipeline need 2.2). A bare LabServer speaks 2.3 as psrpcore does;
+    the emulated Exchange servers (LabSite) take theirs from LabSettings, PowerShell 2.0 by default."""
 
     configuration: str
     path: str
     language: LanguageMode
+    powershell: str = "5.1"
 
 
 EXCHANGE = Endpoint("Microsoft.Exchange", "/PowerShell", LanguageMode.NO_LANGUAGE)
@@ -388,7 +394,7 @@ class LabServer:
             # pypsrp names the shell after its RunspacePool id; keep it.
             shell_id = (body.get("ShellId") if body is not None else None) or str(uuid.uuid4())
             shell_id = shell_id.upper()
-            shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language)
+            shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language, ep.powershell)
             shell.create(creation.text or "")
             streams = ("stdin pr", "stdout")
         self._expire_idle_shells()

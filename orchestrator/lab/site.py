@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from orchestrator.errors import UsageError
 from orchestrator.lab.ca import LabCA
 from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry
 from orchestrator.lab.faults import FaultPlan
-from orchestrator.lab.server import LabServer
+from orchestrator.lab.server import EXCHANGE, POWERSHELL, Endpoint, LabServer
 from orchestrator.lab.tls_services import ServedCert, TlsServices
 from orchestrator.playbook import LAB_DEFAULT_PASSWORD, LoadedPlaybook, Playbook, Server
 
@@ -85,6 +85,14 @@ def _auth_schemes(server: Server) -> tuple[str, ...]:
     )
 
 
+def lab_endpoints(version: int, settings: LabSettings) -> tuple[Endpoint, ...]:
+    """The session configurations an emulated server offers, with the PowerShell behind each."""
+    system = replace(POWERSHELL, powershell=settings.windows_powershell)
+    if version == 2010:
+        return replace(EXCHANGE, powershell=settings.exchange_powershell), system
+    return (system,)
+
+
 class LabSite:
     """All emulated servers of one playbook; start() listens, stop() shuts down (state stays on disk)."""
 
@@ -110,8 +118,7 @@ class LabSite:
         model = ExchangeServerModel.load_or_create(self.state_dir / server.name, name=server.name,
                                                    version=str(server.version), fqdn=fqdn)
         registry = build_registry(model, self.settings)
-        configurations = ("Microsoft.Exchange", "Microsoft.PowerShell") if server.version == 2010 \
-            else ("Microsoft.PowerShell",)
+        configurations = lab_endpoints(server.version, self.settings)
         tls = None
         if ep.scheme == "https":
             tls = self.ca.issue_server_cert(["localhost", fqdn, "127.0.0.1"])

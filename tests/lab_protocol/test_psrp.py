@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.serializer import TaggedValue
 from pypsrp.wsman import WSMan
 
-from orchestrator.lab.server import LabServer
+from orchestrator.lab.server import EXCHANGE, POWERSHELL, LabServer
 
 from .conftest import MVP_TYPES, PASSWORD, SERVICES_TYPES, THING_TYPES, USER
 
@@ -174,10 +175,31 @@ def test_script_rejected_on_no_language_endpoint(basic_server: LabServer) -> Non
         assert ps.had_errors
         assert str(ps.streams.error[-1]) == NO_LANGUAGE_TEXT
         assert ps.streams.error[-1].fq_error == "ScriptsNotAllowed"
-        # A script anywhere in the pipeline refuses the whole pipeline before anything runs.
+
+
+def test_script_in_a_later_statement_refuses_the_whole_pipeline(make_server: Callable[..., LabServer]) -> None:
+    srv = make_server(allow_unencrypted=True, configurations=[replace(EXCHANGE, powershell="5.1")])
+    with RunspacePool(wsman_for(srv), configuration_name="Microsoft.Exchange") as pool:
         ps = PowerShell(pool)
         ps.add_cmdlet("Get-LabThing").add_statement().add_script("Get-Date")
         assert ps.invoke() == [] and ps.had_errors
+
+
+@pytest.mark.parametrize(("powershell", "protocol", "statements_run"),
+                         [("2.0", "2.1", 1), ("3.0", "2.2", 2), ("5.1", "2.3", 2)])
+def test_the_endpoints_powershell_sets_the_protocol_and_the_statements_run(
+        make_server: Callable[..., LabServer], powershell: str, protocol: str, statements_run: int) -> None:
+    """PowerShell 2.0 speaks PSRP 2.1, which has no ExtraCmds: the lab runs only the first statement
+    (UNCONFIRMED what a real 2.0 server does; exmig never sends it several)."""
+    srv = make_server(allow_unencrypted=True, configurations=[replace(POWERSHELL, powershell=powershell)])
+    with RunspacePool(wsman_for(srv, path="wsman"), configuration_name="Microsoft.PowerShell") as pool:
+        assert pool.protocol_version == protocol
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-LabThing").add_parameter("Name", "one").add_statement()
+        ps.add_cmdlet("Get-LabThing").add_parameter("Name", "two")
+        out = ps.invoke()
+        assert not ps.had_errors
+        assert len(out) == statements_run, out
 
 
 def test_script_on_full_language_endpoint_gets_lab_error(basic_server: LabServer) -> None:

@@ -258,6 +258,14 @@ class LabSettings:
     # Get-FileHash needs PowerShell 4.0; Windows 2008/2008 R2 ship 2.0. On by default because exmig's
     # rehearsal uses it; turn off to rehearse against a PS 2.0 server.
     has_get_filehash: bool = True
+    # Windows PowerShell behind Microsoft.PowerShell (/wsman): "2.0" as Windows 2008 R2 ships it and KB 968929
+    # installs it on 2003/2008 (§5); "3.0", "4.0" or "5.1" rehearse a host upgraded with a later WMF. It sets the
+    # PSRP protocol version the endpoint advertises (2.0 -> 2.1, 3.0/4.0 -> 2.2, 5.1 -> 2.3), and with it whether
+    # one pipeline may carry several statements (2.2 and later).
+    windows_powershell: str = "2.0"
+    # PowerShell behind Exchange 2010's IIS-hosted Microsoft.Exchange endpoint. UNCONFIRMED: the lab assumes 2.0
+    # (Exchange 2010 is built on PowerShell 2.0) whatever WMF the host has.
+    exchange_powershell: str = "2.0"
     # PBKDF iteration count of exported PKCS#12 files (3DES/SHA1, readable by Windows 2008).
     pfx_kdf_rounds: int = 2000
     # Time source for certificate validity and Status; tests move it.

@@ -256,7 +256,15 @@ class WindowsCommands:
                             "DirectoryExist", ErrorCategory.ResourceExists, "System.IO.IOException", path,
                         ))
                         continue
-                    self.model.fs.mkdir(path)
+                    try:
+                        self.model.fs.mkdir(path)
+                    except FileExistsError as exc:  # a file where the folder (or a parent) should be
+                        call.write_error(cmdlet_error(
+                            call.name,
+                            f"An item with the specified name {exc.args[0]} already exists.",
+                            "DirectoryExist", ErrorCategory.ResourceExists, "System.IO.IOException", path,
+                        ))
+                        continue
                     call.write(self._item_object(path, True))
                     continue
                 if not self.model.fs.is_dir(parent(path)):
