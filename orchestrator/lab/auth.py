@@ -8,10 +8,13 @@
   is refused with 401, as a listener with AllowUnencrypted=false does.
 
 pyspnego's NTLM acceptor reads its users only from the file named by the NTLM_USER_FILE
-environment variable. Every acceptor step runs under one process-wide lock with the variable
-pointing at a private 0600 file holding only this server's lab users, written for that step
-and removed right after, so several lab servers with different users can live in one process
-and no credential file outlives a handshake.
+environment variable, when it creates the NTLM context (first leg) and when it checks the
+AUTHENTICATE message (last leg), both inside `spnego.server()`/`step()`. Each server keeps its
+users in one private file for its lifetime (`UserFile`), and every acceptor step runs under one
+process-wide lock with the variable pointing at that file, so several lab servers with different
+users can live in one process. The file is an anonymous in-memory file (memfd) where Linux has
+them: nothing on disk, and it vanishes with the process however the process ends; elsewhere a
+0600 file in a private 0700 temporary directory, removed when the server stops (or at exit).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import binascii
 import hmac
 import os
 import re
+import shutil
 import struct
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ import spnego
 import spnego.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1  # the hash functions pyspnego itself checks with
 from spnego.channel_bindings import GssChannelBindings
 
 SPNEGO_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
@@ -43,29 +49,70 @@ _ENV_LOCK = threading.Lock()
 
 
 class UserFile:
-    """pyspnego's `DOMAIN:USER:PASSWORD` store with only the lab users, on disk only while needed.
+    """pyspnego's NTLM user store with only one server's lab users.
 
-    The file exists just for the duration of one acceptor step (`active()`): written 0600 into a
-    fresh private directory, pointed at by NTLM_USER_FILE, removed on exit. No credential file is
-    left behind by a crashed or never-stopped server.
+    Written once when the server is built, not per handshake step: writing and removing a file in a
+    fresh directory for every leg was a visible share of the lab's CPU with 50 servers in one
+    process. `active()` only points NTLM_USER_FILE at it, under the lock, for one acceptor step.
     """
 
-    def __init__(self, users: dict[str, str]) -> None:
-        lines = []
-        for name, password in users.items():
-            domain, user = name.split("\\", 1) if "\\" in name else ("", name)
-            lines.append(f"{domain}:{user}:{password}\n")
-        self._content = "".join(lines)
+    def __init__(self, users: dict[str, str], in_memory: bool = True) -> None:
+        # smbpasswd lines (`[DOMAIN\\]USER:UID:LM:NT:FLAGS:LCT`) with the hashes computed once here,
+        # not `DOMAIN:USER:PASSWORD`: from a password pyspnego derives the LM hash with its
+        # pure-Python DES on every AUTHENTICATE it checks, most of the lab's CPU per handshake.
+        # (pyspnego also skips a DOMAIN:USER:PASSWORD line whose password holds a colon.)
+        lines = [f"{name}:0:{lmowfv1(password).hex().upper()}:{ntowfv1(password).hex().upper()}:[U]:LCT-00000000\n"
+                 for name, password in users.items()]
+        content = "".join(lines).encode("utf-8")
+        self._fd: int | None = None
+        self._directory: str | None = None
+        path = self._in_memory(content) if in_memory else None
+        self.path = path if path is not None else self._on_disk(content)
+        # A server that is never stopped must not leave its users on disk after the process.
+        self._finalizer = weakref.finalize(self, _remove, self._fd, self._directory)
+
+    def _in_memory(self, content: bytes) -> str | None:
+        """An anonymous memfd, reached by pyspnego through /proc/self/fd (None where there is none)."""
+        if not hasattr(os, "memfd_create"):
+            return None
+        fd = os.memfd_create("exmig-lab-ntlm", os.MFD_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, content)
+            path = f"/proc/self/fd/{fd}"
+            if os.path.isfile(path):  # /proc may be missing (some sandboxes): then the disk file
+                self._fd = fd
+                return path
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def _on_disk(self, content: bytes) -> str:
+        self._directory = tempfile.mkdtemp(prefix="exmig-lab-ntlm-")  # 0700
+        path = os.path.join(self._directory, "users")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+        except BaseException:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            raise
+        return path
+
+    def close(self) -> None:
+        # Under the lock: a handshake step still running must not find the fd closed, or its
+        # number already reused by another file.
+        with _ENV_LOCK:
+            self._finalizer()  # runs once; later calls (and the one at exit) do nothing
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        with _ENV_LOCK, tempfile.TemporaryDirectory(prefix="exmig-lab-ntlm-") as directory:
-            path = os.path.join(directory, "users")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self._content)
+        with _ENV_LOCK:
+            if not self._finalizer.alive:
+                raise RuntimeError("the lab server's NTLM users were released (server stopped)")
             previous = os.environ.get("NTLM_USER_FILE")
-            os.environ["NTLM_USER_FILE"] = path
+            os.environ["NTLM_USER_FILE"] = self.path
             try:
                 yield
             finally:
@@ -73,6 +120,13 @@ class UserFile:
                     os.environ.pop("NTLM_USER_FILE", None)
                 else:
                     os.environ["NTLM_USER_FILE"] = previous
+
+
+def _remove(fd: int | None, directory: str | None) -> None:
+    if fd is not None:
+        os.close(fd)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def tls_server_end_point(cert_pem: bytes) -> bytes:
@@ -138,7 +192,8 @@ class Authenticator:
         return "negotiate" in self.schemes or "ntlm" in self.schemes
 
     def close(self) -> None:
-        """Nothing to release: the NTLM user file only exists during a handshake step."""
+        """Release the NTLM user file (the server has stopped)."""
+        self._user_file.close()
 
     def challenge_headers(self) -> list[tuple[str, str]]:
         headers = []
