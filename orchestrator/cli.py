@@ -31,6 +31,20 @@ class PlanFormat(str, Enum):
     ps1 = "ps1"
 
 
+class WindowsPowerShell(str, Enum):
+    """The lab hosts' Windows PowerShell (LabSettings.windows_powershell)."""
+
+    v2 = "2.0"
+    v3 = "3.0"
+    v4 = "4.0"
+    v5 = "5.1"
+
+
+WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
+    "--windows-powershell",
+    help="The lab servers' Windows PowerShell: 2.0 as Windows 2008 R2 ships it, or a later WMF (3.0+ lets "
+         "exmig send several commands per request).")]
+
 PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False)]
 ServerOpt = Annotated[Optional[list[str]], typer.Option("--server", help="Only this server (repeatable).")]
 StepOpt = Annotated[Optional[list[str]], typer.Option("--step", help="Only this step (repeatable); see `exmig steps`.")]
@@ -285,9 +299,11 @@ def rehearse(
     playbook: PlaybookArg,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
+    windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
 ) -> None:
     """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
     import tempfile
+    from dataclasses import replace
 
     from orchestrator.lab.rehearsal import rehearsal_playbook
     from orchestrator.lab.site import LabSite
@@ -298,6 +314,7 @@ def rehearse(
         state_dir = keep or Path(tmp)
         lab_loaded = rehearsal_playbook(loaded, state_dir)
         site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False)
+        site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
         with site:
             final = site.playbook_for_lab()
             lab_loaded = lab_loaded.model_copy(update={"playbook": final})
@@ -322,10 +339,12 @@ def lab_serve(
     state: Annotated[Optional[Path], typer.Option("--state", help="Folder for the lab's state.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server, once listening.")]
     = False,
+    windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
 ) -> None:
     """Serve one emulated Exchange server per playbook server on 127.0.0.1 until Ctrl-C or SIGTERM."""
     import signal
     import threading
+    from dataclasses import replace
 
     from orchestrator.issuance import lab_state_dir
     from orchestrator.lab.site import LabSite
@@ -333,6 +352,7 @@ def lab_serve(
 
     loaded = load_playbook(playbook)
     site = LabSite(loaded, state or lab_state_dir(loaded))
+    site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with site:

@@ -124,6 +124,9 @@ class Command:
     # Which facts a change can touch ("certificates", "ca_store"); the executor re-reads only those.
     # Empty for file commands: the executor keeps no file facts.
     affects: frozenset[str] = frozenset({"certificates", "ca_store"})
+    # Answers nothing when it succeeds (Enable-ExchangeCertificate): it may share a pipeline with a command
+    # whose output is kept, without mixing into that output.
+    silent: bool = False
 
     def param(self, name: str) -> Value | None:
         for p in self.params:

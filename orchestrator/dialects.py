@@ -156,6 +156,7 @@ class Dialect:
             (Param("Thumbprint", thumb), Param("Services", TextList(tuple(s.value for s in services))),
              switch("Force"), *self._server(server)),
             affects=CERTIFICATES,
+            silent=True,
         )
 
     def export(self, server: Server, thumb: Thumbprint, file_name: str) -> list[Command]:

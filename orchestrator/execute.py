@@ -95,6 +95,11 @@ class Executor:
         # Servers where this run imported the certificate and saw it with its key: nothing else there
         # has enabled it since (the run's own Enable comes next), so those reads can be skipped.
         self._imported_now: set[str] = set()
+        # Servers where this run made the request: the CA's certificate for it cannot be there before this
+        # run's complete step imports it, so complete need not read the list first.
+        self._requested_now: set[str] = set()
+        # Servers whose Enable went in the import's pipeline (and succeeded with it).
+        self._enabled_now: set[str] = set()
         self._issued: IssuedCertificate | None = None
         self._facts: tuple[tuple[str | None, str | None], Facts] | None = None
         # Per thread (targets run concurrently): the step being run, and whether one of its
@@ -168,12 +173,21 @@ class Executor:
             session.close()
 
     def call(self, server: Server, command: Command) -> InvocationResult:
-        if command.changes and not self._preflight_done:
+        return self.call_batch(server, (command,))
+
+    def call_batch(self, server: Server, commands: tuple[Command, ...]) -> InvocationResult:
+        """Send commands for one shell of `server` as the statements of one pipeline (one command: a
+        plain call); the caller has checked the session can take them together."""
+        changes = any(c.changes for c in commands)
+        if changes and not self._preflight_done:
             self._preflight()
         start = time.monotonic()
         outcome = "ok"
+        session = self.session(server)
         try:
-            return self.session(server).invoke(command, self)
+            if len(commands) == 1:
+                return session.invoke(commands[0], self)
+            return session.invoke_batch(commands, self)
         except TransientError:
             outcome = "transient-error"
             raise
@@ -181,18 +195,19 @@ class Executor:
             outcome = "error"
             raise
         finally:
-            if command.changes:
+            if changes:
                 # Changed, or maybe changed (a lost reply): read again what it can have touched.
                 known = self._knowledge.get(server.name)
+                affected = set().union(*(c.affects for c in commands if c.changes))
                 if known is not None:
-                    if "certificates" in command.affects:
+                    if "certificates" in affected:
                         known.certificates = None
-                    if "ca_store" in command.affects:
+                    if "ca_store" in affected:
                         known.ca_store = None
                 if outcome == "transient-error":
                     self._local.maybe_changed = True
-            self.events.command(server.name, getattr(self._local, "step", ""), command.name,
-                                time.monotonic() - start, outcome)
+            self.events.command(server.name, getattr(self._local, "step", ""),
+                                " + ".join(c.name for c in commands), time.monotonic() - start, outcome)
 
     def _preflight(self) -> None:
         """Before the run's first change anywhere, read every server the run will touch (both endpoints):
@@ -369,19 +384,45 @@ class Executor:
         }[step.name]
         return handler(server, step)
 
-    def _run_commands(self, server: Server, step: Step) -> list[InvocationResult]:
+    def _run_commands(self, server: Server, step: Step, then: tuple[Command, ...] = ()) -> list[InvocationResult]:
+        """The step's commands in order, one result per pipeline sent. Consecutive commands for one shell
+        that keep no output share a pipeline where the server allows it (PSRP 2.2+): the batches the plan
+        makes are ones where a later command running after an earlier one failed does no harm (it fails
+        too, or cleans up), since whether the server goes on after a failed statement is not ours to know;
+        any error record fails the step as before."""
         missing = step.unresolved
         if missing:
             raise DependencyError(f"{step.name.value} on {server.name} needs {', '.join(missing)}")
         results = []
-        for command in step.commands:
-            result = self.call(server, command)
-            if command.native:
-                failure = native_failure(result.output)
+        for batch in self._batches(server, step.commands + then):
+            result = self.call_batch(server, batch)
+            if any(c.native for c in batch):
+                # certutil's lines are strings; other commands' objects (New-Item's folder) are not its text.
+                failure = native_failure([o for o in result.output if isinstance(o, str)] if len(batch) > 1
+                                         else result.output)
                 if failure:
-                    raise RemoteError(server.name, command.name, failure)
+                    raise RemoteError(server.name, next(c.name for c in batch if c.native), failure)
             results.append(result)
         return results
+
+    def _batches(self, server: Server, commands: tuple[Command, ...]) -> list[tuple[Command, ...]]:
+        batches: list[list[Command]] = []
+        for command in commands:
+            last = batches[-1] if batches else None
+            # A kept output must stay alone: only commands that answer nothing may follow it (Enable).
+            if (last is not None and last[-1].shell is command.shell and not command.capture
+                    and (not any(c.capture for c in last) or command.silent)):
+                last.append(command)
+            else:
+                batches.append([command])
+        out: list[tuple[Command, ...]] = []
+        session = self.session(server)
+        for batch in batches:
+            if len(batch) > 1 and not session.can_batch(batch[0].shell):
+                out.extend((c,) for c in batch)
+            else:
+                out.append(tuple(batch))
+        return out
 
     def _request(self, server: Server, step: Step) -> tuple[str, str]:
         certs = self.certificates(server)
@@ -410,6 +451,7 @@ class Executor:
         self.journal.csr_pem = csr
         self.journal.save()
         self._write_csr_file()
+        self._requested_now.add(server.name)
         return "changed", "certificate request created; the CSR is kept in the journal"
 
     def _settle_pending(self, server: Server) -> list[checks.CertInfo]:
@@ -519,6 +561,8 @@ class Executor:
 
     def _complete(self, server: Server, step: Step) -> tuple[str, str]:
         thumb = self._need_issued(server, step)
+        if server.name in self._requested_now and not getattr(self._local, "maybe_changed", False):
+            return self._import_response(server, step, thumb)
         certs = self.certificates(server)
         decision = checks.installed_with_key(certs, thumb)
         if decision.done:
@@ -529,7 +573,24 @@ class Executor:
                 f"{server.name} holds certificate {thumb} without its private key (it was imported where the "
                 "request was not made); remove it with Remove-ExchangeCertificate and run again"
             )
-        after = self._imported(server, self._run_commands(server, step), thumb)
+        return self._import_response(server, step, thumb)
+
+    def _enable_after(self, server: Server) -> tuple[Command, ...]:
+        """This server's Enable, to go in the import's pipeline where the server takes several statements
+        (one request fewer). Only when the enable step is selected and not done: a later Enable that finds
+        no certificate (the import failed) fails too, and changes nothing."""
+        if not self.session(server).can_batch(Shell.EXCHANGE):
+            return ()
+        for later in self._selected(self.plan()).for_server(server.name):
+            if later.name is StepName.ENABLE and not self.journal.done(later.key) and not later.unresolved:
+                return later.commands
+        return ()
+
+    def _import_response(self, server: Server, step: Step, thumb: str) -> tuple[str, str]:
+        enable = self._enable_after(server)
+        after = self._imported(server, self._run_commands(server, step, enable), thumb)
+        if enable and after.done:
+            self._enabled_now.add(server.name)
         if not after.done:
             raise ExmigError(f"{server.name}: Import-ExchangeCertificate did not complete the request: {after.reason}")
         return "changed", f"request completed: certificate {thumb} with its private key"
@@ -551,6 +612,8 @@ class Executor:
     def _enable(self, server: Server, step: Step) -> tuple[str, str]:
         thumb = self._need_issued(server, step)
         services = server.services_for(self.playbook.certificate)
+        if server.name in self._enabled_now:
+            return "changed", "enabled for " + ", ".join(s.value for s in services) + " (in the import's pipeline)"
         if server.name in self._imported_now:
             # Imported a moment ago by this run: it is there, with no services yet.
             self._run_commands(server, step)
@@ -627,7 +690,10 @@ class Executor:
             self._run_commands(server, copy)  # this run's PFX, with this run's password
             self._pfx_written.add(server.name)
         try:
-            after = self._imported(server, self._run_commands(server, step), thumb)
+            enable = self._enable_after(server)
+            after = self._imported(server, self._run_commands(server, step, enable), thumb)
+            if enable and after.done:
+                self._enabled_now.add(server.name)
             if not after.done:
                 raise ExmigError(
                     f"{server.name}: the import did not leave certificate {thumb} with its key: {after.reason}")

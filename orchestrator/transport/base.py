@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.commands import Command
+from orchestrator.commands import Command, Shell
 from orchestrator.errors import ExmigError
 
 
@@ -91,6 +92,12 @@ class ServerSession(Protocol):
     name: str
 
     def invoke(self, command: Command, values: ValueSource) -> InvocationResult: ...
+
+    def can_batch(self, shell: Shell) -> bool:
+        """Whether several commands for `shell` can go as the statements of one request."""
+        ...
+
+    def invoke_batch(self, commands: Sequence[Command], values: ValueSource) -> InvocationResult: ...
 
     def reopen(self) -> None: ...
 

@@ -4,6 +4,11 @@
 certutil run in `Microsoft.PowerShell` at /wsman. 2007: one `Microsoft.PowerShell` pool with the
 Exchange snap-in added. Every command goes as AddCommand + AddParameter with typed values;
 SecureStrings are encrypted with the session key exchanged first.
+
+Where the server speaks PSRP 2.2 or later (PowerShell 3.0+), several commands can share one pipeline,
+one statement each (AddStatement; MS-PSRP sends them in the PowerShell object's ExtraCmds): one
+Command + Receive instead of one per command. PowerShell 2.0 servers (protocol 2.1) get one command
+per pipeline, and the 2007 snap-in its own pipeline.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +152,15 @@ def classify(server: str, exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
+def _multi_statement(pool: RunspacePool) -> bool:
+    """Statements after the first travel in ExtraCmds, which PSRP 2.2 (PowerShell 3.0) added."""
+    parts = (pool.protocol_version or "2.1").split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= (2, 2)
+    except (ValueError, IndexError):
+        return False
+
+
 MAX_POLLS = 10_000  # with idle_polls, a bound on polling a command that keeps sending something
 
 
@@ -166,6 +180,8 @@ class PsrpServerSession:
         self._settings = settings
         self._pools: dict[tuple[str, int, str, str], RunspacePool] = {}
         self._keyed: set[tuple[str, int, str, str]] = set()
+        # 2007 pools whose Add-PSSnapin goes as the first statement of their first pipeline.
+        self._snapin_pending: set[tuple[str, int, str, str]] = set()
         self._endpoints: dict[tuple[str, int, str, str], Endpoint] = {}
         self._on_send = on_send
 
@@ -197,9 +213,12 @@ class PsrpServerSession:
         self._pools[key] = pool
         if self._server.snapin and endpoint == self._server.exchange_endpoint:
             # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
-            ps = PowerShell(pool)
-            ps.add_cmdlet("Add-PSSnapin").add_parameter("Name", self._server.snapin)
-            self._run(ps, "Add-PSSnapin")
+            if _multi_statement(pool):
+                self._snapin_pending.add(key)
+            else:
+                ps = PowerShell(pool)
+                ps.add_cmdlet("Add-PSSnapin").add_parameter("Name", self._server.snapin)
+                self._run(ps, "Add-PSSnapin")
         return key, pool
 
     def _run(self, ps: PowerShell, name: str) -> InvocationResult:
@@ -236,8 +255,23 @@ class PsrpServerSession:
                              f"{self._settings.operation_timeout} s; the command's outcome is unknown", reopen=True)
 
     def invoke(self, command: Command, values: ValueSource) -> InvocationResult:
-        key, pool = self._pool(self._endpoint(command.shell))
-        needs_key = any(isinstance(p.value, Secret) for p in command.params)
+        return self.invoke_batch((command,), values)
+
+    def can_batch(self, shell: Shell) -> bool:
+        """Whether several commands for this shell can go as the statements of one pipeline."""
+        _, pool = self._pool(self._endpoint(shell))
+        return _multi_statement(pool)
+
+    def invoke_batch(self, commands: Sequence[Command], values: ValueSource) -> InvocationResult:
+        """The commands as the statements of one pipeline (all for the same shell; see can_batch). Their
+        output comes back as one list, and the first error record fails the whole batch."""
+        shells = {c.shell for c in commands}
+        if len(shells) != 1:
+            raise ValueError("a batch goes to one shell")
+        key, pool = self._pool(self._endpoint(commands[0].shell))
+        if len(commands) > 1 and not _multi_statement(pool):
+            raise ValueError(f"{self.name}: PSRP {pool.protocol_version} runs one statement per pipeline")
+        needs_key = any(isinstance(p.value, Secret) for c in commands for p in c.params)
         if needs_key and key not in self._keyed:
             try:
                 pool.exchange_keys()
@@ -245,16 +279,42 @@ class PsrpServerSession:
                 raise classify(self.name, exc) from exc
             self._keyed.add(key)
         ps = PowerShell(pool)
-        ps.add_cmdlet(command.name)
-        for param in command.params:
-            value = _value(self.name, param.name, param.value, values)
-            if param.name is None:
-                ps.add_argument(value)
-            else:
-                ps.add_parameter(param.name, value)
-        if self._on_send is not None:
-            self._on_send(self.name, command)
-        return self._run(ps, command.name)
+        names = [c.name for c in commands]
+        snapin = key in self._snapin_pending
+        if snapin:
+            ps.add_cmdlet("Add-PSSnapin").add_parameter("Name", self._server.snapin).add_statement()
+            names.insert(0, "Add-PSSnapin")
+        for index, command in enumerate(commands):
+            if index:
+                ps.add_statement()
+            ps.add_cmdlet(command.name)
+            for param in command.params:
+                value = _value(self.name, param.name, param.value, values)
+                if param.name is None:
+                    ps.add_argument(value)
+                else:
+                    ps.add_parameter(param.name, value)
+            if self._on_send is not None:
+                self._on_send(self.name, command)
+        try:
+            result = self._run(ps, " + ".join(names))
+        except BaseException:
+            if snapin:
+                # Whether the snap-in got in is unknown: the next command starts from a new session.
+                self._drop(key)
+            raise
+        self._snapin_pending.discard(key)
+        return result
+
+    def _drop(self, key: tuple[str, int, str, str]) -> None:
+        pool = self._pools.pop(key, None)
+        self._keyed.discard(key)
+        self._snapin_pending.discard(key)
+        if pool is not None:
+            try:
+                pool.close()
+            except Exception as exc:  # noqa: BLE001 - best effort; the server expires the shell
+                log.debug("closing a pool on %s failed: %s", self.name, first_line(exc))
 
     def reopen(self) -> None:
         """Drop the pools; the next command opens new ones.
@@ -265,6 +325,7 @@ class PsrpServerSession:
         step has re-read the server and done the work itself: no second certificate request."""
         pools, self._pools = self._pools, {}
         self._keyed.clear()
+        self._snapin_pending.clear()
         for key, pool in pools.items():
             self._abandon(self._endpoints[key], pool)
             with contextlib.suppress(Exception):
@@ -287,6 +348,7 @@ class PsrpServerSession:
     def close(self) -> None:
         pools, self._pools = self._pools, {}
         self._keyed.clear()
+        self._snapin_pending.clear()
         for pool in pools.values():
             try:
                 pool.close()

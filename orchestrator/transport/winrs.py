@@ -31,7 +31,7 @@ import hashlib
 import logging
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -325,6 +325,14 @@ class WinrsServerSession:
             stdin = b"".join(self._secret_line(values.secret(key)) for key in script.secrets)
         stdout, stderr, code = self.run_powershell(script.text, command.shell is Shell.EXCHANGE, stdin)
         return self._checked(command.name, stdout, stderr, code)
+
+    def can_batch(self, shell: Shell) -> bool:
+        return False  # one powershell.exe per command: its exit and error streams stay its own
+
+    def invoke_batch(self, commands: Sequence[Command], values: ValueSource) -> InvocationResult:
+        if len(commands) != 1:
+            raise ValueError(f"{self.name}: WinRS sends one command per powershell.exe")
+        return self.invoke(commands[0], values)
 
     def _secret_line(self, secret: str) -> bytes:
         if "\r" in secret or "\n" in secret:

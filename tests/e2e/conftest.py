@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,15 @@ class Lab:
         return proc, events
 
 
-def build_lab(tmp: Path, source: Path = LAB_PLAYBOOK, mutate: Any = None) -> Lab:
+def build_lab(tmp: Path, source: Path = LAB_PLAYBOOK, mutate: Any = None, **lab_settings: Any) -> Lab:
+    """`lab_settings`: LabSettings fields to change, e.g. windows_powershell="5.1"."""
     loaded = load_playbook(source)
     playbook = loaded.playbook
     if mutate is not None:
         playbook = mutate(playbook)
-    site = LabSite(playbook, tmp / "lab-state", use_playbook_ports=False).start()
+    site = LabSite(playbook, tmp / "lab-state", use_playbook_ports=False)
+    site.settings = replace(site.settings, **lab_settings)
+    site.start()
     lab_playbook = site.playbook_for_lab().model_copy(
         update={"issuer": LabIssuer(type="lab", ca_dir=str(site.state_dir / "ca"))})
     path = write_playbook(lab_playbook, tmp / "lab.yml")

@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +123,20 @@ class InProcessLab:
 class LabTemplate:
     """The lab's initial state, built once; `instantiate` copies it for one run."""
 
-    def __init__(self, root: Path, mutate: Callable[[Playbook], Playbook] | None = None) -> None:
+    def __init__(self, root: Path, mutate: Callable[[Playbook], Playbook] | None = None,
+                 **lab_settings: Any) -> None:
+        """`lab_settings`: LabSettings fields to change, e.g. windows_powershell="5.1"."""
         self.root = root
         self.playbook = sweep_playbook(mutate)
         self.state_dir = root / "template-state"
-        LabSite(self.playbook, self.state_dir, use_playbook_ports=False).start().stop()
+        self.lab_settings = lab_settings
+        self._site(self.state_dir).start().stop()
         self._count = 0
+
+    def _site(self, state_dir: Path) -> LabSite:
+        site = LabSite(self.playbook, state_dir, use_playbook_ports=False)
+        site.settings = replace(site.settings, **self.lab_settings)
+        return site
 
     def instantiate(self, tmp: Path | None = None) -> InProcessLab:
         self._count += 1
@@ -136,7 +144,7 @@ class LabTemplate:
         tmp.mkdir(parents=True, exist_ok=True)
         state_dir = tmp / "lab-state"
         shutil.copytree(self.state_dir, state_dir)
-        site = LabSite(self.playbook, state_dir, use_playbook_ports=False).start()
+        site = self._site(state_dir).start()
         try:
             lab_playbook = site.playbook_for_lab().model_copy(
                 update={"issuer": LabIssuer(type="lab", ca_dir=str(state_dir / "ca"))})

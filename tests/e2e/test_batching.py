@@ -1,0 +1,91 @@
+"""Several commands per pipeline where the server's PowerShell allows it (PSRP 2.2+), one per pipeline
+where it does not (PowerShell 2.0, protocol 2.1): same end state, fewer requests, and never a batch sent
+to a server that would run only its first statement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+from orchestrator.certs import thumbprint
+from tests.e2e.conftest import Lab, build_lab, raw_invoke, raw_pool
+
+
+def _ca_store(lab: Lab, name: str) -> set[str]:
+    pool = raw_pool(lab.server(name), "Microsoft.PowerShell")
+    with pool:
+        return {str(o.adapted_properties.get("Thumbprint") or o.extended_properties.get("Thumbprint"))
+                for o in raw_invoke(pool, "Get-ChildItem", Path="Cert:\\LocalMachine\\CA")}
+
+
+def _files(lab: Lab, name: str, folder: str) -> list[str]:
+    pool = raw_pool(lab.server(name), "Microsoft.PowerShell")
+    with pool:
+        if not raw_invoke(pool, "Test-Path", Path=folder)[0]:
+            return []
+        return [str(o) for o in raw_invoke(pool, "Get-ChildItem", Path=folder)]
+
+
+def _commands(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["server"], e["command"]) for e in events if e["event"] == "command"]
+
+
+def _migrate(tmp: Path, powershell: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    lab = build_lab(tmp, windows_powershell=powershell)
+    try:
+        proc, events = lab.run_json()
+        assert proc.returncode == 0, proc.stderr
+        assert next(e for e in events if e["event"] == "summary")["counts"].get("failed", 0) == 0
+        # Commands, not all requests: a pipeline slower than the lab's 50 ms Receive hold costs one more
+        # Receive, which timing decides.
+        requests = {name: lab.server(name).winrm.log.count("Command") for name in ("EX2010", "EX2007")}
+        # Same end state either way: the intermediate in LocalMachine\CA, no file left behind.
+        intermediate = thumbprint(lab.site.ca.intermediate_cert)
+        for name in ("EX2010", "EX2007"):
+            assert intermediate in _ca_store(lab, name), name
+            assert not [f for f in _files(lab, name, "C:\\Certs") if f.lower().endswith((".cer", ".pfx"))], name
+        # A second run still finds everything in place.
+        again, events2 = lab.run_json()
+        assert again.returncode == 0, again.stderr
+        assert next(e for e in events2 if e["event"] == "summary")["counts"].get("changed", 0) == 0
+        return _commands(events), requests
+    finally:
+        lab.site.stop()
+
+
+def test_batches_only_where_the_protocol_allows_them(tmp_path: Path) -> None:
+    old_commands, old = _migrate(tmp_path / "ps2", "2.0")
+    assert [c for c in old_commands if " + " in c[1]] == []  # PowerShell 2.0: one command per pipeline
+
+    commands, new = _migrate(tmp_path / "ps5", "5.1")
+    batches = [c for c in commands if " + " in c[1]]
+    # install-chain's four commands on both servers, and the 2007 copy's two, each in one pipeline.
+    chain = "New-Item + Set-Content + certutil.exe + Remove-Item"
+    assert ("EX2010", chain) in batches and ("EX2007", chain) in batches, batches
+    assert ("EX2007", "New-Item + Set-Content") in batches, batches
+    # The target's Enable rides on its import (the source's Exchange endpoint stays PowerShell 2.0).
+    assert ("EX2007", "Import-ExchangeCertificate + Enable-ExchangeCertificate") in batches, batches
+    assert ("EX2010", "Enable-ExchangeCertificate") in commands
+    # install-chain: 3 pipelines fewer per server; on 2007 also copy's, Enable's, and the snap-in's own
+    # pipeline in each of the two sessions (the run's, verify's): it rides on their first one.
+    assert old["EX2010"] - new["EX2010"] == 3, (old, new)
+    assert old["EX2007"] - new["EX2007"] == 7, (old, new)
+
+
+def test_a_failing_statement_fails_the_step_and_the_rest_does_no_harm(tmp_path: Path) -> None:
+    """Set-Content of the intermediate fails inside the batch (the working folder is a file): the step fails
+    with the server's message, and the CA store is unchanged."""
+    lab = build_lab(tmp_path, windows_powershell="5.1")
+    try:
+        pool = raw_pool(lab.server("EX2010"), "Microsoft.PowerShell")
+        with pool:
+            raw_invoke(pool, "Set-Content", Path="C:\\Certs", Value=b"not a folder", Encoding="Byte")
+        proc, events = lab.run_json()
+        assert proc.returncode == 1, proc.stdout
+        failed = [e for e in events if e["event"] == "step" and e.get("phase") == "end" and e["outcome"] == "failed"]
+        assert [(e["server"], e["step"]) for e in failed] == [("EX2010", "install-chain")], failed
+        assert "An item with the specified name C:\\Certs already exists." in failed[0]["reason"]
+        assert thumbprint(lab.site.ca.intermediate_cert) not in _ca_store(lab, "EX2010")
+    finally:
+        lab.site.stop()

@@ -1,0 +1,89 @@
+"""The PSRP transport's batches against the lab's 2007 server: the snap-in as the first statement of the
+session's first pipeline, and a fresh session after a batch whose snap-in state is unknown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator.commands import Command, Param, Shell, Switch, Text
+from orchestrator.lab.site import EmulatedServer, LabSite
+from orchestrator.playbook import Server, load_playbook
+from orchestrator.transport.base import RemoteError
+from orchestrator.transport.psrp import ConnectionSettings, PsrpServerSession
+from tests.e2e.conftest import LAB_PLAYBOOK
+
+LIST = Command("Get-ExchangeCertificate", (), changes=False)
+FOLDER = Command("New-Item", (Param("Path", Text("C:\\Batch")), Param("ItemType", Text("Directory")),
+                              Param("Force", Switch())), shell=Shell.SYSTEM)
+PROBE = Command("Test-Path", (Param("Path", Text("C:\\Batch")),), shell=Shell.SYSTEM, changes=False)
+
+
+@contextmanager
+def _lab_2007(tmp: Path, powershell: str) -> Iterator[tuple[str, Server, EmulatedServer]]:
+    playbook = load_playbook(LAB_PLAYBOOK).playbook
+    site = LabSite(playbook, tmp / "lab", use_playbook_ports=False)
+    site.settings = replace(site.settings, windows_powershell=powershell)
+    site.start()
+    try:
+        yield powershell, site.playbook_for_lab().server("EX2007"), site.servers["EX2007"]
+    finally:
+        site.stop()
+
+
+@pytest.fixture(params=["2.0", "5.1"])
+def ex2007(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Server, EmulatedServer]]:
+    with _lab_2007(tmp_path, request.param) as lab:
+        yield lab
+
+
+def _session(server: Server, emulated: EmulatedServer) -> PsrpServerSession:
+    settings = ConnectionSettings(host="127.0.0.1", auth="ntlm", username=emulated.username,
+                                  password=emulated.password, verify_tls=False, operation_timeout=5,
+                                  read_timeout=15)
+    return PsrpServerSession(server, settings)
+
+
+def test_the_snapin_rides_on_the_first_pipeline(ex2007: tuple[str, Server, EmulatedServer]) -> None:
+    powershell, server, emulated = ex2007
+    session = _session(server, emulated)
+    try:
+        emulated.winrm.log.clear()
+        assert session.can_batch(Shell.EXCHANGE) is (powershell != "2.0")  # opens the session
+        certs = session.invoke(LIST, values=None)  # type: ignore[arg-type]  # no blobs or secrets here
+        assert certs.output  # the lab's 2007 server has its self-signed certificate
+        # 2.0: Add-PSSnapin in its own pipeline, then the cmdlet; 5.1: one pipeline for both.
+        assert emulated.winrm.log.count("Command") == (2 if powershell == "2.0" else 1)
+        if powershell != "2.0":
+            out = session.invoke_batch((FOLDER, PROBE), values=None)  # type: ignore[arg-type]
+            assert out.output[-1] is True  # Test-Path ran after New-Item, in the same pipeline
+            assert emulated.winrm.log.count("Command") == 2
+        else:
+            with pytest.raises(ValueError, match="one statement per pipeline"):
+                session.invoke_batch((FOLDER, PROBE), values=None)  # type: ignore[arg-type]
+    finally:
+        session.close()
+
+
+def test_a_failed_first_pipeline_starts_a_new_session(tmp_path: Path) -> None:
+    """Whether the snap-in got in with a failed first pipeline is unknown: the next command gets a new
+    session (and the snap-in again) instead of a second Add-PSSnapin's 'already added' error."""
+    with _lab_2007(tmp_path, "5.1") as (_, server, emulated):
+        _fresh_session_after_failure(server, emulated)
+
+
+def _fresh_session_after_failure(server: Server, emulated: EmulatedServer) -> None:
+    session = _session(server, emulated)
+    try:
+        emulated.winrm.log.clear()
+        bad = Command("Get-ExchangeCertificate", (Param("Thumbprint", Text("00" * 20)),), changes=False)
+        with pytest.raises(RemoteError):
+            session.invoke(bad, values=None)  # type: ignore[arg-type]
+        assert session.invoke(LIST, values=None).output  # type: ignore[arg-type]
+        assert emulated.winrm.log.count("Create") == 2
+    finally:
+        session.close()
