@@ -75,19 +75,15 @@ class TimedEvents(JsonEvents):
         super().step_finished(server, step, outcome, reason, seconds)
 
 
-def run_exmig(farm: LabFarm, parallel: int | None = None, executor_class: type[Executor] = Executor,
-              journal_class: type[journal_mod.Journal] | None = None, label: str = "exmig") -> RunResult:
-    """`exmig run --yes --json` in-process: the journal, secrets, sessions and options as the CLI builds them.
-
-    `executor_class`/`journal_class` swap in the prototypes of benchmarks/prototypes.py."""
+def run_exmig(farm: LabFarm, parallel: int | None = None, label: str = "exmig") -> RunResult:
+    """`exmig run --yes --json` in-process: the journal, secrets, sessions and options as the CLI builds them."""
     loaded = farm.loaded()
     path = farm.state_dir / "journal.json"
-    journal = journal_mod.load(path, loaded.path) if journal_class is None else \
-        journal_class(path=path, playbook=str(loaded.path))
+    journal = journal_mod.load(path, loaded.path)
     secrets = SecretStore(loaded.playbook, interactive=False)
     events = TimedEvents()
     options = RunOptions() if parallel is None else RunOptions(parallel=parallel)
-    executor = executor_class(loaded, journal, session_factory(loaded, secrets), secrets, events, options)
+    executor = Executor(loaded, journal, session_factory(loaded, secrets), secrets, events, options)
     start = time.monotonic()
     executor.run()
     wall = time.monotonic() - start

@@ -29,7 +29,7 @@ from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerIn
 from orchestrator.lab.rehearsal import rehearsal_playbook
 from orchestrator.lab.requestlog import RequestLog
 from orchestrator.lab.server import LabServer
-from orchestrator.lab.site import LAB_DOMAIN, lab_password, lab_username
+from orchestrator.lab.site import LAB_DOMAIN, lab_endpoints, lab_password, lab_username
 from orchestrator.playbook import LabIssuer, LoadedPlaybook, Server, load_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,8 @@ class LabFarm:
     folder holds exmig's journal.
     """
 
-    def __init__(self, state_dir: Path, ca: LabCA, targets: int = 1, latency: float = 0.0) -> None:
+    def __init__(self, state_dir: Path, ca: LabCA, targets: int = 1, latency: float = 0.0,
+                 powershell: str = "2.0") -> None:
         if not 1 <= targets <= MAX_TARGETS:
             raise ValueError(f"targets must be between 1 and {MAX_TARGETS}")
         self.state_dir = state_dir
@@ -111,7 +112,8 @@ class LabFarm:
         self.wanted = [source] + [template.model_copy(update={"name": n}) for n in names]
         self._base = base
         self.servers: dict[str, FarmServer] = {}
-        self.settings = LabSettings(third_party_roots=(ca.root_pem,))
+        self.powershell = powershell  # the hosts' Windows PowerShell (LabSettings.windows_powershell)
+        self.settings = LabSettings(third_party_roots=(ca.root_pem,), windows_powershell=powershell)
 
     def _build(self, server: Server) -> FarmServer:
         fqdn = f"{server.name.lower()}.{LAB_DOMAIN}"
@@ -119,8 +121,7 @@ class LabFarm:
         # what the benchmark measures, and they would take CPU and I/O from the client on one machine.
         model = ExchangeServerModel.load_or_create(None, name=server.name, version=str(server.version), fqdn=fqdn)
         registry = build_registry(model, self.settings)
-        configurations = ("Microsoft.Exchange", "Microsoft.PowerShell") if server.version == 2010 \
-            else ("Microsoft.PowerShell",)
+        configurations = lab_endpoints(server.version, self.settings)
         username, password = lab_username(server), lab_password(server)
         winrm = LabServer(server.name, registry, {username: password}, configurations=configurations,
                           auth=("negotiate",), port=0, latency=self.latency)
@@ -189,8 +190,9 @@ class LabFarm:
 class LabFarmProcess(LabFarm):
     """The same farm served by a child process; counts and checks are asked over its stdin/stdout."""
 
-    def __init__(self, state_dir: Path, ca: LabCA, targets: int = 1, latency: float = 0.0) -> None:
-        super().__init__(state_dir, ca, targets, latency)
+    def __init__(self, state_dir: Path, ca: LabCA, targets: int = 1, latency: float = 0.0,
+                 powershell: str = "2.0") -> None:
+        super().__init__(state_dir, ca, targets, latency, powershell)
         self._targets = targets
         self._proc: subprocess.Popen[str] | None = None
         self._ports: dict[str, int] = {}
@@ -199,7 +201,8 @@ class LabFarmProcess(LabFarm):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.labfarm", "serve", "--state", str(self.state_dir),
-             "--ca", str(self.ca.directory), "--targets", str(self._targets), "--latency", str(self.latency)],
+             "--ca", str(self.ca.directory), "--targets", str(self._targets), "--latency", str(self.latency),
+             "--powershell", self.powershell],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -264,9 +267,10 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--targets", type=int, default=1)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--powershell", default="2.0")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + CHILD_LIFETIME
-    with LabFarm(args.state, LabCA.load_or_create(args.ca), args.targets, args.latency) as farm:
+    with LabFarm(args.state, LabCA.load_or_create(args.ca), args.targets, args.latency, args.powershell) as farm:
         _reply({"ports": farm.ports()})
         while time.monotonic() < deadline:
             ready, _, _ = select.select([sys.stdin], [], [], 5.0)
@@ -295,4 +299,4 @@ def _reply(data: dict[str, Any]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         sys.exit(serve(sys.argv[2:]))
-    sys.exit("usage: python -m benchmarks.labfarm serve --state DIR --ca DIR [--targets N] [--latency S]")
+    sys.exit("usage: python -m benchmarks.labfarm serve --state DIR --ca DIR [--targets N] [--latency S] [--powershell 2.0|5.1]")

@@ -14,7 +14,6 @@ Everything runs on 127.0.0.1; every client and lab request is bounded by its tim
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -29,11 +28,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import prototypes, startup
+from benchmarks import startup
 from benchmarks.clients import RunResult, extra_commands, run_exmig, run_plain
 from benchmarks.labfarm import LabFarm, LabFarmProcess, ServerCount
-from orchestrator.execute import Executor, RunOptions
-from orchestrator.journal import Journal
+from orchestrator.execute import RunOptions
 from orchestrator.lab.ca import LabCA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,29 +80,26 @@ def _per_server(c: dict[str, ServerCount]) -> dict[str, Any]:
     return {name: {"requests": s.requests, "minimum": s.minimum, "actions": dict(s.actions)} for name, s in c.items()}
 
 
-PROTOTYPE = "exmig + proposals (prototype)"
-PROTOTYPE_BATCH = "exmig + proposals + batched steps (prototype)"
+# exmig against hosts whose Windows PowerShell is 5.1 (WMF upgraded; PSRP 2.3): several commands per
+# pipeline where the endpoint allows it. Every other client runs against stock hosts (PowerShell 2.0).
+EXMIG_WMF5 = "exmig, hosts with WMF 5.1"
+HOSTS_POWERSHELL = {EXMIG_WMF5: "5.1"}
 
 
 def _run_client(client: str, farm: LabFarm, parallel: int | None = None) -> RunResult:
-    if client == "exmig":
-        return run_exmig(farm, parallel=parallel)
-    if client in (PROTOTYPE, PROTOTYPE_BATCH):
-        executor = prototypes.LeanReadsExecutor if client == PROTOTYPE else prototypes.BatchingExecutor
-        with prototypes.shared_exchange_key():
-            return run_exmig(farm, parallel=parallel, executor_class=executor,
-                             journal_class=prototypes.GroupCommitJournal, label=client)
+    if client in ("exmig", EXMIG_WMF5):
+        return run_exmig(farm, parallel=parallel, label=client)
     return run_plain(farm, per_command=client == "naive")
 
 
-def migration(ca: LabCA, tmp: Path, latencies_ms: list[int], with_prototypes: bool,
-              farm_class: type[LabFarm]) -> list[dict[str, Any]]:
+def migration(ca: LabCA, tmp: Path, latencies_ms: list[int], farm_class: type[LabFarm]) -> list[dict[str, Any]]:
     rows = []
-    clients = ["exmig", "naive", "minimum"] + ([PROTOTYPE, PROTOTYPE_BATCH] if with_prototypes else [])
+    clients = ["exmig", EXMIG_WMF5, "naive", "minimum"]
     for latency_ms in latencies_ms:
         for i, client in enumerate(clients):
             state = tmp / f"migration-{latency_ms}-{i}"
-            with farm_class(state, ca, targets=1, latency=latency_ms / 1000) as farm:
+            with farm_class(state, ca, targets=1, latency=latency_ms / 1000,
+                            powershell=HOSTS_POWERSHELL.get(client, "2.0")) as farm:
                 result = _run_client(client, farm)
                 c = farm.counts()
             rows.append({"latency_ms": latency_ms, "client": client, "wall": result.wall,
@@ -167,10 +162,10 @@ def _action_diff(exmig: dict[str, int], minimum: dict[str, int], unexplained: in
 
 
 def fanout(ca: LabCA, tmp: Path, targets: list[int], latency_ms: int, parallels: list[str],
-           with_prototypes: bool, farm_class: type[LabFarm]) -> list[dict[str, Any]]:
+           farm_class: type[LabFarm]) -> list[dict[str, Any]]:
     rows = []
     default = RunOptions().parallel
-    clients = ["exmig"] + ([PROTOTYPE] if with_prototypes else [])
+    clients = ["exmig", EXMIG_WMF5]
     for n in targets:
         if not 1 <= n <= MAX_TARGETS:
             raise SystemExit(f"--targets: {n} is outside 1..{MAX_TARGETS}")
@@ -183,7 +178,8 @@ def fanout(ca: LabCA, tmp: Path, targets: list[int], latency_ms: int, parallels:
         for (i, client), parallel in itertools.product(enumerate(clients), wanted):
             state = tmp / f"fanout-{n}-{parallel}-{i}"
             t0 = time.monotonic()
-            with farm_class(state, ca, targets=n, latency=latency_ms / 1000) as farm:
+            with farm_class(state, ca, targets=n, latency=latency_ms / 1000,
+                            powershell=HOSTS_POWERSHELL.get(client, "2.0")) as farm:
                 built = time.monotonic() - t0
                 cpu, lab_cpu = time.process_time(), farm.lab_cpu()
                 result = _run_client(client, farm, parallel)
@@ -220,45 +216,6 @@ def fanout_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-# --- 2b. which proposal gains what (optional: --only ablation) --------------------------------------
-
-ABLATION: list[tuple[str, type[Executor], type[Journal] | None, bool]] = [
-    ("exmig", Executor, None, False),
-    ("+ parallel preflight", prototypes.ParallelPreflightExecutor, None, False),
-    ("+ group-commit journal", prototypes.ParallelPreflightExecutor, prototypes.GroupCommitJournal, False),
-    ("+ one RSA key per run", prototypes.ParallelPreflightExecutor, prototypes.GroupCommitJournal, True),
-    ("+ lean reads (= all proposals)", prototypes.LeanReadsExecutor, prototypes.GroupCommitJournal, True),
-]
-
-
-def ablation(ca: LabCA, tmp: Path, n: int, latency_ms: int, farm_class: type[LabFarm]) -> list[dict[str, Any]]:
-    """The fan-out at N targets, --parallel N, adding the prototypes one at a time (cumulative)."""
-    rows = []
-    for i, (label, executor, journal, shared_key) in enumerate(ABLATION):
-        with farm_class(tmp / f"ablation-{i}", ca, targets=n, latency=latency_ms / 1000) as farm:
-            cpu, lab_cpu = time.process_time(), farm.lab_cpu()
-            with prototypes.shared_exchange_key() if shared_key else contextlib.nullcontext():
-                result = run_exmig(farm, parallel=n, executor_class=executor, journal_class=journal, label=label)
-            cpu = time.process_time() - cpu
-            lab_after = farm.lab_cpu()
-            c = farm.counts()
-        rows.append({"variant": label, "targets": n, "wall": result.wall, "target_phase": result.target_phase,
-                     "cpu": cpu, "lab_cpu": lab_after - lab_cpu if lab_after is not None and lab_cpu is not None
-                     else None, "requests": sum(x.requests for x in c.values())})
-        print(f"  ablation {label}: phase {result.target_phase:.2f} s, wall {result.wall:.2f} s", file=sys.stderr)
-    return rows
-
-
-def ablation_table(rows: list[dict[str, Any]]) -> str:
-    out = ["| variant (cumulative) | targets' part (s) | whole run (s) | CPU client / lab (s) | requests, all servers |",
-           "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lab = "in client" if r["lab_cpu"] is None else f"{r['lab_cpu']:.1f}"
-        out.append(f"| {r['variant']} | {r['target_phase']:.2f} | {r['wall']:.2f} | {r['cpu']:.1f} / {lab} "
-                   f"| {r['requests']} |")
-    return "\n".join(out)
-
-
 # --- 3. start-up -------------------------------------------------------------------------------------
 
 
@@ -283,14 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", default="default,16,all",
                         help="fan-out concurrency: 'default' (exmig's), 'all' (= N), or numbers; comma-separated")
     parser.add_argument("--startup-runs", type=int, default=15, help="runs per start-up command (part 3)")
-    parser.add_argument("--only", default="migration,fanout,startup",
-                        help="which parts to run: migration, fanout, startup, ablation (not run by default)")
-    parser.add_argument("--ablation-targets", type=int, default=50, help="N for the ablation part")
+    parser.add_argument("--only", default="migration,fanout,startup", help="which parts to run")
     parser.add_argument("--lab", choices=("process", "inline"), default="process",
                         help="lab servers in a child process (default: their CPU work does not share the client's "
                              "GIL, like remote servers) or in the benchmark's own process")
-    parser.add_argument("--no-prototypes", action="store_true",
-                        help="skip the runs of benchmarks/prototypes.py (proposed changes to exmig)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json",
                         help="where to write all numbers")
     args = parser.parse_args(argv)
@@ -305,14 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         ca = LabCA.load_or_create(tmp / "ca")
         farm_class = LabFarmProcess if args.lab == "process" else LabFarm
         if "migration" in parts:
-            results["migration"] = migration(ca, tmp, args.latencies, not args.no_prototypes, farm_class)
+            results["migration"] = migration(ca, tmp, args.latencies, farm_class)
         if "fanout" in parts:
             results["fanout"] = fanout(ca, tmp, args.targets, args.fanout_latency, args.parallel.split(","),
-                                       not args.no_prototypes, farm_class)
-        if "ablation" in parts:
-            if not 1 <= args.ablation_targets <= MAX_TARGETS:
-                parser.error(f"--ablation-targets must be in 1..{MAX_TARGETS}")
-            results["ablation"] = ablation(ca, tmp, args.ablation_targets, args.fanout_latency, farm_class)
+                                       farm_class)
     if "startup" in parts:
         results["startup"] = startup.measure(args.startup_runs)
     results["seconds"] = time.monotonic() - started
@@ -325,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if "migration" in results:
         print("### 1. Full 2010 -> 2007 migration\n")
         print(migration_table(results["migration"]))
-        for client in ("exmig", PROTOTYPE, PROTOTYPE_BATCH):
+        for client in ("exmig", EXMIG_WMF5):
             if any(r["client"] == client for r in results["migration"]):
                 print(f"\n{client}: requests beyond the minimum, per server (highest latency):\n")
                 print(overhead_notes(results["migration"], client))
@@ -333,10 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     if "fanout" in results:
         print(f"### 2. Fan-out at {args.fanout_latency} ms per request\n")
         print(fanout_table(results["fanout"]) + "\n")
-    if "ablation" in results:
-        print(f"### 2b. Fan-out to {args.ablation_targets} targets at {args.fanout_latency} ms, --parallel "
-              f"{args.ablation_targets}: the proposals one at a time\n")
-        print(ablation_table(results["ablation"]) + "\n")
     if "startup" in results:
         print("### 3. CLI start-up\n")
         print(startup_table(results["startup"]) + "\n")
