@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,39 @@ from orchestrator.transport.base import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class _RunKeyPair:
+    """pypsrp makes a fresh 2048-bit RSA pair in every pool's exchange_keys() (about 50 ms of CPU: a tenth of
+    the client's work per target in a fan-out) only to receive the session key the server picks for that
+    pool. One ephemeral pair per exmig process serves every pool as well: it wraps keys the servers choose,
+    is never written anywhere and ends with the process. Stands in for pypsrp's `rsa` module."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self._lock = threading.Lock()
+        self._keys: dict[tuple[int, int], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def generate_private_key(self, public_exponent: int, key_size: int, backend: Any = None) -> Any:
+        with self._lock:
+            key = self._keys.get((public_exponent, key_size))
+            if key is None:
+                key = self._module.generate_private_key(public_exponent=public_exponent, key_size=key_size)
+                self._keys[(public_exponent, key_size)] = key
+            return key
+
+
+def _share_exchange_key() -> None:
+    import pypsrp.powershell
+
+    if not isinstance(pypsrp.powershell.rsa, _RunKeyPair):
+        pypsrp.powershell.rsa = _RunKeyPair(pypsrp.powershell.rsa)  # type: ignore[assignment]
+
+
+_share_exchange_key()
 
 WSMAN_OPERATION_TIMEOUT = 2150858793
 WSMAN_SHELL_NOT_FOUND = 2150858843

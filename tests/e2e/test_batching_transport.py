@@ -87,3 +87,25 @@ def _fresh_session_after_failure(server: Server, emulated: EmulatedServer) -> No
         assert emulated.winrm.log.count("Create") == 2
     finally:
         session.close()
+
+
+def test_one_exchange_key_pair_per_process(tmp_path: Path) -> None:
+    """Every pool's SecureString key exchange uses the process's one RSA pair (no 2048-bit generation per
+    target); the migration tests show the SecureStrings still reach the servers intact."""
+    import pypsrp.powershell
+
+    from orchestrator.transport import psrp
+
+    with _lab_2007(tmp_path, "2.0") as (_, server, emulated):
+        sessions = [_session(server, emulated), _session(server, emulated)]
+        try:
+            pools = [s._pool(server.exchange_endpoint)[1] for s in sessions]
+            for pool in pools:
+                pool.exchange_keys()
+            shared = pypsrp.powershell.rsa
+            assert isinstance(shared, psrp._RunKeyPair)
+            assert len(shared._keys) == 1
+            assert all(p._key_exchanged for p in pools)
+        finally:
+            for s in sessions:
+                s.close()
