@@ -5,6 +5,10 @@ endpoints that version has (2010: Microsoft.Exchange at /PowerShell and Microsof
 /wsman on the same port; 2007: Microsoft.PowerShell at /wsman), the user and password the
 playbook's credentials name, and TLS services (HTTPS, SMTP STARTTLS, IMAPS, POP3S) presenting
 whatever certificate is enabled for each service. State persists under the state folder.
+
+`tls_services=False` leaves the TLS services out (four listener threads per server): for runs that
+only migrate, such as the 50-target benchmark. Nothing then answers on the TLS ports, so live
+verification (`exmig verify`) has nothing to probe.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from orchestrator.errors import UsageError
 from orchestrator.lab.ca import LabCA
@@ -97,7 +101,7 @@ class LabSite:
     """All emulated servers of one playbook; start() listens, stop() shuts down (state stays on disk)."""
 
     def __init__(self, loaded: LoadedPlaybook | Playbook, state_dir: Path, settings: LabSettings | None = None,
-                 latency: float = 0.0, use_playbook_ports: bool = True) -> None:
+                 latency: float = 0.0, use_playbook_ports: bool = True, tls_services: bool = True) -> None:
         self.playbook = loaded.playbook if isinstance(loaded, LoadedPlaybook) else loaded
         self.state_dir = Path(state_dir)
         self.ca = LabCA.load_or_create(self.state_dir / "ca")
@@ -105,6 +109,7 @@ class LabSite:
         self.settings = settings or LabSettings(third_party_roots=(self.ca.root_pem,))
         self.latency = latency
         self.use_playbook_ports = use_playbook_ports
+        self.tls_services = tls_services
         self.servers: dict[str, EmulatedServer] = {}
 
     def _build(self, server: Server) -> EmulatedServer:
@@ -142,9 +147,11 @@ class LabSite:
 
         ports = dict(server.tls_ports.items()) if self.use_playbook_ports else {k: 0 for k, _ in
                                                                                 server.tls_ports.items()}
+        if not self.tls_services:
+            ports = {}  # a TlsServices with no services: start() and stop() open and close nothing
         return EmulatedServer(server, model, winrm, TlsServices(server.name, source, ports=ports), username, password)
 
-    def start(self) -> LabSite:
+    def start(self) -> Self:
         try:
             for server in self.playbook.servers:
                 emulated = self._build(server)
@@ -164,7 +171,7 @@ class LabSite:
             emulated.tls.stop()
             emulated.winrm.stop()
 
-    def __enter__(self) -> LabSite:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -187,6 +194,7 @@ class LabSite:
                 "host": "127.0.0.1", **ports,
                 "ca_file": str(self.ca_file) if emulated.winrm.scheme == "https" else server.connection.ca_file,
             })
+            # Without TLS services `.ports` is empty and the playbook's own TLS ports stay.
             tls_ports = server.tls_ports.model_copy(update=dict(emulated.tls.ports))
             servers.append(server.model_copy(update={"connection": connection, "tls_ports": tls_ports}))
         return self.playbook.model_copy(update={"servers": servers})
