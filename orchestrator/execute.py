@@ -168,9 +168,16 @@ class Executor:
             return self._sessions[server.name]
 
     def close(self) -> None:
+        """Delete every session's shells, servers side by side (one after another, 50 targets at 50 ms
+        cost seconds of Deletes after the last step)."""
         sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
-            session.close()
+        if len(sessions) <= 1 or self.options.parallel <= 1:
+            for session in sessions.values():
+                session.close()
+            return
+        with ThreadPoolExecutor(max_workers=min(self.options.parallel, len(sessions)),
+                                thread_name_prefix="exmig-close") as pool:
+            list(pool.map(lambda session: session.close(), sessions.values()))
 
     def call(self, server: Server, command: Command) -> InvocationResult:
         return self.call_batch(server, (command,))
