@@ -148,7 +148,8 @@ def run(
     save_pfx: Annotated[Optional[Path], typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
     = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
-    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 16,
+    # The default is RunOptions.parallel's, kept literal here: importing execute would slow start-up.
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 32,
 ) -> None:
     """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
     if dry_run:
@@ -175,7 +176,7 @@ def run(
 
 def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None,
              steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
-             save_pfx: Path | None, parallel: int = 16) -> int:
+             save_pfx: Path | None, parallel: int | None = None) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.connect import session_factory
     from orchestrator.events import ConsoleEvents, JsonEvents
@@ -194,7 +195,9 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
             events.note(text)
 
     options = RunOptions(servers=servers, steps=steps, from_step=from_step,
-                         certificate_files=[*certificate, *chain], save_pfx=save_pfx, parallel=parallel)
+                         certificate_files=[*certificate, *chain], save_pfx=save_pfx)
+    if parallel is not None:
+        options.parallel = parallel
     executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)
     try:
         executor.run()

@@ -57,7 +57,9 @@ class RunOptions:
     from_step: str | None = None
     certificate_files: list[Path] = field(default_factory=list)
     save_pfx: Path | None = None
-    parallel: int = 16  # targets deployed at once
+    # Targets deployed at once: the work per target is waiting on the network, and one wave covers the
+    # dozens of servers of a larger organisation; the bound protects the workstation.
+    parallel: int = 32
 
 
 SessionFactory = Callable[[Server], ServerSession]
