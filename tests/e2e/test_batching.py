@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from orchestrator.certs import thumbprint
 from tests.e2e.conftest import Lab, build_lab, raw_invoke, raw_pool
 
