@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -293,6 +294,14 @@ def parse_blob(data: bytes, password: str | None) -> Parsed:
     raise FormatError("unrecognised certificate data")
 
 
+@functools.lru_cache(maxsize=16)
+def _load_pkcs12(raw: bytes, password: bytes | None) -> pkcs12.PKCS12KeyAndCertificates:
+    """Loading a PKCS#12 costs about 40 ms (OpenSSL checks the RSA key), and a fan-out imports the same PFX
+    on every target the lab emulates in one process: load it once per (bytes, password). Loading is
+    deterministic, so what each emulated server does is unchanged; failures are not cached."""
+    return pkcs12.load_pkcs12(raw, password)
+
+
 def _parse_pfx(raw: bytes, password: str | None) -> Parsed:
     if PBES2_OID in pfx_encryption_oids(raw):
         raise PfxEncryptionUnsupported("PBES2")
@@ -301,7 +310,7 @@ def _parse_pfx(raw: bytes, password: str | None) -> Parsed:
     last: Exception | None = None
     for candidate in candidates:
         try:
-            loaded = pkcs12.load_pkcs12(raw, candidate)
+            loaded = _load_pkcs12(raw, candidate)
         except ValueError as exc:
             last = exc
             continue
