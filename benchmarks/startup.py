@@ -8,6 +8,7 @@ the cause of a regression is visible.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -19,18 +20,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 15
 TIMEOUT = 30  # seconds per run
+# As on an admin's machine, the warm-up run may write bytecode (this sandbox sets PYTHONDONTWRITEBYTECODE,
+# which would make every measured run compile exmig's changed modules from source again).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def timed(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT)
+    subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=TIMEOUT,
+                   env=ENV)
     return time.perf_counter() - start
 
 
 def top_imports(args: list[str], count: int = 8) -> list[tuple[float, str]]:
     """(cumulative ms, module) of the slowest imports of `python -m orchestrator <args>`."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False, env=ENV)
     rows = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
