@@ -7,6 +7,10 @@ Per ../shared/reference/exchange-cmdlets.md §1.0:
   `-Server` (the reference's rule: never rely on which server a 2010 cmdlet picks by default).
 Enable-ExchangeCertificate always gets `-Force`, so the SMTP overwrite prompt is answered and
 never blocks a non-interactive session (§3.1).
+
+A step's consecutive commands for one shell may go as one pipeline (orchestrator/steps.py), where a
+server may run the next statement after a failed one: keep every such run of commands safe to go on
+after a failure (write, use, remove the same file; a later command fails too or only cleans up).
 """
 
 from __future__ import annotations

@@ -99,11 +99,11 @@ class StepHandlers:
         return handler(server, step)
 
     def _run_commands(self, server: Server, step: Step, then: tuple[Command, ...] = ()) -> list[InvocationResult]:
-        """The step's commands in order, one result per pipeline sent. Consecutive commands for one shell
-        that keep no output share a pipeline where the server allows it (PSRP 2.2+): the batches the plan
-        makes are ones where a later command running after an earlier one failed does no harm (it fails
-        too, or cleans up), since whether the server goes on after a failed statement is not ours to know;
-        any error record fails the step as before."""
+        """The step's commands (and `then`) in order, one result per pipeline sent. Consecutive commands for
+        one shell that keep no output share a pipeline where the server allows it (PSRP 2.2+). The dialects
+        keep every such run safe to go on after a failed command (a later one fails too, or only cleans
+        up): whether a server runs the next statement after a failed one is not exmig's to know. Any error
+        record fails the step as before."""
         missing = step.unresolved
         if missing:
             raise DependencyError(f"{step.name.value} on {server.name} needs {', '.join(missing)}")
