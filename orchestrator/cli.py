@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -46,10 +46,14 @@ WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
          "exmig send several commands per request).")]
 
 PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False)]
-ServerOpt = Annotated[Optional[list[str]], typer.Option("--server", help="Only this server (repeatable).")]
-StepOpt = Annotated[Optional[list[str]], typer.Option("--step", help="Only this step (repeatable); see `exmig steps`.")]
-CertOpt = Annotated[Optional[list[Path]], typer.Option("--certificate", help="The CA's certificate (or zip/p7b bundle).")]
-ChainOpt = Annotated[Optional[list[Path]], typer.Option("--chain", help="The CA's intermediate certificate(s).")]
+ServerOpt = Annotated[list[str] | None, typer.Option("--server", metavar="NAME",
+                                                     help="Only this server (repeatable).")]
+StepOpt = Annotated[list[str] | None, typer.Option("--step", metavar="STEP",
+                                                   help="Only this step (repeatable); see `exmig steps`.")]
+CertOpt = Annotated[list[Path] | None, typer.Option("--certificate", metavar="FILE",
+                                                    help="The CA's certificate (or zip/p7b bundle).")]
+ChainOpt = Annotated[list[Path] | None, typer.Option("--chain", metavar="FILE",
+                                                     help="The CA's intermediate certificate(s).")]
 
 
 def _echo(text: str) -> None:
@@ -137,15 +141,15 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     server: ServerOpt = None,
     step: StepOpt = None,
-    from_step: Annotated[Optional[str], typer.Option("--from", help="Start at this step (plan order).")] = None,
+    from_step: Annotated[str | None, typer.Option("--from", help="Start at this step (plan order).")] = None,
     format: Annotated[PlanFormat, typer.Option("--format", help="Dry-run output format.")] = PlanFormat.text,
     certificate: CertOpt = None,
     chain: ChainOpt = None,
-    state: Annotated[Optional[Path], typer.Option("--state", help="Journal file (default .exmig/ beside the playbook).")]
+    state: Annotated[Path | None, typer.Option("--state", help="Journal file (default .exmig/ beside the playbook).")]
     = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing servers.")] = False,
-    save_pfx: Annotated[Optional[Path], typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
+    save_pfx: Annotated[Path | None, typer.Option("--save-pfx", help="Keep a backup of the PFX (mode 0600).")]
     = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
     # The default is RunOptions.parallel's, kept literal here: importing execute would slow start-up.
@@ -261,10 +265,10 @@ def verify_command(
     server: ServerOpt = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per finding.")] = False,
     warn_days: Annotated[int, typer.Option("--warn-days", help="Warn when the certificate expires sooner.")] = 30,
-    ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="Roots clients trust (PEM); default: the "
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="Roots clients trust (PEM); default: the "
                                                     "system's, or the lab CA for lab playbooks.")] = None,
     certificate: CertOpt = None,
-    state: Annotated[Optional[Path], typer.Option("--state", help="Journal file.")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per TLS probe.")] = 10.0,
 ) -> None:
     """Prove the migration from outside: every service, every name, the chain, the expiry."""
@@ -280,7 +284,7 @@ def verify_command(
 @app.command()
 def status(
     playbook: PlaybookArg,
-    state: Annotated[Optional[Path], typer.Option("--state", help="Journal file.")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
 ) -> None:
     """Show the journal: what has been done, per server and step."""
     from orchestrator import journal as journal_mod
@@ -301,7 +305,7 @@ def status(
 def rehearse(
     playbook: PlaybookArg,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
-    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
+    keep: Annotated[Path | None, typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
 ) -> None:
     """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
@@ -339,7 +343,7 @@ def rehearse(
 @lab_app.command("serve")
 def lab_serve(
     playbook: PlaybookArg,
-    state: Annotated[Optional[Path], typer.Option("--state", help="Folder for the lab's state.")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="Folder for the lab's state.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server, once listening.")]
     = False,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
@@ -379,8 +383,8 @@ def lab_serve(
 def lab_sign(
     csr: Annotated[Path, typer.Argument(help="The certificate request (CSR) file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the CA's answer.")],
-    ca: Annotated[Optional[Path], typer.Option("--ca", help="The lab CA folder.")] = None,
-    playbook: Annotated[Optional[Path], typer.Option("--playbook", help="Use this playbook's lab CA.")] = None,
+    ca: Annotated[Path | None, typer.Option("--ca", help="The lab CA folder.")] = None,
+    playbook: Annotated[Path | None, typer.Option("--playbook", help="Use this playbook's lab CA.")] = None,
 ) -> None:
     """Play the third-party CA: sign a CSR with the lab CA; writes the leaf, the intermediate, a .p7b and a .zip."""
     from orchestrator.issuance import lab_ca_dir

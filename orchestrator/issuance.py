@@ -7,7 +7,7 @@ sent builds from the leaf upwards (each certificate signed by the next).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -60,7 +60,7 @@ def _covers(names: set[str], wanted: str) -> bool:
 def check_issued(issued: IssuedCertificate, csr_pem: str | None, cert: CertificateSpec, origin: str,
                  now: datetime | None = None) -> None:
     leaf = issued.leaf
-    moment = now or datetime.now(timezone.utc)
+    moment = now or datetime.now(UTC)
     if csr_pem is not None:
         csr = load_csr(csr_pem)
         if _public_der(leaf.public_key()) != _public_der(csr.public_key()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,7 +18,7 @@ from orchestrator.lab.registry import LabError
 
 from .conftest import ServerFactory
 from .helpers import Shell
-from .test_procedure import PASSWORD, request_on_2010
+from .test_procedure import PASSWORD
 
 TASKS = "Microsoft.Exchange.Management.SystemConfigurationTasks."
 
@@ -246,14 +247,14 @@ def test_new_request_variants(make_server: ServerFactory) -> None:
 # --- Import / Export ------------------------------------------------------------------------------------
 
 def _self_signed_pfx(encryption: serialization.KeySerializationEncryption) -> bytes:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from orchestrator.lab.exchange import pki
     from orchestrator.lab.exchange.x500 import parse_dn
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     cert = pki.self_signed(key, parse_dn("CN=other.mitserv.net"), ["other.mitserv.net"],
-                           datetime.now(timezone.utc) - timedelta(days=1), 30)
+                           datetime.now(UTC) - timedelta(days=1), 30)
     return pkcs12.serialize_key_and_certificates(b"x", key, cert, None, encryption)
 
 

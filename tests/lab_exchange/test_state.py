@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -122,7 +122,7 @@ def test_default_certificate_and_object_shape(make_server: ServerFactory) -> Non
 
 
 def test_dates_drive_status(make_server: ServerFactory, lab_ca: LabCA, tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     clock = {"now": now}
     model = ExchangeServerModel.load_or_create(tmp_path / "clocked", name="EX2010C", version="2010",
                                                fqdn="ex2010c.mitserv.net", clock=lambda: clock["now"])

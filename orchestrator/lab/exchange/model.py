@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import IntFlag
 from functools import cached_property
 from pathlib import Path
@@ -112,7 +112,7 @@ class ExchangeServerModel:
     version: str  # "2007" | "2010"
     fqdn: str
     state_dir: Path | None = None
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     fs: WindowsFileSystem = field(default_factory=WindowsFileSystem)
     default_smtp: str | None = None
     # IIS's Default Web Site requires SSL once Enable -Services IIS ran without -DoNotRequireSsl.

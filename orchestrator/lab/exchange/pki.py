@@ -268,7 +268,7 @@ def _unarmour(data: bytes) -> bytes | None:
 
 def parse_blob(data: bytes, password: str | None) -> Parsed:
     """Recognise a certificate (DER/PEM), a PKCS#7 chain (.p7b, DER/PEM) or a PKCS#12 file."""
-    if "-----BEGIN".encode() in data[:200] and b"CERTIFICATE-----" in data:
+    if b"-----BEGIN" in data[:200] and b"CERTIFICATE-----" in data:
         try:
             certs = x509.load_pem_x509_certificates(data)
             if certs:
