@@ -301,13 +301,18 @@ class StepHandlers:
         return ()
 
     def _import_response(self, server: Server, step: Step, thumb: str) -> tuple[str, str]:
+        after = self._run_import(server, step, thumb)
+        if not after.done:
+            raise ExmigError(f"{server.name}: Import-ExchangeCertificate did not complete the request: {after.reason}")
+        return "changed", f"request completed: certificate {thumb} with its private key"
+
+    def _run_import(self, server: Server, step: Step, thumb: str) -> checks.Decision:
+        """The step's import, with this server's Enable in its pipeline where that can go (_enable_after)."""
         enable = self._enable_after(server)
         after = self._imported(server, self._run_commands(server, step, enable), thumb)
         if enable and after.done:
             self._enabled_now.add(server.name)
-        if not after.done:
-            raise ExmigError(f"{server.name}: Import-ExchangeCertificate did not complete the request: {after.reason}")
-        return "changed", f"request completed: certificate {thumb} with its private key"
+        return after
 
     def _imported(self, server: Server, results: list[InvocationResult], thumb: str) -> checks.Decision:
         """Import-ExchangeCertificate answers with the certificate it imported: no second read when that
@@ -326,12 +331,13 @@ class StepHandlers:
     def _enable(self, server: Server, step: Step) -> tuple[str, str]:
         thumb = self._need_issued(server, step)
         services = server.services_for(self.playbook.certificate)
+        enabled = "enabled for " + ", ".join(s.value for s in services)
         if server.name in self._enabled_now:
-            return "changed", "enabled for " + ", ".join(s.value for s in services) + " (in the import's pipeline)"
+            return "changed", enabled + " (in the import's pipeline)"
         if server.name in self._imported_now:
             # Imported a moment ago by this run: it is there, with no services yet.
             self._run_commands(server, step)
-            return "changed", "enabled for " + ", ".join(s.value for s in services)
+            return "changed", enabled
         certs = self.certificates(server)
         if checks.find(certs, thumb) is None:
             earlier = "complete" if server.name == self.playbook.source.name else "import"
@@ -342,7 +348,7 @@ class StepHandlers:
         if decision.done:
             return "ok", decision.reason
         self._run_commands(server, step)  # Enable answers nothing; verify reads the result at the end
-        return "changed", "enabled for " + ", ".join(s.value for s in services)
+        return "changed", enabled
 
     def _targets_needing_pfx(self) -> list[Server]:
         out = []
@@ -404,10 +410,7 @@ class StepHandlers:
             self._run_commands(server, copy)  # this run's PFX, with this run's password
             self._pfx_written.add(server.name)
         try:
-            enable = self._enable_after(server)
-            after = self._imported(server, self._run_commands(server, step, enable), thumb)
-            if enable and after.done:
-                self._enabled_now.add(server.name)
+            after = self._run_import(server, step, thumb)
             if not after.done:
                 raise ExmigError(
                     f"{server.name}: the import did not leave certificate {thumb} with its key: {after.reason}")

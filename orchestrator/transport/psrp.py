@@ -380,11 +380,5 @@ class PsrpServerSession:
             wsman.close()
 
     def close(self) -> None:
-        pools, self._pools = self._pools, {}
-        self._keyed.clear()
-        self._snapin_pending.clear()
-        for pool in pools.values():
-            try:
-                pool.close()
-            except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
-                log.debug("closing a pool on %s failed: %s", self.name, first_line(exc))
+        for key in list(self._pools):
+            self._drop(key)

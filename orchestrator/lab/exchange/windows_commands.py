@@ -54,6 +54,11 @@ def _path_not_found(command: str, path: str) -> LabError:
                         ErrorCategory.ObjectNotFound, "System.Management.Automation.ItemNotFoundException", path)
 
 
+def _directory_exist(command: str, message: str, path: str) -> LabError:
+    return cmdlet_error(command, message, "DirectoryExist", ErrorCategory.ResourceExists, "System.IO.IOException",
+                        path)
+
+
 class WindowsCommands:
     def __init__(self, model: ExchangeServerModel, settings: LabSettings) -> None:
         self.model = model
@@ -250,20 +255,14 @@ class WindowsCommands:
                     continue
                 if item_type == "directory":
                     if self.model.fs.is_dir(path) and not force:
-                        call.write_error(cmdlet_error(
-                            call.name,
-                            f"Item with specified name {path} already exists.",
-                            "DirectoryExist", ErrorCategory.ResourceExists, "System.IO.IOException", path,
-                        ))
+                        call.write_error(_directory_exist(call.name, f"Item with specified name {path} already "
+                                                          "exists.", path))
                         continue
                     try:
                         self.model.fs.mkdir(path)
                     except FileExistsError as exc:  # a file where the folder (or a parent) should be
-                        call.write_error(cmdlet_error(
-                            call.name,
-                            f"An item with the specified name {exc.args[0]} already exists.",
-                            "DirectoryExist", ErrorCategory.ResourceExists, "System.IO.IOException", path,
-                        ))
+                        call.write_error(_directory_exist(
+                            call.name, f"An item with the specified name {exc.args[0]} already exists.", path))
                         continue
                     call.write(self._item_object(path, True))
                     continue
