@@ -94,3 +94,24 @@ def raw_invoke(pool: RunspacePool, cmdlet: str, **params: Any) -> list[Any]:
     out = ps.invoke()
     assert not ps.had_errors, [str(e) for e in ps.streams.error]
     return out
+
+
+def props(obj: Any) -> dict[str, Any]:
+    return {**obj.adapted_properties, **obj.extended_properties}
+
+
+def ca_store(lab: Lab, name: str) -> set[str]:
+    """Thumbprints in the server's LocalMachine\\CA, read with raw pypsrp."""
+    with raw_pool(lab.server(name), "Microsoft.PowerShell") as pool:
+        return {props(o)["Thumbprint"] for o in raw_invoke(pool, "Get-ChildItem", Path="Cert:\\LocalMachine\\CA")}
+
+
+def file_exists(lab: Lab, name: str, path: str) -> bool:
+    with raw_pool(lab.server(name), "Microsoft.PowerShell") as pool:
+        return raw_invoke(pool, "Test-Path", Path=path) == [True]
+
+
+def put_file_in_the_way(lab: Lab, name: str, path: str) -> None:
+    """A file where exmig's working folder should be: New-Item -ItemType Directory cannot make it."""
+    with raw_pool(lab.server(name), "Microsoft.PowerShell") as pool:
+        raw_invoke(pool, "Set-Content", Path=path, Value=b"in the way", Encoding="Byte")

@@ -8,14 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.certs import thumbprint
-from tests.e2e.conftest import Lab, build_lab, raw_invoke, raw_pool
-
-
-def _ca_store(lab: Lab, name: str) -> set[str]:
-    pool = raw_pool(lab.server(name), "Microsoft.PowerShell")
-    with pool:
-        return {str(o.adapted_properties.get("Thumbprint") or o.extended_properties.get("Thumbprint"))
-                for o in raw_invoke(pool, "Get-ChildItem", Path="Cert:\\LocalMachine\\CA")}
+from tests.e2e.conftest import Lab, build_lab, ca_store, put_file_in_the_way, raw_invoke, raw_pool
 
 
 def _files(lab: Lab, name: str, folder: str) -> list[str]:
@@ -42,7 +35,7 @@ def _migrate(tmp: Path, powershell: str) -> tuple[list[tuple[str, str]], dict[st
         # Same end state either way: the intermediate in LocalMachine\CA, no file left behind.
         intermediate = thumbprint(lab.site.ca.intermediate_cert)
         for name in ("EX2010", "EX2007"):
-            assert intermediate in _ca_store(lab, name), name
+            assert intermediate in ca_store(lab, name), name
             assert not [f for f in _files(lab, name, "C:\\Certs") if f.lower().endswith((".cer", ".pfx"))], name
         # A second run still finds everything in place.
         again, events2 = lab.run_json()
@@ -77,14 +70,12 @@ def test_a_failing_statement_fails_the_step_and_the_rest_does_no_harm(tmp_path: 
     with the server's message, and the CA store is unchanged."""
     lab = build_lab(tmp_path, windows_powershell="5.1")
     try:
-        pool = raw_pool(lab.server("EX2010"), "Microsoft.PowerShell")
-        with pool:
-            raw_invoke(pool, "Set-Content", Path="C:\\Certs", Value=b"not a folder", Encoding="Byte")
+        put_file_in_the_way(lab, "EX2010", "C:\\Certs")
         proc, events = lab.run_json()
         assert proc.returncode == 1, proc.stdout
         failed = [e for e in events if e["event"] == "step" and e.get("phase") == "end" and e["outcome"] == "failed"]
         assert [(e["server"], e["step"]) for e in failed] == [("EX2010", "install-chain")], failed
         assert "An item with the specified name C:\\Certs already exists." in failed[0]["reason"]
-        assert thumbprint(lab.site.ca.intermediate_cert) not in _ca_store(lab, "EX2010")
+        assert thumbprint(lab.site.ca.intermediate_cert) not in ca_store(lab, "EX2010")
     finally:
         lab.site.stop()

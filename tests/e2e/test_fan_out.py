@@ -9,7 +9,7 @@ from typing import Any
 
 from orchestrator.execute import RunOptions
 from orchestrator.playbook import Playbook
-from tests.e2e.conftest import build_lab, raw_invoke, raw_pool
+from tests.e2e.conftest import build_lab, put_file_in_the_way
 
 TARGETS = [f"EX2007-{i:02d}" for i in range(1, 5)]
 
@@ -51,9 +51,7 @@ def test_one_failing_target_does_not_stop_the_others(tmp_path: Path) -> None:
     lab = build_lab(tmp_path, mutate=_four_targets)
     try:
         # A file where EX2007-03's working folder should be: its chain and copy cannot write there.
-        pool = raw_pool(lab.server("EX2007-03"), "Microsoft.PowerShell")
-        with pool:
-            raw_invoke(pool, "Set-Content", Path="C:\\Certs", Value=b"in the way", Encoding="Byte")
+        put_file_in_the_way(lab, "EX2007-03", "C:\\Certs")
         proc, events = lab.run_json()
         assert proc.returncode == 1
         failed = {e["server"] for e in events

@@ -9,34 +9,20 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.e2e.conftest import Lab, raw_invoke, raw_pool
+from tests.e2e.conftest import Lab, ca_store, file_exists, props, raw_invoke, raw_pool
 
 SERVICES = {"IIS", "SMTP", "POP", "IMAP"}
 SUBJECT_CN = "mail.mitserv.net"
-
-
-def _props(obj: Any) -> dict[str, Any]:
-    return {**obj.adapted_properties, **obj.extended_properties}
 
 
 def exchange_certificates(lab: Lab, name: str) -> list[dict[str, Any]]:
     emulated = lab.server(name)
     if emulated.server.version == 2010:
         with raw_pool(emulated, "Microsoft.Exchange") as pool:
-            return [_props(o) for o in raw_invoke(pool, "Get-ExchangeCertificate", Server=name)]
+            return [props(o) for o in raw_invoke(pool, "Get-ExchangeCertificate", Server=name)]
     with raw_pool(emulated, "Microsoft.PowerShell") as pool:
         raw_invoke(pool, "Add-PSSnapin", Name="Microsoft.Exchange.Management.PowerShell.Admin")
-        return [_props(o) for o in raw_invoke(pool, "Get-ExchangeCertificate")]
-
-
-def ca_store(lab: Lab, name: str) -> set[str]:
-    with raw_pool(lab.server(name), "Microsoft.PowerShell") as pool:
-        return {_props(o)["Thumbprint"] for o in raw_invoke(pool, "Get-ChildItem", Path="Cert:\\LocalMachine\\CA")}
-
-
-def file_exists(lab: Lab, name: str, path: str) -> bool:
-    with raw_pool(lab.server(name), "Microsoft.PowerShell") as pool:
-        return raw_invoke(pool, "Test-Path", Path=path) == [True]
+        return [props(o) for o in raw_invoke(pool, "Get-ExchangeCertificate")]
 
 
 def presented_thumbprint(lab: Lab, name: str, service_port: int, sni: str) -> str:
