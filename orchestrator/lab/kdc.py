@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Self
 
 from orchestrator.errors import UsageError
+from orchestrator.kerberos import principal_name
 
 KDC_PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
 # Where Debian puts them; PATH first for other layouts.
@@ -73,17 +74,22 @@ def kdc_available() -> bool:
     return not missing_programs()
 
 
-def realm_of(principal: str) -> str | None:
-    """The realm of `user@REALM` in capitals (Kerberos realms are case-sensitive; AD's are upper-case)."""
-    user, at, realm = principal.rpartition("@")
-    return realm.upper() if at and user and realm else None
+def gssapi_available() -> bool:
+    try:
+        import gssapi  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def principal_name(principal: str) -> str:
-    """`user@realm` with the realm in capitals, as the KDC knows it."""
-    realm = realm_of(principal)
-    user = principal.rpartition("@")[0]
-    return f"{user}@{realm}" if realm else principal
+def require_kerberos(what: str, otherwise: str) -> None:
+    """One line naming the install command when a Kerberos lab cannot run here."""
+    missing = missing_programs()
+    if missing:
+        raise KdcUnavailable(f"{what} needs the MIT KDC ({', '.join(missing)} not found): {INSTALL_HINT}, {otherwise}")
+    if not gssapi_available():
+        raise KdcUnavailable(f"{what} needs GSSAPI in exmig's Python: pip install 'exmig[kerberos]' (on Debian "
+                             f"first apt-get install libkrb5-dev), {otherwise}")
 
 
 def _die_with_parent() -> None:
