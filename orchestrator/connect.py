@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from orchestrator.kerberos import check_ticket, principal_name
+from orchestrator.errors import UsageError
+from orchestrator.kerberos import check_ticket, check_username, principal_name
 from orchestrator.playbook import LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
 from orchestrator.transport.base import ServerSession
@@ -33,6 +34,9 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
             warn(f"warning: {server.name}: TLS certificate validation is off (connection.verify_tls: false)")
         policy = loaded.playbook.retry
         username = secrets.username(server)
+        problem = check_username(username) if server.auth == "kerberos" else None
+        if problem is not None:  # a name from a variable: the playbook could not check it
+            raise UsageError(f"servers[{server.name}].credentials.username: {problem}")
         settings = ConnectionSettings(
             host=server.connection.host,
             auth=server.auth,
