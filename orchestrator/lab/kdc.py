@@ -144,6 +144,8 @@ class LabRealm:
     host: str = "127.0.0.1"
     port: int = 0
     clockskew: int = 300
+    # MIT clients correct their clock by the KDC's when it differs (kdc_timesync); off, a skewed clock fails.
+    client_timesync: bool = True
     kdc_env: dict[str, str] = field(default_factory=dict)  # e.g. LD_PRELOAD/FAKETIME for clock-skew tests
     services: dict[str, ServicePrincipals] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = None
@@ -185,6 +187,7 @@ class LabRealm:
             " rdns = false\n dns_canonicalize_hostname = false\n"
             " udp_preference_limit = 1\n"
             f" clockskew = {self.clockskew}\n"
+            f" kdc_timesync = {1 if self.client_timesync else 0}\n"
             " ticket_lifetime = 10h\n renew_lifetime = 7d\n forwardable = true\n"
             "[realms]\n"
             f" {self.realm} = {{\n  kdc = {self.host}:{self.port}\n }}\n"
