@@ -428,6 +428,11 @@ class PsrpShell:
         with self._cond:
             return pid in self._pipes
 
+    def commands(self) -> list[tuple[str, str]]:
+        """(CommandId, CommandState) of the pipelines not yet terminated, for WS-Enumeration of commands."""
+        with self._cond:
+            return [(p.command_id.upper(), "Done" if p.finished else "Running") for p in self._pipes.values()]
+
     def delivered_completion(self, command_id: str) -> list[str] | None:
         """The cmdlets of a pipeline whose last output and final state have been handed out, else None."""
         pid = uuid.UUID(command_id)
