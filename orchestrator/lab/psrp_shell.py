@@ -30,7 +30,9 @@ from psrpcore.types import (
     PSInvocationState,
     PSObject,
     PSVersion,
+    RunspacePoolInitData,
     RunspacePoolState,
+    RunspacePoolStateMsg,
     SessionCapability,
 )
 
@@ -134,6 +136,8 @@ class _LabRunspacePool(ServerRunspacePool):
     The pool-size handlers apply the new size only once the lab answers True (psrpcore's
     runspace_availability_response runs them)."""
 
+    accepting_connect = False  # True only while a WSMan Connect's connectXml is fed
+
     def _process_SetMaxRunspaces(self, event: Any) -> None:
         ci, count = int(ps_property(event._ps_object, "ci")), int(ps_property(event._ps_object, "MaxRunspaces"))
         self._ci_events[ci] = event
@@ -151,6 +155,14 @@ class _LabRunspacePool(ServerRunspacePool):
 
     def _process_ResetRunspaceState(self, event: Any) -> None:
         self._process_GetAvailableRunspaces(event)
+
+    def _process_ConnectRunspacePool(self, event: Any) -> None:
+        # A new client attaching to a disconnected pool (WSMan Connect): the answer is RUNSPACEPOOL_INIT_DATA
+        # (after SESSION_CAPABILITY) in connectResponseXml, and RUNSPACEPOOL_STATE Opened on the next Receive
+        # (test_psrp_disconnect_runspaces.yml). pypsrp sends the message without sizes (<S />). Over Send it is
+        # a session message PowerShell does not accept there (ReceivedUnsupportedAction): the shell breaks the pool.
+        if self.accepting_connect:
+            self.prepare_message(RunspacePoolInitData(MinRunspaces=self.min_runspaces, MaxRunspaces=self.max_runspaces))
 
 
 # Client-to-server messages the lab answers or accepts; anything else breaks the pool (see _unsupported).
@@ -408,6 +420,34 @@ class PsrpShell:
     def create(self, creation_xml_b64: str) -> None:
         with self._cond:
             self._feed(base64.b64decode(creation_xml_b64), None)
+
+    def connect(self, connect_xml_b64: str) -> bytes:
+        """WSMan Connect of a new client: its SESSION_CAPABILITY + CONNECT_RUNSPACEPOOL in, the fragments for
+        connectResponseXml out; the pool's Opened state waits in the pool queue for the client's Receive."""
+        with self._cond:
+            self._check_open()
+            pool = self._pool
+            assert isinstance(pool, _LabRunspacePool)
+            pool.accepting_connect = True
+            try:
+                pool.receive_data(PSRPPayload(base64.b64decode(connect_xml_b64), StreamType.default, None))
+                while True:
+                    event = pool.next_event()
+                    if event is None:
+                        break
+                    if type(event).__name__ not in ("SessionCapabilityEvent", "ConnectRunspacePoolEvent"):
+                        self._on_event(event)
+            finally:
+                pool.accepting_connect = False
+            answer = b""
+            while True:
+                payload = self._pool.data_to_send(FRAGMENT_SIZE)
+                if payload is None:
+                    break
+                answer += payload.data
+            self._pool.prepare_message(RunspacePoolStateMsg(RunspaceState=RunspacePoolState.Opened.value))
+            self._drain()
+            return answer
 
     def command(self, command_id: str, arguments_b64: str | None) -> None:
         pid = uuid.UUID(command_id)

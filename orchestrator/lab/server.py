@@ -453,11 +453,26 @@ class LabServer:
     def _disconnection(self, req: wsman.WSManRequest, action: wsman.Action, shell: PsrpShell | WinrsShell,
                        meta: _ShellMeta) -> bytes:
         """Disconnect/Reconnect/Connect came with WinRM 3.0 (WMF 3.0, PowerShell 3.0): WinRM 2.0 does not know
-        the actions and refuses them as unsupported. On 3.0+ the lab supports Disconnect and Reconnect of a
-        PowerShell shell by its client; a Connect (a new client's connectXml negotiation) and a cmd shell's
-        disconnection are refused with the same fault (lab limit)."""
-        if self.winrm_version < (3, 0) or not isinstance(shell, PsrpShell) or action is wsman.Action.CONNECT:
+        the actions and refuses them as unsupported. On 3.0+ the lab supports them for PowerShell shells:
+        Disconnect and Reconnect by the same client, Connect by a new client (connectXml negotiation, or a
+        command's CommandId); a cmd shell's are refused with the same fault (lab limit, UNCONFIRMED)."""
+        if self.winrm_version < (3, 0) or not isinstance(shell, PsrpShell):
             raise wsman.action_not_supported_fault(req.action)
+        if action is wsman.Action.CONNECT:
+            command_id = req.body.get("CommandId") if req.body is not None else None
+            if command_id:
+                if not shell.has_command(command_id):
+                    raise wsman.command_not_found_fault()
+                return wsman.response(req, wsman.connect_response(None))
+            xml = wsman.find(req.body, "creationXml:connectXml")
+            if xml is None or not (xml.text or "").strip():
+                raise wsman.invalid_message_fault("Connect without connectXml")
+            if not meta.disconnected:
+                raise wsman.shell_connected_fault(shell.shell_id)
+            answer = shell.connect(xml.text or "")
+            with self._lock:
+                meta.disconnected = False
+            return wsman.response(req, wsman.connect_response(base64.b64encode(answer).decode()))
         with self._lock:
             meta.disconnected = action is wsman.Action.DISCONNECT
         return wsman.response(req)

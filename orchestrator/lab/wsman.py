@@ -259,6 +259,16 @@ def shell_disconnected_fault(shell_id: str) -> WSManFault:
     )
 
 
+
+def shell_connected_fault(shell_id: str) -> WSManFault:
+    # Lab wording (UNCONFIRMED text and code): a new client's Connect to a shell another client holds.
+    return WSManFault(
+        CODE_INVALID_SELECTORS,
+        f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell is connected "
+        "to another client. Disconnect it first and try again. ",
+        subcode="w:InvalidSelectors",
+    )
+
 @dataclass
 class WSManRequest:
     action: str
@@ -483,6 +493,17 @@ def command_item(command_id: str, state: str) -> ET.Element:
     ET.SubElement(el, _q("rsp", "CommandId")).text = command_id
     ET.SubElement(el, _q("rsp", "CommandLine"))
     ET.SubElement(el, _q("rsp", "CommandState")).text = state
+    return el
+
+
+def connect_response(response_xml_b64: str | None) -> ET.Element:
+    """ConnectResponse: the pool's streams and connectResponseXml for a pool, empty for a command
+    (test_psrp_disconnected_commands.yml)."""
+    el = ET.Element(_q("rsp", "ConnectResponse"))
+    if response_xml_b64 is not None:
+        ET.SubElement(el, _q("rsp", "InputStreams")).text = "stdin pr"
+        ET.SubElement(el, _q("rsp", "OutputStreams")).text = "stdout"
+        ET.SubElement(el, _q("creationXml", "connectResponseXml")).text = response_xml_b64
     return el
 
 

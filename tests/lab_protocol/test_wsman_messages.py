@@ -280,7 +280,8 @@ def _element(tag: str) -> Any:
     return ET.Element(f"{RSP}{tag}")
 
 
-def test_disconnect_and_reconnect_on_a_powershell_3_host(make_server: Callable[..., LabServer]) -> None:
+def test_disconnect_reconnect_connect_on_a_powershell_3_host(make_server: Callable[..., LabServer]) -> None:
+    """The flows of test_psrp_disconnect_runspaces.yml and test_psrp_disconnected_commands.yml."""
     srv = make_server(allow_unencrypted=True, configurations=endpoints("3.0"))
     pool = opened(srv)
     within(pool.disconnect)
@@ -292,12 +293,35 @@ def test_disconnect_and_reconnect_on_a_powershell_3_host(make_server: Callable[.
     ps = PowerShell(pool)
     ps.add_cmdlet("Get-LabThing")
     assert len(within(ps.invoke)) == 1
-    # Another client's Connect is a lab limit, refused the way WinRM 2.0 refuses it.
-    with pytest.raises(WSManFaultError) as info:
-        within(pool.connection.connect, pool.shell.resource_uri, _element("Connect"),
-               selector_set=pool.shell._selector_set)
-    assert (info.value.code, info.value.reason) == (2150858771, ACTION_NOT_SUPPORTED)
-    within(pool.close)
+    # Leave a pipeline running, disconnect; a new client finds the pool and its command and connects to both.
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Start-LabSleep").add_parameter("Seconds", 1)
+    within(ps.begin_invoke)
+    within(pool.disconnect)
+    found = {p.id.upper(): p for p in within(RunspacePool.get_runspace_pools, wsman(srv))}
+    again = found[str(pool.id).upper()]
+    within(again.connect)  # WSMan Connect with connectXml: capability + init data, then Opened
+    assert again.state == RunspacePoolState.OPENED
+    pipelines = {pid.upper(): p for pid, p in again.pipelines.items()}
+    assert str(ps.id).upper() in pipelines  # with the earlier, completed but not terminated Get-LabThing
+    assert within(pipelines[str(ps.id).upper()].connect) == ["slept"]
+    ps = PowerShell(again)
+    ps.add_cmdlet("Get-LabThing")
+    assert len(within(ps.invoke)) == 1
+    within(again.close)
+
+
+def test_cmd_shell_disconnect_refused(make_server: Callable[..., LabServer]) -> None:
+    srv = make_server(allow_unencrypted=True, configurations=endpoints("5.1"))
+    p = winrs(srv)
+    shell_id = within(p.open_shell)
+    req = {"env:Envelope": p.build_wsman_header(resource_uri=CMD_URI, action=SHELL_URI + "/Disconnect",
+                                                shell_id=shell_id)}
+    req["env:Envelope"].setdefault("env:Body", {})["rsp:Disconnect"] = {}
+    with pytest.raises(WinrmFaultError) as info:
+        within(p.send_message, xmltodict.unparse(req))
+    assert info.value.wsman_fault_code == 2150858771
+    within(p.close_shell, shell_id)
 
 
 # --- faults for unknown command ids, cmd-shell parameter errors ------------------------------------
