@@ -230,7 +230,15 @@ class PsrpShell:
     def _feed(self, data: bytes, pipeline_id: uuid.UUID | None) -> None:
         self._pool.receive_data(PSRPPayload(data, StreamType.default, pipeline_id))
         while True:
-            event = self._pool.next_event()
+            try:
+                event = self._pool.next_event()
+            except ValueError as exc:
+                # A message type MS-PSRP does not define (psrpcore cannot even name it).
+                if "PSRPMessageType" not in str(exc):
+                    raise
+                number = str(exc).split()[0]
+                self._unsupported(f"message type 0x{int(number):08X}" if number.isdigit() else "unknown message type")
+                continue
             if event is None:
                 break
             self._on_event(event)
@@ -300,8 +308,12 @@ class PsrpShell:
             exception_type="System.Management.Automation.Remoting.PSRemotingDataStructureException",
         ))
         self._pool.set_broken(record)
+        # A client waiting on a pipeline's Receive never sees the pool's state: its pipelines fail too.
         for pipe in self._pipes.values():
             pipe.stop.set()
+            if not pipe.finished and pipe.pipeline.state in (PSInvocationState.NotStarted, PSInvocationState.Running):
+                fail_pipeline(pipe.pipeline, record)
+                pipe.started = pipe.finished = True
 
     def _answer_metadata(self, pipe: _Pipeline, request: Any) -> None:
         """GET_COMMAND_METADATA: a Count object, then one CommandMetadata per matching visible command, then

@@ -199,6 +199,26 @@ def test_an_unsupported_psrp_message_is_answered_not_silenced(ps2_server: LabSer
     assert pool.state == RunspacePoolState.BROKEN
 
 
+def test_an_unknown_psrp_message_type_fails_the_waiting_pipeline(ps2_server: LabServer) -> None:
+    """A message type MS-PSRP does not define, sent while a pipeline runs: the pool breaks and the pipeline's
+    own Receive gets a Failed state at once (pypsrp swallows OperationTimeouts on pipeline Receives, so
+    silence would hang invoke() for ever)."""
+    import struct
+
+    pool = opened(ps2_server)
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Start-LabSleep").add_parameter("Seconds", 2)
+    within(ps.begin_invoke)
+    body = struct.pack("<II", 0x00000002, 0x0002F00D) + uuid.UUID(str(pool.id)).bytes_le + bytes(16) + b"<S />"
+    fragment = struct.pack(">QQBI", 999, 0, 0x03, len(body)) + body
+    within(pool.shell.send, "stdin", fragment)
+    t0 = time.monotonic()
+    within(ps.end_invoke)
+    assert time.monotonic() - t0 < 1.0
+    assert ps.state == PSInvocationState.FAILED and ps.had_errors
+    assert str(ps.streams.error[-1]).endswith("does not support: message type 0x0002F00D.")
+
+
 # --- WS-Transfer Get, WS-Enumeration ---------------------------------------------------------------
 
 
