@@ -161,6 +161,7 @@ class LabServer:
         self._owners: dict[str, str] = {}
         self._last_used: dict[str, float] = {}
         self._meta: dict[str, _ShellMeta] = {}
+        self._busy: dict[str, int] = {}  # requests in progress per shell: WinRM counts them as activity
         self.shell_idle_timeout = shell_idle_timeout
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
@@ -389,6 +390,22 @@ class LabServer:
             meta = self._meta.get(sid)
             if shell is not None:
                 self._last_used[sid] = time.monotonic()
+                self._busy[sid] = self._busy.get(sid, 0) + 1
+        try:
+            return self._on_shell(req, action, shell_id, shell, owner, meta, user)
+        finally:
+            with self._lock:
+                if shell is not None and sid in self._busy:
+                    self._busy[sid] -= 1
+                    if not self._busy[sid]:
+                        del self._busy[sid]
+                if sid in self._last_used:
+                    self._last_used[sid] = time.monotonic()
+
+    def _on_shell(self, req: wsman.WSManRequest, action: wsman.Action, shell_id: str,
+                  shell: PsrpShell | WinrsShell | None, owner: str | None, meta: _ShellMeta | None,
+                  user: str) -> tuple[bytes, str | None]:
+        sid = shell_id.upper()
         if shell is None or meta is None:
             if action is wsman.Action.GET:
                 raise wsman.shell_get_not_found_fault(self.name)
@@ -520,8 +537,8 @@ class LabServer:
         """Discard shells unused for longer than their idle timeout (checked on every request)."""
         now = time.monotonic()
         with self._lock:
-            idle = [sid for sid, t in self._last_used.items()
-                    if now - t > (self._meta[sid].idle_timeout if sid in self._meta else self.shell_idle_timeout)]
+            idle = [sid for sid, t in self._last_used.items() if sid not in self._busy
+                    and now - t > (self._meta[sid].idle_timeout if sid in self._meta else self.shell_idle_timeout)]
         for sid in idle:
             with self._lock:
                 shell = self._shells.get(sid)

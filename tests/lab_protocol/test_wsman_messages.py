@@ -410,6 +410,25 @@ def test_requested_idle_timeout_is_echoed_and_enforced(ps2_server: LabServer) ->
     within(default.close)
 
 
+def test_a_pending_receive_keeps_a_shell_alive(ps2_server: LabServer) -> None:
+    """A Receive waiting for a slow pipeline is activity: the shell outlives its idle timeout meanwhile."""
+    short = opened(ps2_server, idle_timeout=1)
+    other = opened(ps2_server)
+    ps = PowerShell(short)
+    ps.add_cmdlet("Start-LabSleep").add_parameter("Seconds", 2)
+    within(ps.begin_invoke)
+    result: list[Any] = []
+    receiver = threading.Thread(target=lambda: result.append(ps.end_invoke()), daemon=True)
+    receiver.start()
+    time.sleep(1.5)
+    assert within(other.is_alive) is True  # a request that reaps idle shells
+    receiver.join(OPERATION_TIMEOUT)
+    assert result == [["slept"]]
+    assert within(short.is_alive) is True
+    within(short.close)
+    within(other.close)
+
+
 def test_cmd_shell_idle_timeout_echo(ps2_server: LabServer) -> None:
     p = winrs(ps2_server)
     res = within(p.send_message, xmltodict.unparse(_cmd_create(p, "PT30S")))
