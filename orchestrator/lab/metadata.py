@@ -11,7 +11,11 @@ ParameterMetadata objects (Name, ParameterType, Aliases, IsDynamic, SwitchParame
 
 The commands are the ones the session can run (the registry's visibility rules: configuration, snap-ins),
 with the parameter tables of the emulated Exchange version, and the common parameters of the emulated
-PowerShell version. Lab limits: native programs (Application) are not listed; OutputType is empty.
+PowerShell version. Parameter sets do not travel: a serialized ParameterMetadata carries only the five
+properties above (the recording), so versions differ in the parameters' names and types. UNCONFIRMED: a
+PowerShell 2.0 server is assumed to select the same properties (no 2.0 recording); the generic type names
+carry 2.0's assembly versions (mscorlib 2.0.0.0, System.Management.Automation 1.0.0.0). Lab limits:
+native programs (Application) are not listed; OutputType is empty.
 """
 
 from __future__ import annotations
