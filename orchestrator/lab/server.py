@@ -408,7 +408,7 @@ class LabServer:
         sid = shell_id.upper()
         if shell is None or meta is None:
             if action is wsman.Action.GET:
-                raise wsman.shell_get_not_found_fault(self.name)
+                raise wsman.shell_get_not_found_fault()
             raise wsman.shell_not_found_fault(shell_id)
         if owner is not None and owner.lower() != user.lower():
             raise wsman.access_denied_fault()
@@ -462,7 +462,7 @@ class LabServer:
             with self._lock:
                 shell = self._shells.get(target) if target in mine else None
             if shell is None:
-                raise wsman.shell_get_not_found_fault(self.name)
+                raise wsman.shell_get_not_found_fault()
             items = [wsman.command_item(cid, state) for cid, state in shell.commands()]
             return wsman.response(req, wsman.enumerate_response(items))
         raise wsman.unknown_resource_fault(req.resource_uri)

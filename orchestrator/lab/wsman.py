@@ -157,8 +157,9 @@ def access_denied_fault() -> WSManFault:
 
 
 def action_not_supported_fault(action: str) -> WSManFault:
-    # ERROR_WSMAN_ACTION_NOT_SUPPORTED (winerror.h, 0x80338013): "wsa, code=Sender, subcode=WS-Addressing
-    # ActionNotSupported". WinRM 2.0 answers the PowerShell 3.0 actions (Disconnect, Reconnect, Connect) so.
+    # ERROR_WSMAN_ACTION_NOT_SUPPORTED 0x80338013, its MessageText and "wsa, code=Sender, subcode=WS-Addressing
+    # ActionNotsupported" as winerror.h's WinRM section gives them (no pypsrp recording has this fault). WinRM 2.0
+    # answers the PowerShell 3.0 actions (Disconnect, Reconnect, Connect) so.
     return WSManFault(
         CODE_ACTION_NOT_SUPPORTED,
         "The WS-Management service does not support the action specified in the request. ",
@@ -208,7 +209,7 @@ def command_not_found_fault() -> WSManFault:
     )
 
 
-def shell_get_not_found_fault(machine: str) -> WSManFault:
+def shell_get_not_found_fault() -> WSManFault:
     """WS-Transfer Get of a shell that is gone: the Shell provider's nested fault, code 0x8033805B
     (pypsrp's recording test_psrp_is_alive_invalid_selectors.yml; pypsrp's is_alive reads it as closed)."""
     return WSManFault(

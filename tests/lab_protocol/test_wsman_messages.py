@@ -146,6 +146,9 @@ def test_command_metadata_of_exchange_2007_follows_the_snapin(make_server: Calla
     assert imp.parameters["Path"].parameter_type == "System.String" and "FileData" not in imp.parameters
     assert list(imp.parameters)[-len(COMMON_5_1) - 2:] == COMMON_5_1 + ["WhatIf", "Confirm"]
     assert found["Get-Content"].namespace == "Microsoft.PowerShell.Management"
+    # Namespace filter: Get-Command -Module with the snap-in's name.
+    by_snapin = within(pool.get_command_metadata, "*", namespace=["microsoft.exchange.management.powershell.a*"])
+    assert [m.name for m in by_snapin] == EXCHANGE_CMDLETS
     # CommandType filter: no aliases in the lab.
     assert within(pool.get_command_metadata, "*", command_types=CommandType.ALIAS) == []
     within(pool.close)
