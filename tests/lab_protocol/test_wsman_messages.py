@@ -198,7 +198,7 @@ def test_an_unsupported_psrp_message_is_answered_not_silenced(ps2_server: LabSer
     t0 = time.monotonic()
     with pytest.raises(InvalidPSRPOperation, match="broken RunspacePoolState.*ConnectRunspacePool"):
         within(pool._receive)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < OPERATION_TIMEOUT / 2  # answered, not timed out
     assert pool.state == RunspacePoolState.BROKEN
 
 
@@ -217,7 +217,7 @@ def test_an_unknown_psrp_message_type_fails_the_waiting_pipeline(ps2_server: Lab
     within(pool.shell.send, "stdin", fragment)
     t0 = time.monotonic()
     within(ps.end_invoke)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < OPERATION_TIMEOUT / 2  # answered, not timed out
     assert ps.state == PSInvocationState.FAILED and ps.had_errors
     assert str(ps.streams.error[-1]).endswith("does not support: message type 0x0002F00D.")
 
