@@ -103,3 +103,16 @@ def test_the_kdc_dies_with_a_killed_lab(tmp_path: Path) -> None:
     proc.kill()  # SIGKILL: no handler, no cleanup in the lab; the kernel's parent-death signal does it
     proc.communicate(timeout=30)
     assert wait_gone(pid)
+
+
+def test_a_lab_without_a_realm_says_once_that_2010_wants_kerberos(tmp_path: Path) -> None:
+    from orchestrator.lab.site import LabSite
+
+    ntlm = LabSite(load_playbook(LAB_PLAYBOOK), tmp_path / "ntlm")
+    assert ntlm.notes() == ["note: EX2010: the lab accepts NTLM on /PowerShell; a real Exchange 2010 endpoint "
+                            "takes Kerberos only (auth: kerberos, user@REALM)"]
+    with LabSite(to_kerberos(load_playbook(LAB_PLAYBOOK).playbook), tmp_path / "kerberos",
+                 use_playbook_ports=False) as kerberos:
+        assert kerberos.realm is not None and kerberos.notes() == []
+        ex2010 = kerberos.servers["EX2010"].winrm.auth
+        assert ex2010.offered("/powershell") == ["kerberos"] and "ntlm" in ex2010.offered("/wsman")
