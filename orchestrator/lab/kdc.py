@@ -32,13 +32,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import principal_name
+from orchestrator.lab.environ import overridden
 
 KDC_PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
 # Where Debian puts them; PATH first for other layouts.
@@ -340,18 +341,7 @@ class LabRealm:
         if result.returncode != 0:
             raise RuntimeError(f"kinit failed: {result.stderr.decode(errors='replace').strip()}")
 
-    @contextlib.contextmanager
-    def client_environment(self, ccache: Path | None = None) -> Iterator[None]:
+    def client_environment(self, ccache: Path | None = None) -> contextlib.AbstractContextManager[None]:
         """KRB5_CONFIG (and a private credential cache) for clients in this process, restored after."""
-        values = {"KRB5_CONFIG": str(self.krb5_config),
-                  "KRB5CCNAME": f"FILE:{ccache or self.directory / 'client.ccache'}"}
-        previous = {k: os.environ.get(k) for k in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for key, value in previous.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        return overridden({"KRB5_CONFIG": str(self.krb5_config),
+                           "KRB5CCNAME": f"FILE:{ccache or self.directory / 'client.ccache'}"})

@@ -14,8 +14,8 @@ from typing import Any
 
 from orchestrator.lab.kdc import LabRealm
 from orchestrator.playbook import load_playbook
-from tests.e2e.conftest import LAB_PLAYBOOK, write_playbook
-from tests.e2e.test_lab_serve import free_ports
+from tests.e2e.conftest import LAB_PLAYBOOK
+from tests.e2e.test_lab_serve import lab_playbook_on_free_ports
 from tests.kerberos.conftest import PASSWORD, REALM, USER, process_gone
 from tests.kerberos.helpers import to_kerberos
 
@@ -40,16 +40,7 @@ def test_realm_kinit_and_stop(make_realm: Callable[..., LabRealm], tmp_path: Pat
 
 
 def kerberos_lab_playbook(tmp: Path) -> Path:
-    playbook = to_kerberos(load_playbook(LAB_PLAYBOOK).playbook)
-    ports = iter(free_ports(10))
-    servers = []
-    for server in playbook.servers:
-        port = next(ports)
-        same = {"port": port, "system_port": port} if server.version == 2010 else {"port": port}
-        connection = server.connection.model_copy(update=same)
-        tls = server.tls_ports.model_copy(update={k: next(ports) for k in ("https", "smtp", "imaps", "pop3s")})
-        servers.append(server.model_copy(update={"connection": connection, "tls_ports": tls}))
-    return write_playbook(playbook.model_copy(update={"servers": servers}), tmp / "kerberos-lab.yml")
+    return lab_playbook_on_free_ports(tmp, to_kerberos, "kerberos-lab.yml")
 
 
 def serve(playbook: Path, state: Path) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
