@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from orchestrator.certs import IssuedCertificate, load_delivery, pem, sort_delivery, thumbprint
 from orchestrator.errors import ExitCode, ExmigError
+from orchestrator.hostnames import any_covers
 from orchestrator.playbook import CertificateSpec, LabIssuer, LoadedPlaybook
 
 
@@ -50,13 +51,6 @@ def _names(cert: x509.Certificate) -> set[str]:
     return {n.lower() for n in san.get_values_for_type(x509.DNSName)}
 
 
-def _covers(names: set[str], wanted: str) -> bool:
-    if wanted in names:
-        return True
-    parent = wanted.split(".", 1)[1] if "." in wanted else ""
-    return f"*.{parent}" in names
-
-
 def check_issued(issued: IssuedCertificate, csr_pem: str | None, cert: CertificateSpec, origin: str,
                  now: datetime | None = None) -> None:
     leaf = issued.leaf
@@ -69,7 +63,7 @@ def check_issued(issued: IssuedCertificate, csr_pem: str | None, cert: Certifica
                 "the CSR's); the CA answered another request, or the request was made again"
             )
     names = _names(leaf)
-    missing = [d for d in cert.domains if not _covers(names, d)]
+    missing = [d for d in cert.domains if not any_covers(names, d)]
     if missing:
         raise IssuedCertificateRejected(
             f"{origin}: certificate {issued.thumbprint} does not cover {', '.join(missing)}; ask the CA to reissue "
