@@ -165,6 +165,10 @@ def run(
     _check_selection(loaded, server, step)
     if from_step is not None:
         _check_selection(loaded, None, [from_step])
+    if save_pfx is not None:
+        from orchestrator.execute import RunOptions
+
+        RunOptions(save_pfx=save_pfx).check(loaded)  # before the question, and before anything is sent
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("this run changes servers; add --yes to run without a terminal")

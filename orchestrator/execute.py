@@ -27,7 +27,7 @@ from orchestrator import checks
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Param, Shell, Text
 from orchestrator.dialects import dialect_for
-from orchestrator.errors import ExmigError
+from orchestrator.errors import ExmigError, UsageError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
 from orchestrator.issuance import (
@@ -61,6 +61,16 @@ class RunOptions:
     # dozens of servers of a larger organisation; the bound protects the workstation.
     parallel: int = 32
 
+    def check(self, loaded: LoadedPlaybook) -> None:
+        """Refuse what cannot work, before anything is sent."""
+        if self.save_pfx is not None and loaded.playbook.pfx_password.generate:
+            # A generated password is never shown or kept: the backup could never be opened.
+            raise UsageError(
+                f"--save-pfx {self.save_pfx}: {loaded.path.name}'s pfx_password is generated for the run and never "
+                "shown, so nobody could open the backup; set `pfx_password: {env: VARIABLE}` or "
+                "`pfx_password: {prompt: true}`"
+            )
+
 
 SessionFactory = Callable[[Server], ServerSession]
 
@@ -77,6 +87,7 @@ class Executor(StepHandlers):
         self.secrets = secrets
         self.events = events
         self.options = options
+        options.check(loaded)
         self._session_factory = sessions
         self._sessions: dict[str, ServerSession] = {}
         self._knowledge: dict[str, ServerKnowledge] = {}
