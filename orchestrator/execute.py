@@ -27,7 +27,7 @@ from orchestrator import checks
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Param, Shell, Text
 from orchestrator.dialects import dialect_for
-from orchestrator.errors import ExmigError, UsageError
+from orchestrator.errors import ExitCode, ExmigError, UsageError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
 from orchestrator.issuance import (
@@ -73,6 +73,21 @@ class RunOptions:
 
 
 SessionFactory = Callable[[Server], ServerSession]
+
+
+class TargetsFailed(ExmigError):
+    """Several targets failed: one line per server, and the most specific exit code they share (4 when every
+    failure is a verification, else 1)."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]], targets: int) -> None:
+        lines = []
+        for name, exc in sorted(failures, key=lambda f: f[0]):
+            text = (str(exc) or type(exc).__name__).splitlines()[0]
+            lines.append(text if text.lower().startswith(name.lower() + ":") else f"{name}: {text}")
+        super().__init__(f"{len(failures)} of {targets} targets failed:\n" + "\n".join(f"  {line}" for line in lines))
+        self.failures = failures
+        verify_only = all(getattr(exc, "exit_code", None) == ExitCode.VERIFY_FAILED for _, exc in failures)
+        self.exit_code = ExitCode.VERIFY_FAILED if verify_only else ExitCode.FAILED
 
 
 class Executor(StepHandlers):
@@ -301,10 +316,12 @@ class Executor(StepHandlers):
         with ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix="exmig-target") as pool:
             list(pool.map(one, by_server.values()))
         if failures:
+            for _, exc in failures:
+                if not isinstance(exc, Exception):
+                    raise exc  # Ctrl-C and the like end the run as they would have
             if len(failures) == 1:
                 raise failures[0][1]
-            names = ", ".join(f"{name}: {exc}" for name, exc in failures)
-            raise ExmigError(f"{len(failures)} of {len(by_server)} targets failed: {names}")
+            raise TargetsFailed(failures, len(by_server))
 
     def _selected(self, plan: Plan) -> Plan:
         chosen = plan.select(self.options.servers, self.options.steps)
