@@ -141,6 +141,9 @@ class LabServer:
                                   allow_unencrypted=allow_unencrypted, channel_binding=binding)
         self._shells: dict[str, PsrpShell | WinrsShell] = {}
         self._internal_errors: list[str] = []
+        # Every shell's handler failures, kept after the shell is deleted or expires: a lab bug in a shell
+        # the client has closed since must still fail the test (`errors`).
+        self._shell_errors: list[str] = []
         self._owners: dict[str, str] = {}
         self._last_used: dict[str, float] = {}
         self.shell_idle_timeout = shell_idle_timeout
@@ -167,6 +170,8 @@ class LabServer:
         for shell in shells:
             shell.close()
         self.auth.close()
+        if self._http is not None:
+            self._internal_errors.extend(self._http.errors)  # `errors` still tells after the stop
         self._http = None
         self._thread = None
 
@@ -196,9 +201,7 @@ class LabServer:
         """Unexpected exceptions in layers or handlers (tests assert this stays empty)."""
         out = list(self._http.errors) if self._http else []
         out.extend(self._internal_errors)
-        with self._lock:
-            for shell in self._shells.values():
-                out.extend(shell.worker_errors)
+        out.extend(self._shell_errors)
         return out
 
     def shell_ids(self) -> list[str]:
@@ -397,6 +400,7 @@ class LabServer:
             shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language, ep.powershell)
             shell.create(creation.text or "")
             streams = ("stdin pr", "stdout")
+        shell.worker_errors = self._shell_errors
         self._expire_idle_shells()
         with self._lock:
             self._shells[shell_id] = shell
