@@ -93,7 +93,7 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
         facts = local_facts(loaded, certificate or [], chain or [])
     plan = build_plan(loaded.playbook, facts).select(servers, steps)
     if fmt is PlanFormat.json:
-        return render_json(plan)
+        return render_json(plan, loaded.playbook)
     if fmt is PlanFormat.ps1:
         scripts = render_ps1(plan, loaded.playbook)
         return "\n".join(f"# ===== {name}.ps1 =====\n{text}" for name, text in scripts.items())
