@@ -149,6 +149,7 @@ class LabServer:
         self.shell_idle_timeout = shell_idle_timeout
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
+        self._bound_port: int | None = None
         self._thread: ServerThread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -157,6 +158,7 @@ class LabServer:
         if self._http is not None:
             return self
         self._http = LabHTTPServer(self.host, self._port, self, self.ssl_context)
+        self._bound_port = int(self._http.server_address[1])
         self._thread = ServerThread(self._http)
         self._thread.start()
         return self
@@ -194,7 +196,11 @@ class LabServer:
 
     def url(self, path: str = "wsman") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}/{path.lstrip('/')}"
+        # A request still in flight while the server stops is answered with the port it came in on.
+        port = self.port if self._http is not None else self._bound_port
+        if port is None:
+            raise RuntimeError("server not started")
+        return f"{self.scheme}://{host}:{port}/{path.lstrip('/')}"
 
     @property
     def errors(self) -> list[str]:
