@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -344,6 +346,16 @@ def rehearse(
         raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _announced(announce: Callable[[], object], withdraw: Callable[[], None]) -> Iterator[None]:
+    # `exmig run PLAYBOOK` signs with the CA of the lab serving it (orchestrator.issuance.lab_ca_dir).
+    announce()
+    try:
+        yield
+    finally:
+        withdraw()
+
+
 @lab_app.command("serve")
 def lab_serve(
     playbook: PlaybookArg,
@@ -357,7 +369,7 @@ def lab_serve(
     import threading
     from dataclasses import replace
 
-    from orchestrator.issuance import lab_state_dir
+    from orchestrator.issuance import announce_served_lab, lab_state_dir, withdraw_served_lab
     from orchestrator.lab.site import LabSite
     from orchestrator.playbook import load_playbook
 
@@ -366,7 +378,7 @@ def lab_serve(
     site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with site:
+    with site, _announced(lambda: announce_served_lab(loaded, site.state_dir), lambda: withdraw_served_lab(loaded)):
         if json_output:
             _echo(site.describe_json_lines())
         else:
