@@ -305,6 +305,8 @@ def status(
     for record in j.steps.values():
         _echo(f"  {record.server:<12} {record.step:<14} {record.outcome:<8} {record.finished or record.started}"
               f"  {record.message or ''}\n")
+        for warning in record.warnings:
+            _echo(f"  {'':<12} {'':<14} warning  {warning}\n")
 
 
 @app.command()

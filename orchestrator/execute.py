@@ -201,8 +201,11 @@ class Executor(StepHandlers):
         session = self.session(server)
         try:
             if len(commands) == 1:
-                return session.invoke(commands[0], self)
-            return session.invoke_batch(commands, self)
+                result = session.invoke(commands[0], self)
+            else:
+                result = session.invoke_batch(commands, self)
+            self._warnings(server, commands, result)
+            return result
         except TransientError:
             outcome = "transient-error"
             raise
@@ -223,6 +226,18 @@ class Executor(StepHandlers):
                     self._local.maybe_changed = True
             self.events.command(server.name, getattr(self._local, "step", ""),
                                 " + ".join(c.name for c in commands), time.monotonic() - start, outcome)
+
+    def _warnings(self, server: Server, commands: tuple[Command, ...], result: InvocationResult) -> None:
+        """The server's warnings, shown and journaled with the step they came in (never dropped)."""
+        if not result.warnings:
+            return
+        step = getattr(self._local, "step", "")
+        key = getattr(self._local, "step_key", None)
+        cmdlet = " + ".join(c.name for c in commands)
+        for text in result.warnings:
+            self.events.warning(server.name, step, cmdlet, text)
+            if key is not None:
+                self.journal.warn(key, f"{server.name}: {cmdlet}: {text}")
 
     def _preflight(self) -> None:
         """Before the run's first change anywhere, read every server the run will touch (both endpoints):
@@ -334,6 +349,7 @@ class Executor(StepHandlers):
 
     def _run_step(self, step: Step) -> None:
         self._local.step = step.name.value
+        self._local.step_key = step.key
         self.events.step_started(step.server, step.name.value)
         start = time.monotonic()
         self.journal.begin(step.key, step.name.value, step.server)

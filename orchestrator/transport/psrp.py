@@ -269,7 +269,8 @@ class PsrpServerSession:
             raise RemoteError(self.name, name, message, getattr(first, "fq_error", None))
         return InvocationResult(
             output=[to_python(o) for o in output],
-            warnings=[str(w) for w in ps.streams.warning],
+            # pypsrp's InformationalRecord keeps the text in .message (MS-PSRP 2.2.3.16); str() of it is "None".
+            warnings=[str(getattr(w, "message", None) or w) for w in ps.streams.warning],
         )
 
     def _invoke(self, ps: PowerShell, name: str) -> list[Any]:
