@@ -23,7 +23,7 @@ from orchestrator.fileio import write_atomic
 from orchestrator.issuance import WaitingForCA, check_issued, from_files, from_lab_ca, issued_to_pems, load_csr
 from orchestrator.plan import WORKSTATION, Plan, Step, StepName, pfx_file_name
 from orchestrator.playbook import FilesIssuer, LabIssuer, ManualIssuer, Server
-from orchestrator.transport.base import InvocationResult, RemoteError, TransientError
+from orchestrator.transport.base import InvocationResult, RemoteError, TransientError, first_line
 
 if TYPE_CHECKING:
     from orchestrator.events import Events
@@ -430,14 +430,22 @@ class StepHandlers:
         return "changed", f"certificate {thumb} imported with its private key"
 
     def _discard_pfx(self, server: Server) -> None:
-        """Best effort: the PFX holds the private key; a failed import must not leave it on the server."""
+        """The PFX holds the private key: a failed import must not leave it on the server. When it cannot be
+        removed, that is the cleanup step failing: reported and journaled as such, so the next run's cleanup
+        (or import) removes it; the import's own error still ends the run."""
         self._pfx_written.discard(server.name)
         path = remote_path(server, pfx_file_name(self.playbook))
         try:
             if self._exists(server, path):
                 self.call(server, remove_file(server, path))
-        except Exception:  # noqa: BLE001 - the import's own error is the one to report
-            return
+        except Exception as exc:  # noqa: BLE001 - reported as the cleanup step's failure below
+            key = f"{server.name}:{StepName.CLEANUP.value}"
+            message = (f"{server.name}: the PFX with the private key may be left at {path} ({first_line(exc)}); "
+                       "the next run removes it, or remove it by hand")
+            self.journal.begin(key, StepName.CLEANUP.value, server.name)
+            self.journal.finish(key, "failed", message)
+            self.events.step_started(server.name, StepName.CLEANUP.value)
+            self.events.step_finished(server.name, StepName.CLEANUP.value, "failed", message, 0.0)
 
     def _cleanup(self, server: Server, step: Step) -> tuple[str, str]:
         # This run wrote the file: no need to ask whether it is there, unless an earlier attempt of this
