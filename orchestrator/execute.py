@@ -284,7 +284,9 @@ class Executor(StepHandlers):
 
     # -- the run ----------------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, close: bool = True) -> None:
+        """The selected plan; `close=False` keeps the sessions open for the caller (verify after a run), who
+        then calls close()."""
         self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         self.journal.save()
         targets = {t.name for t in self.playbook.targets}
@@ -305,7 +307,8 @@ class Executor(StepHandlers):
                 self._fan_out(plan.steps[index:end])
                 index = end
         finally:
-            self.close()
+            if close:
+                self.close()
 
     def _fan_out(self, steps: tuple[Step, ...]) -> None:
         """Each target's steps in order; targets side by side, at most `parallel` at once."""
