@@ -59,6 +59,18 @@ ChainOpt = Annotated[list[Path] | None, typer.Option("--chain", metavar="FILE",
                                                      help="The CA's intermediate certificate(s).")]
 
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On stderr: each WinRM request per server "
+                                          "(WSMan action, HTTP status, ms) and each retry with its cause.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="As --verbose, plus the clients' own logs (pypsrp, pywinrm, "
+                                        "pyspnego), with secrets, PFX bytes and key material redacted.")]
+
+
+def _troubleshooting(verbose: bool, debug: bool) -> None:
+    from orchestrator.troubleshoot import configure
+
+    configure(verbose, debug)
+
+
 def _echo(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -157,8 +169,11 @@ def run(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
     # The default is RunOptions.parallel's, kept literal here: importing execute would slow start-up.
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 32,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
+    _troubleshooting(verbose, debug)
     if dry_run:
         _echo(_plan_output(playbook, server, step, format, certificate, chain))
         return
@@ -320,8 +335,11 @@ def verify_command(
     certificate: CertOpt = None,
     state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per TLS probe.")] = 10.0,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Prove the migration from outside: every service, every name, the chain, the expiry."""
+    _troubleshooting(verbose, debug)
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
@@ -359,8 +377,11 @@ def rehearse(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
+    _troubleshooting(verbose, debug)
     import tempfile
     from dataclasses import replace
 

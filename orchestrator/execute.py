@@ -23,7 +23,7 @@ from pathlib import Path
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks
+from orchestrator import checks, troubleshoot
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Param, Shell, Text
 from orchestrator.dialects import dialect_for
@@ -369,6 +369,7 @@ class Executor(StepHandlers):
                     self._knowledge.pop(failing, None)
                 delay = state.next_action.sleep if state.next_action else 0.0
                 self.events.retrying(step.server, step.name.value, state.attempt_number, str(exc), delay)
+                troubleshoot.retry(failing, step.name.value, state.attempt_number, str(exc), delay)
 
         policy = self.playbook.retry
         retrying = Retrying(

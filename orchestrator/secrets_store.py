@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 from orchestrator.errors import ExmigError, UsageError
 from orchestrator.playbook import LAB_DEFAULT_PASSWORD, Playbook, SecretRef, Server
+from orchestrator.troubleshoot import add_secrets
 
 PFX_PASSWORD = "pfx-password"
 
@@ -60,7 +61,10 @@ class SecretStore:
     def _cached(self, key: str, ref: SecretRef | None, what: str, field: str) -> str | None:
         with self._lock:
             if key not in self._values:
-                self._values[key] = self._resolve(ref, what, field)
+                value = self._resolve(ref, what, field)
+                if value is not None:
+                    add_secrets([value])  # --debug's redaction knows it before any client could log it
+                self._values[key] = value
             return self._values[key]
 
     def resolve(self, servers: Iterable[Server], pfx_password: bool) -> None:

@@ -39,6 +39,7 @@ from orchestrator.transport.base import (
     classify_http,
     first_line,
 )
+from orchestrator.troubleshoot import watch_wsman
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,14 @@ class PsrpServerSession:
 
     def _wsman(self, endpoint: Endpoint) -> WSMan:
         s = self._settings
-        return WSMan(
+        return watch_wsman(WSMan(
             s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
             auth=s.auth, username=s.username, password=s.password,
             cert_validation=s.verify_tls,  # type: ignore[arg-type]  # pypsrp also takes a CA bundle path
             operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
             connection_timeout=s.connection_timeout, reconnection_backoff=s.receive_retry_backoff,
             encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
-        )
+        ), self.name)
 
     def _endpoint(self, shell: Shell) -> Endpoint:
         return self._server.exchange_endpoint if shell is Shell.EXCHANGE else self._server.system_endpoint

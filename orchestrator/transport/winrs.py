@@ -60,6 +60,7 @@ from orchestrator.transport.base import (
     first_line,
 )
 from orchestrator.transport.psrp import ConnectionSettings, to_python
+from orchestrator.troubleshoot import watch_protocol
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,7 @@ class WinrsServerSession:
             read_timeout_sec=s.read_timeout, operation_timeout_sec=s.operation_timeout,
             message_encryption="auto" if s.auth != "basic" or https else "never",
         )
+        watch_protocol(protocol, self.name)
         try:
             shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
         except Exception as exc:
