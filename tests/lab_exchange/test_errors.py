@@ -439,3 +439,12 @@ def test_no_python_name_in_binding_errors(make_server: ServerFactory, value: obj
     for text in texts:
         for python in ("None", "NoneType", "bytes", "b'", "list", "dict", "tuple", "float", "[1, 2]", "{'k'"):
             assert python not in text, text
+
+
+def test_set_content_onto_a_folder_is_access_denied_not_a_lab_failure(make_server: ServerFactory) -> None:
+    _, reg = make_server("2010")
+    ps = Shell(reg, "Microsoft.PowerShell")
+    result = ps.run(("Set-Content", [("Path", "C:\\Windows\\Temp"), ("Value", b"1"), ("Encoding", "Byte")]))
+    assert [(e.message, e.error_id) for e in result.errors] == [
+        ("Access to the path 'C:\\Windows\\Temp' is denied.",
+         "GetContentWriterUnauthorizedAccessError,Microsoft.PowerShell.Commands.SetContentCommand")]
