@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from orchestrator.certs import thumbprint as sha1_thumbprint
 from orchestrator.errors import ExmigError
@@ -32,6 +33,7 @@ class CertInfo:
     subject: str | None
     public_key_der: bytes | None
     domains: tuple[str, ...]
+    common_name: str | None = None  # the subject's CN, parsed (never a substring of the subject text)
 
     @property
     def pending(self) -> bool:
@@ -83,6 +85,17 @@ def cert_info(obj: Any) -> CertInfo | None:
             domains = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
         except x509.ExtensionNotFound:
             domains = ()
+    else:
+        # No RawData: the names Exchange lists (its CertificateDomains), when it sends them.
+        listed = _get(obj, "CertificateDomains")
+        if isinstance(listed, (list, tuple)):
+            domains = tuple(str(n).strip().lower() for n in listed if str(n).strip())
+    common_name = None
+    if cert is not None:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        common_name = str(cns[0].value) if cns else None
+    elif subject:
+        common_name = subject_cn(subject)
     has_key = _get(obj, "HasPrivateKey")
     return CertInfo(
         thumbprint=thumb.upper(),
@@ -92,7 +105,33 @@ def cert_info(obj: Any) -> CertInfo | None:
         subject=subject,
         public_key_der=key_der,
         domains=domains,
+        common_name=common_name,
     )
+
+
+def subject_cn(subject: str) -> str | None:
+    """The CN of a subject as Exchange writes it (`CN=mail.example.com, OU=IT, O="Smith, Jones", C=US`):
+    RDNs split at commas outside double quotes, where `""` is a quote (X500DistinguishedName's rules)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for ch in subject:
+        if ch == '"':
+            quoted = not quoted
+        elif ch in ",;" and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if sep and key.strip().upper() == "CN":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1].replace('""', '"')
+            return value
+    return None
 
 
 def certificates(objects: Iterable[Any]) -> list[CertInfo]:
@@ -137,16 +176,31 @@ def services_enabled(certs: list[CertInfo], thumb: str | None, wanted: Iterable[
     return Decision(True, "enabled for " + ", ".join(sorted(want)))
 
 
-def matching_requests(certs: list[CertInfo], cn: str) -> list[CertInfo]:
-    """Pending requests on the source that look like this playbook's (same CN)."""
-    out = []
+@dataclass(frozen=True)
+class PendingMatch:
+    """The source's pending requests for this playbook's certificate: `mine` have its CN and exactly its
+    names; `ambiguous` have its CN but other names (or the server did not say which), so whose they are
+    is not exmig's to guess."""
+
+    mine: tuple[CertInfo, ...]
+    ambiguous: tuple[CertInfo, ...]
+
+    @property
+    def all(self) -> tuple[CertInfo, ...]:
+        return self.mine + self.ambiguous
+
+
+def matching_requests(certs: list[CertInfo], cn: str, domains: Iterable[str]) -> PendingMatch:
+    """Pending requests whose parsed CN is exactly `cn` (another CN, e.g. mail.example.community for
+    mail.example.com, is someone else's), sorted by whether their names are exactly `domains`."""
+    wanted = {d.lower() for d in domains}
+    mine: list[CertInfo] = []
+    ambiguous: list[CertInfo] = []
     for c in certs:
-        if not c.pending:
+        if not c.pending or c.common_name is None or c.common_name.lower() != cn.lower():
             continue
-        subject = (c.subject or "").lower()
-        if f"cn={cn.lower()}" in subject.replace(" ", ""):
-            out.append(c)
-    return out
+        (mine if c.domains and set(c.domains) == wanted else ambiguous).append(c)
+    return PendingMatch(tuple(mine), tuple(ambiguous))
 
 
 def ca_store_has(thumbprints_in_store: Iterable[str], wanted: Iterable[str]) -> Decision:

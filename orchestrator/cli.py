@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,7 +14,8 @@ import typer
 from orchestrator.errors import ExitCode, ExmigError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast
-    from orchestrator.playbook import LoadedPlaybook
+    from orchestrator.playbook import LoadedPlaybook, Server
+    from orchestrator.transport.base import ServerSession
 
 app = typer.Typer(
     name="exmig",
@@ -63,6 +66,18 @@ ChainOpt = Annotated[list[Path] | None, typer.Option("--chain", metavar="FILE",
                                                      help="The CA's intermediate certificate(s).")]
 
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On stderr: each WinRM request per server "
+                                          "(WSMan action, HTTP status, ms) and each retry with its cause.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="As --verbose, plus the clients' own logs (pypsrp, pywinrm, "
+                                        "pyspnego), with secrets, PFX bytes and key material redacted.")]
+
+
+def _troubleshooting(verbose: bool, debug: bool) -> None:
+    from orchestrator.troubleshoot import configure
+
+    configure(verbose, debug)
+
+
 def _echo(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -100,7 +115,7 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
         facts = local_facts(loaded, certificate or [], chain or [])
     plan = build_plan(loaded.playbook, facts).select(servers, steps)
     if fmt is PlanFormat.json:
-        return render_json(plan)
+        return render_json(plan, loaded.playbook)
     if fmt is PlanFormat.ps1:
         scripts = render_ps1(plan, loaded.playbook)
         return "\n".join(f"# ===== {name}.ps1 =====\n{text}" for name, text in scripts.items())
@@ -161,8 +176,11 @@ def run(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not end with `exmig verify`.")] = False,
     # The default is RunOptions.parallel's, kept literal here: importing execute would slow start-up.
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 32,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
+    _troubleshooting(verbose, debug)
     if dry_run:
         _echo(_plan_output(playbook, server, step, format, certificate, chain))
         return
@@ -172,22 +190,53 @@ def run(
     _check_selection(loaded, server, step)
     if from_step is not None:
         _check_selection(loaded, None, [from_step])
+    if save_pfx is not None:
+        from orchestrator.execute import RunOptions
+
+        RunOptions(save_pfx=save_pfx).check(loaded)  # before the question (and _execute checks again)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("this run changes servers; add --yes to run without a terminal")
         if not typer.confirm(f"Run {playbook} against {', '.join(s.name for s in loaded.playbook.servers)}?"):
             raise typer.Abort()
+    then_verify = not no_verify and not step and not from_step
     code = _execute(loaded, state, json_output, server, step, from_step, certificate or [], chain or [], save_pfx,
-                    parallel)
-    if code == 0 and not no_verify and not step and not from_step:
-        code = _verify(loaded, state, json_output, server, 30, None, 10.0)
+                    parallel, verify_after=_verify_after(loaded, state, json_output, server, None) if then_verify
+                    else None)
     if code:
         raise typer.Exit(code)
 
 
+def _selected_servers(loaded: LoadedPlaybook, servers: list[str] | None) -> list[Server]:
+    wanted = {n.lower() for n in servers or []}
+    return [s for s in loaded.playbook.servers if not wanted or s.name.lower() in wanted]
+
+
+def _needs_pfx_password(steps: list[str] | None, from_step: str | None) -> bool:
+    from orchestrator.plan import StepName
+
+    users = {StepName.EXPORT.value, StepName.COPY.value, StepName.IMPORT.value}
+    if steps:
+        return bool(users & set(steps))
+    if from_step is not None:
+        names = [s.value for s in StepName]
+        return any(names.index(u) >= names.index(from_step) for u in users if u in names)
+    return True
+
+
+def _verify_after(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None,
+                  ca_file: Path | None) -> Callable[..., int]:
+    """`exmig verify` at the end of a run, over the run's own sessions and secrets."""
+    def after(sessions: Callable[[Server], ServerSession]) -> int:
+        return _verify(loaded, state, json_output, servers, 30, ca_file, 10.0, sessions=sessions)
+
+    return after
+
+
 def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None,
              steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
-             save_pfx: Path | None, parallel: int | None = None) -> int:
+             save_pfx: Path | None, parallel: int | None = None,
+             verify_after: Callable[[Callable[[Server], ServerSession]], int] | None = None) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.connect import session_factory
     from orchestrator.events import ConsoleEvents, JsonEvents
@@ -196,8 +245,18 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
     from orchestrator.secrets_store import SecretStore
 
     journal = journal_mod.load(state or journal_mod.default_path(loaded.path), loaded.path)
+    options = RunOptions(servers=servers, steps=steps, from_step=from_step,
+                         certificate_files=[*certificate, *chain], save_pfx=save_pfx)
+    options.check(loaded)
     secrets = SecretStore(loaded.playbook)
+    # Every prompt now, on this thread, before the first connection and before the live display starts.
+    needs_pfx = _needs_pfx_password(steps, from_step)
+    involved = _selected_servers(loaded, servers)
+    if needs_pfx and loaded.playbook.source not in involved:
+        involved.append(loaded.playbook.source)  # the PFX is exported there, whichever target imports it
+    secrets.resolve(involved, needs_pfx)
     events = JsonEvents() if json_output else ConsoleEvents()
+
     def warn(text: str) -> None:
         # In --json mode stdout carries only events.
         if json_output:
@@ -205,29 +264,31 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
         else:
             events.note(text)
 
-    options = RunOptions(servers=servers, steps=steps, from_step=from_step,
-                         certificate_files=[*certificate, *chain], save_pfx=save_pfx)
     if parallel is not None:
         options.parallel = parallel
     executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)
     try:
-        executor.run()
-    except WaitingForCA as exc:
+        try:
+            executor.run(close=verify_after is None)
+        except WaitingForCA as exc:
+            events.finish()
+            sys.stderr.write(f"exmig: {exc}\n")
+            return int(exc.exit_code)
+        except BaseException:
+            events.finish()
+            raise
         events.finish()
-        sys.stderr.write(f"exmig: {exc}\n")
-        return int(exc.exit_code)
-    except ExmigError:
-        events.finish()
-        raise
-    except KeyboardInterrupt:
-        events.finish()
-        raise
-    events.finish()
-    return int(ExitCode.OK)
+        if verify_after is not None:
+            return verify_after(executor.session)
+        return int(ExitCode.OK)
+    finally:
+        executor.close()
 
 
 def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None, warn_days: int,
-            ca_file: Path | None, timeout: float, certificate: list[Path] | None = None) -> int:
+            ca_file: Path | None, timeout: float, certificate: list[Path] | None = None,
+            sessions: Callable[[Server], ServerSession] | None = None) -> int:
+    """Verify the selected servers; over `sessions` (a run's own) when given, else with sessions of its own."""
     from orchestrator import journal as journal_mod
     from orchestrator.certs import load_delivery
     from orchestrator.connect import session_factory
@@ -251,9 +312,13 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
         from orchestrator.lab.ca import LabCA
 
         roots = [LabCA.load_or_create(lab_ca_dir(loaded)).root_cert]
-    selected = [s for s in loaded.playbook.servers if not servers or s.name.lower() in {n.lower() for n in servers}]
-    secrets = SecretStore(loaded.playbook)
-    findings = verify(loaded.playbook, issued, selected, session_factory(loaded, secrets), roots, warn_days, timeout)
+    selected = _selected_servers(loaded, servers)
+    owns = sessions is None
+    if sessions is None:
+        secrets = SecretStore(loaded.playbook)
+        secrets.resolve(selected, pfx_password=False)
+        sessions = session_factory(loaded, secrets)
+    findings = verify(loaded.playbook, issued, selected, sessions, roots, warn_days, timeout, close=owns)
     if json_output:
         import json
 
@@ -277,8 +342,11 @@ def verify_command(
     certificate: CertOpt = None,
     state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per TLS probe.")] = 10.0,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Prove the migration from outside: every service, every name, the chain, the expiry."""
+    _troubleshooting(verbose, debug)
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
@@ -306,6 +374,8 @@ def status(
     for record in j.steps.values():
         _echo(f"  {record.server:<12} {record.step:<14} {record.outcome:<8} {record.finished or record.started}"
               f"  {record.message or ''}\n")
+        for warning in record.warnings:
+            _echo(f"  {'':<12} {'':<14} warning  {warning}\n")
 
 
 @app.command()
@@ -317,8 +387,11 @@ def rehearse(
     auth: Annotated[RehearseAuth, typer.Option(
         "--auth", help="playbook: authenticate as the playbook says (Kerberos gets a real MIT KDC started for "
         "its realm); ntlm: NTLM everywhere (where the KDC programs are missing).")] = RehearseAuth.playbook,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
+    _troubleshooting(verbose, debug)
     import contextlib
     import tempfile
     from dataclasses import replace
@@ -348,15 +421,24 @@ def rehearse(
                 for note in site.notes():
                     _echo(note + "\n")
             journal_path = state_dir / "journal.json"
-            code = _execute(lab_loaded, journal_path, json_output, None, None, None, [], [], None)
-            if code == 0:
-                code = _verify(lab_loaded, journal_path, json_output, None, 30, site.ca_file, 10.0)
+            code = _execute(lab_loaded, journal_path, json_output, None, None, None, [], [], None,
+                            verify_after=_verify_after(lab_loaded, journal_path, json_output, None, site.ca_file))
             if not json_output:
                 for name, emulated in site.servers.items():
                     serving = emulated.inspector.serving()
                     _echo(f"lab {name}: " + ", ".join(f"{svc}={thumb or '-'}" for svc, thumb in serving.items()) + "\n")
     if code:
         raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _announced(announce: Callable[[], object], withdraw: Callable[[], None]) -> Iterator[None]:
+    # `exmig run PLAYBOOK` signs with the CA of the lab serving it (orchestrator.issuance.lab_ca_dir).
+    announce()
+    try:
+        yield
+    finally:
+        withdraw()
 
 
 @lab_app.command("serve")
@@ -372,7 +454,7 @@ def lab_serve(
     import threading
     from dataclasses import replace
 
-    from orchestrator.issuance import lab_state_dir
+    from orchestrator.issuance import announce_served_lab, lab_state_dir, withdraw_served_lab
     from orchestrator.lab.kdc import require_kerberos
     from orchestrator.lab.site import LabSite, playbook_realm
     from orchestrator.playbook import load_playbook
@@ -386,7 +468,7 @@ def lab_serve(
     site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with site:
+    with site, _announced(lambda: announce_served_lab(loaded, site.state_dir), lambda: withdraw_served_lab(loaded)):
         if json_output:
             _echo(site.describe_json_lines())
         else:

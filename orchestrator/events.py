@@ -47,6 +47,10 @@ class Events(Protocol):
 
     def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None: ...
 
+    def warning(self, server: str, step: str, cmdlet: str, text: str) -> None:
+        """A warning the server's command wrote (Exchange's WARNING: lines): the server's text."""
+        ...
+
     def note(self, text: str) -> None: ...
 
     def finish(self) -> None: ...
@@ -83,6 +87,9 @@ class JsonEvents:
 
     def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None:
         self._emit(event="retry", server=server, step=step, attempt=attempt, reason=reason, delay=round(delay, 2))
+
+    def warning(self, server: str, step: str, cmdlet: str, text: str) -> None:
+        self._emit(event="warning", server=server, step=step, cmdlet=cmdlet, text=text)
 
     def note(self, text: str) -> None:
         self._emit(event="note", text=text)
@@ -145,6 +152,11 @@ class ConsoleEvents:
         self._set(server, step, f"[magenta]retrying in {delay:.1f}s[/]")
         self._console.print(f"[magenta]retrying[/] {escape(server):<12} {escape(step):<14} attempt {attempt + 1} "
                             f"in {delay:.1f}s: {escape(reason)}", markup=True)
+
+    def warning(self, server: str, step: str, cmdlet: str, text: str) -> None:
+        self._set(server, step, "[yellow]warning[/]")
+        self._console.print(f"[yellow] warning[/] {escape(server):<12} {escape(step):<14} {escape(cmdlet)}: "
+                            f"{escape(text)}", markup=True)
 
     def note(self, text: str) -> None:
         self._console.print(text, markup=False)

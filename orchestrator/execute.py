@@ -23,11 +23,11 @@ from pathlib import Path
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks
+from orchestrator import checks, troubleshoot
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Param, Shell, Text
 from orchestrator.dialects import dialect_for
-from orchestrator.errors import ExmigError
+from orchestrator.errors import ExitCode, ExmigError, UsageError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
 from orchestrator.issuance import (
@@ -61,8 +61,33 @@ class RunOptions:
     # dozens of servers of a larger organisation; the bound protects the workstation.
     parallel: int = 32
 
+    def check(self, loaded: LoadedPlaybook) -> None:
+        """Refuse what cannot work, before anything is sent."""
+        if self.save_pfx is not None and loaded.playbook.pfx_password.generate:
+            # A generated password is never shown or kept: the backup could never be opened.
+            raise UsageError(
+                f"--save-pfx {self.save_pfx}: {loaded.path.name}'s pfx_password is generated for the run and never "
+                "shown, so nobody could open the backup; set `pfx_password: {env: VARIABLE}` or "
+                "`pfx_password: {prompt: true}`"
+            )
+
 
 SessionFactory = Callable[[Server], ServerSession]
+
+
+class TargetsFailed(ExmigError):
+    """Several targets failed: one line per server, and the most specific exit code they share (4 when every
+    failure is a verification, else 1)."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]], targets: int) -> None:
+        lines = []
+        for name, exc in sorted(failures, key=lambda f: f[0]):
+            text = (str(exc) or type(exc).__name__).splitlines()[0]
+            lines.append(text if text.lower().startswith(name.lower() + ":") else f"{name}: {text}")
+        super().__init__(f"{len(failures)} of {targets} targets failed:\n" + "\n".join(f"  {line}" for line in lines))
+        self.failures = failures
+        verify_only = all(getattr(exc, "exit_code", None) == ExitCode.VERIFY_FAILED for _, exc in failures)
+        self.exit_code = ExitCode.VERIFY_FAILED if verify_only else ExitCode.FAILED
 
 
 class Executor(StepHandlers):
@@ -77,6 +102,7 @@ class Executor(StepHandlers):
         self.secrets = secrets
         self.events = events
         self.options = options
+        options.check(loaded)
         self._session_factory = sessions
         self._sessions: dict[str, ServerSession] = {}
         self._knowledge: dict[str, ServerKnowledge] = {}
@@ -175,8 +201,11 @@ class Executor(StepHandlers):
         session = self.session(server)
         try:
             if len(commands) == 1:
-                return session.invoke(commands[0], self)
-            return session.invoke_batch(commands, self)
+                result = session.invoke(commands[0], self)
+            else:
+                result = session.invoke_batch(commands, self)
+            self._warnings(server, commands, result)
+            return result
         except TransientError:
             outcome = "transient-error"
             raise
@@ -197,6 +226,18 @@ class Executor(StepHandlers):
                     self._local.maybe_changed = True
             self.events.command(server.name, getattr(self._local, "step", ""),
                                 " + ".join(c.name for c in commands), time.monotonic() - start, outcome)
+
+    def _warnings(self, server: Server, commands: tuple[Command, ...], result: InvocationResult) -> None:
+        """The server's warnings, shown and journaled with the step they came in (never dropped)."""
+        if not result.warnings:
+            return
+        step = getattr(self._local, "step", "")
+        key = getattr(self._local, "step_key", None)
+        cmdlet = " + ".join(c.name for c in commands)
+        for text in result.warnings:
+            self.events.warning(server.name, step, cmdlet, text)
+            if key is not None:
+                self.journal.warn(key, f"{server.name}: {cmdlet}: {text}")
 
     def _preflight(self) -> None:
         """Before the run's first change anywhere, read every server the run will touch (both endpoints):
@@ -243,7 +284,9 @@ class Executor(StepHandlers):
 
     # -- the run ----------------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, close: bool = True) -> None:
+        """The selected plan; `close=False` keeps the sessions open for the caller (verify after a run), who
+        then calls close()."""
         self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         self.journal.save()
         targets = {t.name for t in self.playbook.targets}
@@ -264,7 +307,8 @@ class Executor(StepHandlers):
                 self._fan_out(plan.steps[index:end])
                 index = end
         finally:
-            self.close()
+            if close:
+                self.close()
 
     def _fan_out(self, steps: tuple[Step, ...]) -> None:
         """Each target's steps in order; targets side by side, at most `parallel` at once."""
@@ -290,10 +334,12 @@ class Executor(StepHandlers):
         with ThreadPoolExecutor(max_workers=self.options.parallel, thread_name_prefix="exmig-target") as pool:
             list(pool.map(one, by_server.values()))
         if failures:
+            for _, exc in failures:
+                if not isinstance(exc, Exception):
+                    raise exc  # Ctrl-C and the like end the run as they would have
             if len(failures) == 1:
                 raise failures[0][1]
-            names = ", ".join(f"{name}: {exc}" for name, exc in failures)
-            raise ExmigError(f"{len(failures)} of {len(by_server)} targets failed: {names}")
+            raise TargetsFailed(failures, len(by_server))
 
     def _selected(self, plan: Plan) -> Plan:
         chosen = plan.select(self.options.servers, self.options.steps)
@@ -306,6 +352,7 @@ class Executor(StepHandlers):
 
     def _run_step(self, step: Step) -> None:
         self._local.step = step.name.value
+        self._local.step_key = step.key
         self.events.step_started(step.server, step.name.value)
         start = time.monotonic()
         self.journal.begin(step.key, step.name.value, step.server)
@@ -322,6 +369,7 @@ class Executor(StepHandlers):
                     self._knowledge.pop(failing, None)
                 delay = state.next_action.sleep if state.next_action else 0.0
                 self.events.retrying(step.server, step.name.value, state.attempt_number, str(exc), delay)
+                troubleshoot.retry(failing, step.name.value, state.attempt_number, str(exc), delay)
 
         policy = self.playbook.retry
         retrying = Retrying(

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from orchestrator.certs import IssuedCertificate, load_delivery, pem, sort_delivery, thumbprint
 from orchestrator.errors import ExitCode, ExmigError
+from orchestrator.hostnames import any_covers
 from orchestrator.playbook import CertificateSpec, LabIssuer, LoadedPlaybook
 
 
@@ -50,13 +51,6 @@ def _names(cert: x509.Certificate) -> set[str]:
     return {n.lower() for n in san.get_values_for_type(x509.DNSName)}
 
 
-def _covers(names: set[str], wanted: str) -> bool:
-    if wanted in names:
-        return True
-    parent = wanted.split(".", 1)[1] if "." in wanted else ""
-    return f"*.{parent}" in names
-
-
 def check_issued(issued: IssuedCertificate, csr_pem: str | None, cert: CertificateSpec, origin: str,
                  now: datetime | None = None) -> None:
     leaf = issued.leaf
@@ -69,7 +63,7 @@ def check_issued(issued: IssuedCertificate, csr_pem: str | None, cert: Certifica
                 "the CSR's); the CA answered another request, or the request was made again"
             )
     names = _names(leaf)
-    missing = [d for d in cert.domains if not _covers(names, d)]
+    missing = [d for d in cert.domains if not any_covers(names, d)]
     if missing:
         raise IssuedCertificateRejected(
             f"{origin}: certificate {issued.thumbprint} does not cover {', '.join(missing)}; ask the CA to reissue "
@@ -111,15 +105,74 @@ def from_lab_ca(loaded: LoadedPlaybook, csr_pem: str, cert: CertificateSpec) -> 
 
 
 def lab_ca_dir(loaded: LoadedPlaybook) -> Path:
-    """Where the lab CA lives: the issuer's ca_dir, else beside the playbook (the lab serves from there too)."""
+    """Where the lab CA lives: the issuer's ca_dir; else that of the lab serving this playbook now
+    (`exmig lab serve PLAYBOOK --state DIR` says where, `served_lab_dir`); else beside the playbook, where
+    `exmig lab serve PLAYBOOK` keeps its state by default."""
     issuer = loaded.playbook.issuer
     if isinstance(issuer, LabIssuer) and issuer.ca_dir:
         return loaded.resolve(issuer.ca_dir)
-    return lab_state_dir(loaded) / "ca"
+    served = served_lab_dir(loaded)
+    return (served or lab_state_dir(loaded)) / "ca"
 
 
 def lab_state_dir(loaded: LoadedPlaybook) -> Path:
     return loaded.directory / ".exmig" / f"{loaded.path.stem}.lab"
+
+
+def _serving_file(loaded: LoadedPlaybook) -> Path:
+    return loaded.directory / ".exmig" / f"{loaded.path.stem}.lab-serving.json"
+
+
+def announce_served_lab(loaded: LoadedPlaybook, state_dir: Path) -> Path:
+    """Written by `exmig lab serve` while it runs: which state folder (and CA) serves this playbook."""
+    import json
+    import os
+
+    from orchestrator.fileio import write_atomic
+
+    path = _serving_file(loaded)
+    data = {"state_dir": str(state_dir.resolve()), "pid": os.getpid()}
+    write_atomic(path, json.dumps(data).encode(), mode=0o644)
+    return path
+
+
+def withdraw_served_lab(loaded: LoadedPlaybook) -> None:
+    import contextlib
+    import os
+
+    path = _serving_file(loaded)
+    if served_lab_pid(path) == os.getpid():
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def served_lab_pid(path: Path) -> int | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def served_lab_dir(loaded: LoadedPlaybook) -> Path | None:
+    """The state folder of the `exmig lab serve` running for this playbook, if one is (its process alive)."""
+    import json
+    import os
+
+    path = _serving_file(loaded)
+    pid = served_lab_pid(path)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a lab that was killed: its note is stale
+    except PermissionError:
+        pass  # alive, another user's
+    state_dir = Path(json.loads(path.read_text())["state_dir"])
+    return state_dir if (state_dir / "ca").is_dir() else None
 
 
 def issued_from_journal(issued_pem: str, chain_pems: list[str]) -> IssuedCertificate:

@@ -45,12 +45,15 @@ class StepRecord:
     finished: str | None = None
     message: str | None = None
     attempts: int = 1
+    # What the server warned about during the step ("Cmdlet: text"), as the server wrote it.
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         # Fields by hand, not dataclasses.asdict: asdict deep-copies recursively and was most of
         # the cost of a save with 500 steps (3.3 ms of 4.1 ms); every field here is a plain value.
         return {"step": self.step, "server": self.server, "outcome": self.outcome, "started": self.started,
-                "finished": self.finished, "message": self.message, "attempts": self.attempts}
+                "finished": self.finished, "message": self.message, "attempts": self.attempts,
+                "warnings": list(self.warnings)}
 
 
 @dataclass
@@ -89,6 +92,13 @@ class Journal:
             self.steps[key] = record
         self.save()  # outside the data lock: other targets keep changing while this one waits
         return record
+
+    def warn(self, key: str, text: str) -> None:
+        """Noted with the step's record; on disk with the step's next save (its finish)."""
+        with self._lock:
+            record = self.steps.get(key)
+            if record is not None:
+                record.warnings.append(text)
 
     def finish(self, key: str, outcome: str, message: str | None = None, attempts: int = 1) -> None:
         with self._lock:

@@ -406,6 +406,17 @@ class Server(_Model):
         elif c.snapin is not None:
             raise ValueError("connection.snapin is for Exchange 2007; Exchange 2010 cmdlets come from the "
                              "Microsoft.Exchange endpoint")
+        plain = [ep for ep in (self.exchange_endpoint, self.system_endpoint) if ep.scheme == "http"]
+        if self.auth == "basic" and plain:
+            # Basic has no message encryption: the password (and over WinRS the PFX password on stdin) would
+            # cross the network in clear. Windows refuses it too (WinRM AllowUnencrypted=false by default):
+            # https://learn.microsoft.com/en-us/windows/win32/winrm/installation-and-configuration-for-windows-remote-management
+            where = "system_scheme" if self.exchange_endpoint.scheme == "https" else "scheme"
+            raise ValueError(
+                f"server {self.name}: auth basic over connection.{where} http sends the credentials in clear; "
+                "use scheme: https (and system_scheme: https on 2010), or auth ntlm/kerberos, which encrypt "
+                "the messages"
+            )
         return self
 
     @field_validator("name")

@@ -23,7 +23,7 @@ from orchestrator.fileio import write_atomic
 from orchestrator.issuance import WaitingForCA, check_issued, from_files, from_lab_ca, issued_to_pems, load_csr
 from orchestrator.plan import WORKSTATION, Plan, Step, StepName, pfx_file_name
 from orchestrator.playbook import FilesIssuer, LabIssuer, ManualIssuer, Server
-from orchestrator.transport.base import InvocationResult, RemoteError, TransientError
+from orchestrator.transport.base import InvocationResult, RemoteError, TransientError, first_line
 
 if TYPE_CHECKING:
     from orchestrator.events import Events
@@ -142,24 +142,27 @@ class StepHandlers:
         certs = self.certificates(server)
         if self.thumbprint and checks.installed_with_key(certs, self.thumbprint).done:
             return "ok", "the request is already completed on the source"
-        pending = checks.matching_requests(certs, self.playbook.certificate.subject.CN)
+        match = self._pending(certs)
         lost = getattr(self._local, "maybe_changed", False) or step.key in self._interrupted
-        if not pending and not self.journal.csr_pem and lost:
-            pending = self._settle_pending(server)
+        if not match.all and not self.journal.csr_pem and lost:
+            match = self._settle_pending(server)
         if self.journal.csr_pem:
             key = load_csr(self.journal.csr_pem).public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-            if any(p.public_key_der == key for p in pending) or (self._issued is not None):
+            if any(p.public_key_der == key for p in match.all) or (self._issued is not None):
                 return "ok", "the pending request exists; the CSR is in the journal"
-        elif pending:
-            if len(pending) > 1:
-                thumbs = ", ".join(p.thumbprint for p in pending)
+        elif match.all:
+            if len(match.all) > 1 or match.ambiguous:
+                thumbs = ", ".join(p.thumbprint for p in match.all)
+                what = (f"{len(match.all)} pending requests for {self.playbook.certificate.subject.CN}"
+                        if len(match.all) > 1 else
+                        f"a pending request for {self.playbook.certificate.subject.CN} with other names than "
+                        "certificate.domains")
                 raise ExmigError(
-                    f"{server.name}: {len(pending)} pending requests for {self.playbook.certificate.subject.CN} "
-                    f"({thumbs}) and none is known to this journal; remove the ones you do not want "
+                    f"{server.name}: {what} ({thumbs}) and none is known to this journal; remove the stray one "
                     "(Remove-ExchangeCertificate -Thumbprint ...) and run again"
                 )
-            return self._recover_request(server, pending[0])
+            return self._recover_request(server, match.mine[0])
         results = self._run_commands(server, step)
         csr = checks.csr_text(results[-1].output)
         self.journal.csr_pem = csr
@@ -168,17 +171,21 @@ class StepHandlers:
         self._requested_now.add(server.name)
         return "changed", "certificate request created; the CSR is kept in the journal"
 
-    def _settle_pending(self, server: Server) -> list[checks.CertInfo]:
+    def _pending(self, certs: list[checks.CertInfo]) -> checks.PendingMatch:
+        spec = self.playbook.certificate
+        return checks.matching_requests(certs, spec.subject.CN, spec.domains)
+
+    def _settle_pending(self, server: Server) -> checks.PendingMatch:
         """An earlier attempt's New-ExchangeCertificate lost its reply (or an earlier run was killed in this
         step), and no request shows yet: the server may still be generating the key (the command runs on
         after the connection broke). Re-read for a while before making another: it would be a duplicate."""
         deadline = time.monotonic() + max(5.0, 2.0 * self.playbook.retry.operation_timeout)
-        pending: list[checks.CertInfo] = []
-        while not pending and time.monotonic() < deadline:
+        match = checks.PendingMatch((), ())
+        while not match.all and time.monotonic() < deadline:
             time.sleep(0.5)
             self._knowledge.pop(server.name, None)
-            pending = checks.matching_requests(self.certificates(server), self.playbook.certificate.subject.CN)
-        return pending
+            match = self._pending(self.certificates(server))
+        return match
 
     def _recover_request(self, server: Server, pending: checks.CertInfo) -> tuple[str, str]:
         """A request exists but its CSR was lost (the reply never arrived): export it instead of a second one."""
@@ -423,14 +430,22 @@ class StepHandlers:
         return "changed", f"certificate {thumb} imported with its private key"
 
     def _discard_pfx(self, server: Server) -> None:
-        """Best effort: the PFX holds the private key; a failed import must not leave it on the server."""
+        """The PFX holds the private key: a failed import must not leave it on the server. When it cannot be
+        removed, that is the cleanup step failing: reported and journaled as such, so the next run's cleanup
+        (or import) removes it; the import's own error still ends the run."""
         self._pfx_written.discard(server.name)
         path = remote_path(server, pfx_file_name(self.playbook))
         try:
             if self._exists(server, path):
                 self.call(server, remove_file(server, path))
-        except Exception:  # noqa: BLE001 - the import's own error is the one to report
-            return
+        except Exception as exc:  # noqa: BLE001 - reported as the cleanup step's failure below
+            key = f"{server.name}:{StepName.CLEANUP.value}"
+            message = (f"{server.name}: the PFX with the private key may be left at {path} ({first_line(exc)}); "
+                       "the next run removes it, or remove it by hand")
+            self.journal.begin(key, StepName.CLEANUP.value, server.name)
+            self.journal.finish(key, "failed", message)
+            self.events.step_started(server.name, StepName.CLEANUP.value)
+            self.events.step_finished(server.name, StepName.CLEANUP.value, "failed", message, 0.0)
 
     def _cleanup(self, server: Server, step: Step) -> tuple[str, str]:
         # This run wrote the file: no need to ask whether it is there, unless an earlier attempt of this

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,39 @@ def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
         assert actual == path.read_text(encoding="utf-8")
 
     return check
+
+
+# -- a lab bug fails the test that met it ----------------------------------------------------------------
+# A handler exception in the lab answers HTTP 500 (or a "Lab handler failure" error record), which exmig may
+# retry as transient and get past: every lab server a test starts is watched, and what it recorded as an
+# internal error during the test fails that test.
+
+_STARTED_LABS: list[Any] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_lab_servers() -> Iterator[None]:
+    from orchestrator.lab.server import LabServer
+
+    original = LabServer.start
+
+    def start(self: LabServer) -> LabServer:
+        if self not in _STARTED_LABS:
+            _STARTED_LABS.append(self)
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LabServer, "start", start)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_lab_internal_error(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = {id(server): len(server.errors) for server in _STARTED_LABS}
+    yield
+    if request.node.get_closest_marker("lab_errors_expected"):
+        return
+    new = [(server.name, error) for server in _STARTED_LABS for error in server.errors[before.get(id(server), 0):]]
+    if new:
+        name, error = new[0]
+        pytest.fail(f"the lab recorded {len(new)} internal error(s); {name}'s first:\n{error[-1500:]}", pytrace=False)

@@ -271,10 +271,16 @@ def _resolve_name(spec: CommandSpec, given: str) -> Parameter:
 
 
 def _type_name(value: Any) -> str:
+    """The .NET type PowerShell names for a received value; never a Python class name. $null has none:
+    PowerShell prints it as an empty string ("")."""
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "System.Boolean"
     if isinstance(value, int):
         return "System.Int32"
+    if isinstance(value, float):
+        return "System.Double"
     if isinstance(value, str):
         return "System.String"
     if isinstance(value, (bytes, bytearray)):
@@ -283,19 +289,34 @@ def _type_name(value: Any) -> str:
         return "System.Security.SecureString"
     if isinstance(value, LabObject) and value.type_names:
         return value.type_names[0]
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "System.Object[]"
-    return type(value).__name__
+    if isinstance(value, dict):
+        return "System.Collections.Hashtable"
+    return "System.Object"
+
+
+def ps_text(value: Any) -> str:
+    """A value as PowerShell writes it into an error text ("$value"): $null is "", $true is True, an array
+    or an object without a string form is its type name; never a Python repr (None, b'..', [..])."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    if isinstance(value, LabObject) and value.to_string is not None:
+        return value.to_string
+    return _type_name(value)
 
 
 def convert(spec: CommandSpec, param: Parameter, value: Any) -> Any:
     """Convert a received value to the parameter's declared type, or fail like PowerShell."""
 
     def cannot(target: str) -> LabError:
-        shown = "System.Security.SecureString" if isinstance(value, Secret) else value
         return _binding_error(
             spec,
-            f"Cannot bind parameter '{param.name}'. Cannot convert the \"{shown}\" value of type "
+            f"Cannot bind parameter '{param.name}'. Cannot convert the \"{ps_text(value)}\" value of type "
             f"\"{_type_name(value)}\" to type \"{target}\".",
             "CannotConvertArgumentNoMessage",
         )
@@ -410,7 +431,7 @@ def bind(
         if not by_position:
             raise _binding_error(
                 spec,
-                f"A positional parameter cannot be found that accepts argument '{value}'.",
+                f"A positional parameter cannot be found that accepts argument '{ps_text(value)}'.",
                 "PositionalParameterNotFound",
                 target=value,
             )

@@ -166,6 +166,9 @@ class LabServer:
                                   kerberos=kerberos, kerberos_only=tuple(_norm_path(p) for p in kerberos_only))
         self._shells: dict[str, PsrpShell | WinrsShell] = {}
         self._internal_errors: list[str] = []
+        # Every shell's handler failures, kept after the shell is deleted or expires: a lab bug in a shell
+        # the client has closed since must still fail the test (`errors`).
+        self._shell_errors: list[str] = []
         self._owners: dict[str, str] = {}
         self._last_used: dict[str, float] = {}
         self._meta: dict[str, _ShellMeta] = {}
@@ -173,6 +176,7 @@ class LabServer:
         self.shell_idle_timeout = shell_idle_timeout
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
+        self._bound_port: int | None = None
         self._thread: ServerThread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -181,6 +185,7 @@ class LabServer:
         if self._http is not None:
             return self
         self._http = LabHTTPServer(self.host, self._port, self, self.ssl_context)
+        self._bound_port = int(self._http.server_address[1])
         self._thread = ServerThread(self._http)
         self._thread.start()
         return self
@@ -194,6 +199,8 @@ class LabServer:
         for shell in shells:
             shell.close()
         self.auth.close()
+        if self._http is not None:
+            self._internal_errors.extend(self._http.errors)  # `errors` still tells after the stop
         self._http = None
         self._thread = None
 
@@ -216,16 +223,18 @@ class LabServer:
 
     def url(self, path: str = "wsman") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}/{path.lstrip('/')}"
+        # A request still in flight while the server stops is answered with the port it came in on.
+        port = self.port if self._http is not None else self._bound_port
+        if port is None:
+            raise RuntimeError("server not started")
+        return f"{self.scheme}://{host}:{port}/{path.lstrip('/')}"
 
     @property
     def errors(self) -> list[str]:
         """Unexpected exceptions in layers or handlers (tests assert this stays empty)."""
         out = list(self._http.errors) if self._http else []
         out.extend(self._internal_errors)
-        with self._lock:
-            for shell in self._shells.values():
-                out.extend(shell.worker_errors)
+        out.extend(self._shell_errors)
         return out
 
     def shell_ids(self) -> list[str]:
@@ -540,6 +549,7 @@ class LabServer:
         idle = wsman.parse_duration(idle_el.text) if idle_el is not None else None
         idle_timeout = min(idle, wsman.MAX_IDLE_TIMEOUT) if idle is not None else self.shell_idle_timeout
         now = time.monotonic()
+        shell.worker_errors = self._shell_errors
         with self._lock:
             self._shells[shell_id] = shell
             self._owners[shell_id] = user

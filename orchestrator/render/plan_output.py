@@ -36,20 +36,40 @@ def _server_heading(server: Server) -> str:
             f"{ep.url(server.connection.host)} [{ep.configuration}, {server.auth}{transport}{spn}]")
 
 
-def rendered_lines(server: Server | None, command: Command) -> list[str]:
-    """The command as it is sent: PowerShell text, or on a WinRS server the script powershell.exe runs
-    (secrets read from stdin, bytes written in chunks)."""
+def _console_file(server: Server) -> str:
+    from orchestrator.render.winrs_script import EXSHELL_CONSOLE_FILE
+
+    return server.connection.console_file or EXSHELL_CONSOLE_FILE
+
+
+def winrs_sent(server: Server | None, command: Command) -> tuple[str, str] | None:
+    """(powershell.exe command line, the script it carries decoded) for a command a WinRS server gets as one
+    process; None on PSRP servers and for what the transport sends otherwise (byte writes)."""
     if server is None or server.connection.transport != "winrs":
-        return [render_command(command)]
-    from orchestrator.render.winrs_script import NotSendable, command_script
+        return None
+    from orchestrator.render.winrs_script import NotSendable, sent_command_line
 
     try:
-        return command_script(command).text.splitlines()
+        line, script = sent_command_line(command, _console_file(server))
     except NotSendable:
-        if any(isinstance(p.value, Blob) for p in command.params):
-            return ["# over WinRS: written in base64 chunks with [System.IO.File], then checked by SHA-256",
-                    render_command(command)]
+        return None
+    return line, script.text
+
+
+def rendered_lines(server: Server | None, command: Command) -> list[str]:
+    """The command as it is sent: PowerShell text, or on a WinRS server the powershell.exe command line that
+    goes over the cmd shell with, beside it, the script its -EncodedCommand carries (secrets read from stdin,
+    bytes written in chunks)."""
+    if server is None or server.connection.transport != "winrs":
         return [render_command(command)]
+    sent = winrs_sent(server, command)
+    if sent is not None:
+        line, script = sent
+        return [f"# over WinRS: {line}", "# which runs:", *script.splitlines()]
+    if any(isinstance(p.value, Blob) for p in command.params):
+        return ["# over WinRS: written in base64 chunks with [System.IO.File], then checked by SHA-256",
+                render_command(command)]
+    return [render_command(command)]
 
 
 def _session_note(server: Server, command: Command) -> str | None:
@@ -144,8 +164,8 @@ def _value_json(value: Value) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def command_json(command: Command) -> dict[str, Any]:
-    return {
+def command_json(command: Command, server: Server | None = None) -> dict[str, Any]:
+    out = {
         "command": command.name,
         "session": command.shell.value,
         "native": command.native,
@@ -154,9 +174,13 @@ def command_json(command: Command) -> dict[str, Any]:
         "parameters": [{"name": p.name, "value": _value_json(p.value)} for p in command.params],
         "powershell": render_command(command),
     }
+    sent = winrs_sent(server, command)
+    if sent is not None:
+        out["winrs"] = {"command_line": sent[0], "script": sent[1]}
+    return out
 
 
-def step_json(number: int, step: Step) -> dict[str, Any]:
+def step_json(number: int, step: Step, server: Server | None = None) -> dict[str, Any]:
     return {
         "number": number,
         "step": step.name.value,
@@ -164,9 +188,12 @@ def step_json(number: int, step: Step) -> dict[str, Any]:
         "why": step.why,
         "local_action": step.local_action,
         "waiting_for": step.unresolved,
-        "commands": [command_json(c) for c in step.commands],
+        "commands": [command_json(c, server) for c in step.commands],
     }
 
 
-def render_json(plan: Plan) -> str:
-    return json.dumps({"steps": [step_json(n, s) for n, s in enumerate(plan.steps, 1)]}, indent=2) + "\n"
+def render_json(plan: Plan, playbook: Playbook | None = None) -> str:
+    def server(step: Step) -> Server | None:
+        return playbook.server(step.server) if playbook is not None and step.server != WORKSTATION else None
+
+    return json.dumps({"steps": [step_json(n, s, server(s)) for n, s in enumerate(plan.steps, 1)]}, indent=2) + "\n"

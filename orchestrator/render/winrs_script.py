@@ -54,7 +54,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from orchestrator.commands import Blob, Command, Param, Secret, Switch, Thumbprint
+from orchestrator.commands import Blob, Command, Param, Secret, Shell, Switch, Thumbprint
 from orchestrator.render.powershell import quote, render_command, render_param
 
 POWERSHELL_EXE = "powershell.exe"
@@ -141,6 +141,13 @@ def arguments(script: str, console_file: str | None) -> list[str]:
 
 def command_line(script: str, console_file: str | None) -> str:
     return " ".join([POWERSHELL_EXE, *arguments(script, console_file)])
+
+
+def sent_command_line(command: Command, console_file: str) -> tuple[str, WinrsScript]:
+    """What goes over the cmd shell for `command`: the powershell.exe command line (the Exchange console
+    file for Exchange cmdlets only, as the transport starts it) and the script it carries."""
+    script = command_script(command)
+    return command_line(script.text, console_file if command.shell is Shell.EXCHANGE else None), script
 
 
 def chunk_capacity(path: str, console_file: str | None = None, budget: int = COMMAND_LINE_BUDGET) -> int:

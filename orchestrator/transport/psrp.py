@@ -41,6 +41,7 @@ from orchestrator.transport.base import (
     classify_kerberos_error,
     first_line,
 )
+from orchestrator.troubleshoot import watch_wsman
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class PsrpServerSession:
         kerberos: dict[str, Any] = {}
         if s.auth in ("kerberos", "negotiate"):
             kerberos = {"negotiate_service": s.spn_service, "negotiate_hostname_override": s.spn_hostname}
-        return WSMan(
+        return watch_wsman(WSMan(
             s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
             auth=s.auth, username=s.username, password=s.password,  # type: ignore[arg-type]  # None: ccache
             cert_validation=s.verify_tls,  # type: ignore[arg-type]  # pypsrp also takes a CA bundle path
@@ -248,7 +249,7 @@ class PsrpServerSession:
             connection_timeout=s.connection_timeout, reconnection_backoff=s.receive_retry_backoff,
             encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
             **kerberos,
-        )
+        ), self.name)
 
     def _classify(self, exc: BaseException) -> Exception:
         auth = self._settings.auth
@@ -300,7 +301,8 @@ class PsrpServerSession:
             raise RemoteError(self.name, name, message, getattr(first, "fq_error", None))
         return InvocationResult(
             output=[to_python(o) for o in output],
-            warnings=[str(w) for w in ps.streams.warning],
+            # pypsrp's InformationalRecord keeps the text in .message (MS-PSRP 2.2.3.16); str() of it is "None".
+            warnings=[str(getattr(w, "message", None) or w) for w in ps.streams.warning],
         )
 
     def _invoke(self, ps: PowerShell, name: str) -> list[Any]:

@@ -62,6 +62,7 @@ from orchestrator.transport.base import (
     first_line,
 )
 from orchestrator.transport.psrp import ConnectionSettings, to_python
+from orchestrator.troubleshoot import watch_protocol
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ class WinrsServerSession:
             message_encryption="auto" if s.auth != "basic" or https else "never",
             service=s.spn_service or DEFAULT_SPN_SERVICE["winrs"], kerberos_hostname_override=s.spn_hostname,
         )
+        watch_protocol(protocol, self.name)
         try:
             shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
         except Exception as exc:

@@ -101,7 +101,8 @@ def tls_checks(playbook: Playbook, issued: IssuedCertificate, servers: Sequence[
 
 def verify(playbook: Playbook, issued: IssuedCertificate, servers: Sequence[Server],
            session_for: Callable[[Server], ServerSession], roots: Sequence[x509.Certificate] | None,
-           warn_days: int = 30, timeout: float = 10.0) -> list[Finding]:
+           warn_days: int = 30, timeout: float = 10.0, close: bool = True) -> list[Finding]:
+    """`close`: close each session after its server (False: the caller's, e.g. a run's own, which it closes)."""
     findings: list[Finding] = []
     for server in servers:
         session = session_for(server)
@@ -110,7 +111,8 @@ def verify(playbook: Playbook, issued: IssuedCertificate, servers: Sequence[Serv
         except Exception as exc:  # noqa: BLE001 - a server we cannot ask is a finding, not a crash
             findings.append(Finding(server.name, "management", None, Verdict.UNREACHABLE, str(exc)))
         finally:
-            session.close()
+            if close:
+                session.close()
     findings += run_tls_checks(tls_checks(playbook, issued, servers), roots=roots, warn_days=warn_days,
                                timeout=timeout)
     return findings

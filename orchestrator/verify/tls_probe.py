@@ -43,6 +43,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from orchestrator.certs import thumbprint
+from orchestrator.hostnames import any_covers
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -146,23 +147,14 @@ def names_cover(dns_names: Sequence[str], ip_addresses: Sequence[str], sni: str)
     """Whether a client asking for `sni` accepts these subjectAltNames (RFC 6125, as browsers do).
 
     The subject CN is deliberately not consulted: current clients ignore it whenever SANs exist, and
-    Exchange certificates always carry SANs. A wildcard covers exactly one left-most label."""
+    Exchange certificates always carry SANs. The wildcard rule is orchestrator/hostnames.py's."""
     try:
         ip = ipaddress.ip_address(sni)
     except ValueError:
         ip = None
     if ip is not None:
         return any(ipaddress.ip_address(a) == ip for a in ip_addresses)
-    want = sni.lower().rstrip(".")
-    for name in dns_names:
-        have = name.lower().rstrip(".")
-        if have == want:
-            return True
-        if have.startswith("*.") and "." in want:
-            first, _, rest = want.partition(".")
-            if first and rest == have[2:] and rest.count(".") >= 1:
-                return True
-    return False
+    return any_covers(dns_names, sni)
 
 
 def _directly_issued(child: x509.Certificate, parent: x509.Certificate) -> bool:

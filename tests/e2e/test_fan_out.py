@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.execute import RunOptions
+from orchestrator.lab.exchange import MY
 from orchestrator.playbook import Playbook
 from tests.e2e.conftest import build_lab, put_file_in_the_way
 
@@ -73,3 +74,24 @@ def test_the_cli_default_is_the_executors() -> None:
 
     default = inspect.signature(run).parameters["parallel"].default
     assert default == RunOptions().parallel
+
+
+def test_several_failed_verifications_keep_exit_4_and_one_line_per_server(tmp_path: Path) -> None:
+    lab = build_lab(tmp_path, mutate=_four_targets)
+    try:
+        proc, events = lab.run_json("--no-verify")
+        assert proc.returncode == 0, proc.stderr
+        thumb = next(e["reason"].split()[1] for e in events if e["event"] == "step" and e.get("phase") == "end"
+                     and e["step"] == "import" and e["outcome"] == "changed")
+        broken = ["EX2007-02", "EX2007-04"]
+        for name in broken:  # someone removed it there since
+            with lab.server(name).inspector.model.transaction() as model:
+                model.remove(MY, thumb)
+        proc, _ = lab.run_json("--step", "verify")
+        assert proc.returncode == 4, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert lines[0].startswith("exmig: error: 2 of 4 targets failed")
+        for name in broken:
+            assert sum(1 for line in lines if line.strip().startswith(f"{name}:") and thumb in line) == 1, lines
+    finally:
+        lab.site.stop()

@@ -95,3 +95,22 @@ def test_lab_serve_json_and_restart(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_readme_flow_lab_serve_with_state_then_run(tmp_path: Path) -> None:
+    """README: `exmig lab serve PLAYBOOK [--state DIR]`, then `exmig run PLAYBOOK --yes` in another terminal;
+    the certificate comes from the CA of the lab being served, so the servers trust it (status Valid)."""
+    playbook = lab_playbook_on_free_ports(tmp_path)
+    state = tmp_path / "state"
+    proc, _ = serve(playbook, state)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+        run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(playbook), "--yes"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=240, check=False)
+        assert run.returncode == 0, run.stderr + run.stdout[-2000:]
+        assert "Untrusted" not in run.stdout + run.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    # Stopped: the note that pointed `run` at DIR's CA is gone.
+    assert not list((tmp_path / ".exmig").glob("*.lab-serving.json"))

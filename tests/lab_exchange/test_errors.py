@@ -403,3 +403,48 @@ def test_get_by_domain_and_cert_drive(make_server: ServerFactory, lab_ca: LabCA)
     assert len(ServerInspector(model).thumbprints("My")) == 2  # nothing left behind
     made = ems.one("New-ExchangeCertificate", ("SubjectName", "CN=self.mitserv.net"), ("Force", None))
     assert str(made.get("Services")) == "IMAP, POP, SMTP" and str(made.get("Status")) == "Valid"
+
+
+# --- values in error texts are PowerShell's, never Python's ------------------------------------------
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(None, '""'), (b"\x01\x02", '"System.Byte[]"'), (["a"], '"System.Object[]"'), (1.5, '"System.Double"'),
+     ({"a": 1}, '"System.Collections.Hashtable"')],
+)
+def test_a_bool_parameter_names_the_value_as_powershell_does(make_server: ServerFactory, value: object,
+                                                            shown: str) -> None:
+    # -PrivateKeyExportable sent as a bare switch arrives as $null (pypsrp's <Nil/>).
+    _, reg = make_server("2010")
+    err = fails(Shell(reg, "Microsoft.Exchange"),
+                ("New-ExchangeCertificate", [("GenerateRequest", None), ("PrivateKeyExportable", value)]))
+    assert err.message == (
+        f"Cannot process argument transformation on parameter 'PrivateKeyExportable'. Cannot convert value {shown} "
+        'to type "System.Boolean". Boolean parameters accept only Boolean values and numbers, such as $True, '
+        "$False, 1 or 0.")
+
+
+@pytest.mark.parametrize("value", [None, True, b"\x00", [1, 2], 2.5, {"k": "v"}, ("t",)])
+def test_no_python_name_in_binding_errors(make_server: ServerFactory, value: object) -> None:
+    _, reg = make_server("2010")
+    ems = Shell(reg, "Microsoft.Exchange")
+    texts = []
+    for args in ([("KeySize", value)], [("SubjectName", value)], [("DomainName", [value])], [(None, value)],
+                 [("PrivateKeyExportable", value)]):
+        try:
+            ems.run(("New-ExchangeCertificate", [("GenerateRequest", None), *args]))
+        except LabError as err:
+            texts.append(err.message)
+    assert texts
+    for text in texts:
+        for python in ("None", "NoneType", "bytes", "b'", "list", "dict", "tuple", "float", "[1, 2]", "{'k'"):
+            assert python not in text, text
+
+
+def test_set_content_onto_a_folder_is_access_denied_not_a_lab_failure(make_server: ServerFactory) -> None:
+    _, reg = make_server("2010")
+    ps = Shell(reg, "Microsoft.PowerShell")
+    result = ps.run(("Set-Content", [("Path", "C:\\Windows\\Temp"), ("Value", b"1"), ("Encoding", "Byte")]))
+    assert [(e.message, e.error_id) for e in result.errors] == [
+        ("Access to the path 'C:\\Windows\\Temp' is denied.",
+         "GetContentWriterUnauthorizedAccessError,Microsoft.PowerShell.Commands.SetContentCommand")]

@@ -61,6 +61,12 @@ CASES = [
     ("pfx password in the file", "issuer:\n", "pfx_password: hunter2\nissuer:\n", 11,
      "pfx_password: a password must not be written in the playbook"),
     ("version 2013", "version: 2007", "version: 2013", 23, "servers[1].version: 2013 is not supported; use 2007 or 2010"),
+    ("basic over http", "host: ex2007.mitserv.net", "host: ex2007.mitserv.net\n      auth: basic", 22,
+     "servers[1]: server EX2007: auth basic over connection.scheme http sends the credentials in clear; use "
+     "scheme: https"),
+    ("basic over https, system endpoint http", "host: ex2010.mitserv.net",
+     "host: ex2010.mitserv.net\n      auth: basic\n      scheme: https\n      system_scheme: http", 14,
+     "servers[0]: server EX2010: auth basic over connection.system_scheme http"),
     ("unknown auth", "host: ex2007.mitserv.net", "host: ex2007.mitserv.net\n      auth: digest", 27,
      "servers[1].connection.auth: 'digest' is not allowed; use 'basic', 'ntlm', 'negotiate', 'kerberos' or 'credssp'"),
     ("CN missing from domains", "CN: mail.mitserv.net", "CN: owa.mitserv.net", 1,
@@ -124,3 +130,13 @@ def test_missing_file(tmp_path: Path, exmig: Callable) -> None:
     result = exmig("plan", tmp_path / "nope.yml")
     assert result.code == 2
     assert result.err == f"exmig: error: {tmp_path / 'nope.yml'}: file not found; give the path of a playbook (.yml)\n"
+
+
+def test_basic_over_https_on_every_endpoint_is_accepted(tmp_path: Path) -> None:
+    from orchestrator.playbook import load_playbook
+
+    text = GOOD.replace("host: ex2010.mitserv.net", "host: ex2010.mitserv.net\n      auth: basic\n      scheme: https")
+    path = tmp_path / "basic.yml"
+    path.write_text(text)
+    server = load_playbook(path).playbook.source
+    assert server.auth == "basic" and server.system_endpoint.scheme == "https"

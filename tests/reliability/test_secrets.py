@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import stat
 import subprocess
@@ -122,3 +123,31 @@ def test_no_password_in_any_output_log_journal_or_file(audit_lab: tuple[InProces
     assert key is not None and cert is not None
     # No other PFX anywhere on the workstation side.
     assert [p for p in left if p.suffix.lower() in (".pfx", ".p12")] == [backup]
+
+
+def test_debug_output_shows_the_clients_logs_without_secrets_pfx_bytes_or_key_material(
+        audit_lab: tuple[InProcessLab, dict[str, str]]) -> None:
+    """`--debug` (the clients' own DEBUG logs through exmig's redaction), with a lost reply on the way."""
+    lab, values = audit_lab
+    tmpdir = lab.tmp / "tmpdir"
+    tmpdir.mkdir()
+    backup = lab.tmp / "backup.pfx"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+    env |= {"EXMIG_LAB_PASSWORD": values["credentials"], "EXMIG_AUDIT_PFX_PASSWORD": values["pfx"],
+            "TMPDIR": str(tmpdir), "PYTHONPATH": str(ROOT)}
+    lab.set_fault("EX2007", FaultRule(FaultKind.RESET_AFTER, request=1, cmdlet="Import-ExchangeCertificate"))
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(lab.loaded.path), "--yes", "--json",
+                           "--debug", "--save-pfx", str(backup)], cwd=lab.tmp, env=env, capture_output=True,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert lab.fired("EX2007")
+    out = proc.stdout + proc.stderr
+    # The clients' own logs are there: pypsrp's WSMan messages, pyspnego's NTLM steps; exmig's request lines.
+    assert b"pypsrp.wsman" in proc.stderr and b"spnego" in proc.stderr and b"exmig.wire EX2007 Command" in proc.stderr
+    assert not leaks(out, values)
+    # No PFX bytes (any 48-character window of its base64), no SecureString or byte array content.
+    pfx = base64.b64encode(backup.read_bytes()).decode()
+    windows = {pfx[i:i + 48] for i in range(0, len(pfx) - 48, 16)}
+    assert not [w for w in windows if w.encode() in out]
+    text = proc.stderr.decode(errors="replace")
+    assert "<redacted bytes>" in text and not re.search(r"<(\w+:)?(BA|SS)\b[^>]*>(?!<redacted)[^<]+</", text)

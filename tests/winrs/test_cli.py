@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -32,6 +33,40 @@ def test_the_dry_run_plans_the_winrs_server_like_a_psrp_one(exmig) -> None:  # t
     assert "[Console]::In.ReadLine()" in winrs.out and "-Password $exmigSecret1" in winrs.out
     assert "written in base64 chunks" in winrs.out
     # ...and otherwise the same commands: the WinRS scripts are rendered from them.
-    sent = [line for line in winrs.out.splitlines()[1:] if "exmigSecret" not in line and "over WinRS" not in line]
+    sent = [line for line in winrs.out.splitlines()[1:]
+            if "exmigSecret" not in line and "over WinRS" not in line and "# which runs:" not in line]
     same = [line for line in psrp.out.splitlines()[1:] if "-Password" not in line]
     assert sent == same
+
+
+def _decoded(command_line: str) -> str:
+    return base64.b64decode(command_line.rsplit("-EncodedCommand ", 1)[1]).decode("utf-16-le")
+
+
+def test_the_dry_run_shows_the_powershell_exe_command_line_and_its_decoded_script(exmig) -> None:  # type: ignore[no-untyped-def]
+    text = exmig("plan", ROOT / "playbooks" / "lab-winrs.yml", "--server", "EX2007")
+    assert text.code == 0
+    lines = [line.strip() for line in text.out.splitlines()]
+    sent = [i for i, line in enumerate(lines) if line.startswith("# over WinRS: powershell.exe ")]
+    assert len(sent) >= 5
+    console = '-PSConsoleFile "C:\\Program Files\\Microsoft\\Exchange Server\\bin\\exshell.psc1"'
+    for i in sent:
+        line = lines[i].removeprefix("# over WinRS: ")
+        assert line.startswith("powershell.exe -NoLogo -NoProfile -NonInteractive ") and "-OutputFormat xml" in line
+        assert lines[i + 1] == "# which runs:"
+        script = _decoded(line).splitlines()
+        assert lines[i + 2:i + 2 + len(script)] == script  # the script beside it is exactly what is encoded
+        # The Exchange shell's console file for Exchange cmdlets only.
+        assert (console in line) == any("ExchangeCertificate" in s for s in script), line
+    # The PFX password goes on stdin, so it is in neither the command line nor its script.
+    imports = [_decoded(lines[i]) for i in sent if "Import-ExchangeCertificate" in _decoded(lines[i])]
+    assert imports and all("-Password $exmigSecret1" in s and "ReadLine()" in s for s in imports)
+
+    as_json = exmig("plan", ROOT / "playbooks" / "lab-winrs.yml", "--server", "EX2007", "--format", "json")
+    commands = [c for step in json.loads(as_json.out)["steps"] for c in step["commands"]]
+    winrs = [c["winrs"] for c in commands if "winrs" in c]
+    assert len(winrs) == len(sent)
+    for c in winrs:
+        assert c["command_line"].startswith("powershell.exe -NoLogo") and _decoded(c["command_line"]) == c["script"]
+    psrp = exmig("plan", ROOT / "playbooks" / "lab.yml", "--server", "EX2007", "--format", "json")
+    assert not any("winrs" in c for step in json.loads(psrp.out)["steps"] for c in step["commands"])

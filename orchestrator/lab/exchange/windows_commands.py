@@ -178,6 +178,16 @@ class WindowsCommands:
                         ErrorCategory.ObjectNotFound, "System.IO.DirectoryNotFoundException", raw,
                     ))
                     continue
+                if self.model.fs.is_dir(path):
+                    # .NET opening a folder as a file: UnauthorizedAccessException, not a lab handler failure
+                    # (IsADirectoryError). The text is .NET's; the error id follows Set-Content's naming, unconfirmed.
+                    call.write_error(cmdlet_error(
+                        call.name,
+                        f"Access to the path '{self.model.fs.display(path)}' is denied.",
+                        "GetContentWriterUnauthorizedAccessError",
+                        ErrorCategory.PermissionDenied, "System.UnauthorizedAccessException", raw,
+                    ))
+                    continue
                 self.model.fs.write(path, content)
 
     def get_content(self, call: CommandCall) -> None:
