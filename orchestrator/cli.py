@@ -18,11 +18,49 @@ app = typer.Typer(
     name="exmig",
     help="Move an Exchange certificate from Exchange 2010 to Exchange 2007/2010 servers over WinRM.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain (click) help: typer's rich help prints a `<bool>` type after every flag, and rich costs start-up.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-lab_app = typer.Typer(help="The rehearsal lab: emulated Exchange servers on 127.0.0.1.", no_args_is_help=True)
+lab_app = typer.Typer(help="The rehearsal lab: emulated Exchange servers on 127.0.0.1.", no_args_is_help=True,
+                      rich_markup_mode=None)
 app.add_typer(lab_app, name="lab")
+
+
+def _example(*lines: str) -> str:
+    """A command's epilog: its most useful invocation(s), kept verbatim by click's \\b marker."""
+    return "\b\n" + ("Examples:" if len(lines) > 1 else "Example:") + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def versions_line() -> str:
+    """exmig's version and those of the WinRM clients and PSRP library it runs with (installed metadata:
+    no import of the packages themselves, so --version stays as fast as --help)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"exmig {of('exmig')} (pypsrp {of('pypsrp')}, pywinrm {of('pywinrm')}, psrpcore {of('psrpcore')}; "
+            f"Python {platform.python_version()})\n")
+
+
+def _print_versions(value: bool) -> None:
+    if value:
+        _echo(versions_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_versions,
+                                          help="Print the versions of exmig, pypsrp, pywinrm and psrpcore.")]
+    = False,
+) -> None:
+    pass
 
 
 class PlanFormat(str, Enum):
@@ -45,7 +83,8 @@ WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
     help="The lab servers' Windows PowerShell: 2.0 as Windows 2008 R2 ships it, or a later WMF (3.0+ lets "
          "exmig send several commands per request).")]
 
-PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False)]
+PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False,
+                                             metavar="PLAYBOOK")]
 ServerOpt = Annotated[list[str] | None, typer.Option("--server", metavar="NAME",
                                                      help="Only this server (repeatable).")]
 StepOpt = Annotated[list[str] | None, typer.Option("--step", metavar="STEP",
@@ -100,9 +139,11 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
     return render_text(plan, loaded.playbook)
 
 
-@app.command()
+@app.command(epilog=_example("exmig validate playbooks/mitserv.yml"))
 def validate(playbook: PlaybookArg) -> None:
-    """Check a playbook; print one line naming file, line and field for the first problem."""
+    """Check a playbook: the first problem as file:line: field.
+
+    Checks what the servers would refuse too (names, key size, services) and that the files it names exist."""
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
@@ -111,7 +152,7 @@ def validate(playbook: PlaybookArg) -> None:
           f"targets {', '.join(t.name for t in p.targets)}; issuer {p.issuer.type})\n")
 
 
-@app.command()
+@app.command(epilog=_example("exmig steps"))
 def steps() -> None:
     """List the step names a plan is made of, in order."""
     from orchestrator.plan import STEP_DESCRIPTIONS
@@ -121,7 +162,7 @@ def steps() -> None:
         _echo(f"{step.value:<{width}}  {text}\n")
 
 
-@app.command()
+@app.command(epilog=_example("exmig plan playbooks/mitserv.yml --server EX2007 --format ps1"))
 def plan(
     playbook: PlaybookArg,
     server: ServerOpt = None,
@@ -131,11 +172,14 @@ def plan(
     certificate: CertOpt = None,
     chain: ChainOpt = None,
 ) -> None:
-    """Print the plan: every command, per server and in order, as the PowerShell it amounts to."""
+    """Print every command, per server and in order, as PowerShell.
+
+    Nothing is sent: the plan as the PowerShell it amounts to (--format ps1: one script per server)."""
     _echo(_plan_output(playbook, server, step, format, certificate, chain))
 
 
-@app.command()
+@app.command(epilog=_example("exmig run playbooks/mitserv.yml --dry-run",
+                             "exmig run playbooks/mitserv.yml --certificate ca-delivery.zip"))
 def run(
     playbook: PlaybookArg,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
@@ -155,7 +199,10 @@ def run(
     # The default is RunOptions.parallel's, kept literal here: importing execute would slow start-up.
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="Targets deployed at once.")] = 32,
 ) -> None:
-    """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
+    """Run the migration against the servers.
+
+    With --dry-run: print exactly what would be sent. With a manual issuer the first run writes the CSR and
+    exits 3; run again with the CA's files (--certificate)."""
     if dry_run:
         _echo(_plan_output(playbook, server, step, format, certificate, chain))
         return
@@ -259,7 +306,7 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
     return exit_code(findings)
 
 
-@app.command("verify")
+@app.command("verify", epilog=_example("exmig verify playbooks/mitserv.yml"))
 def verify_command(
     playbook: PlaybookArg,
     server: ServerOpt = None,
@@ -271,7 +318,9 @@ def verify_command(
     state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per TLS probe.")] = 10.0,
 ) -> None:
-    """Prove the migration from outside: every service, every name, the chain, the expiry."""
+    """Prove the migration from outside: every service and name.
+
+    Connects to every TLS service of every server, per name, and checks the certificate, its chain and expiry."""
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
@@ -281,7 +330,7 @@ def verify_command(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command(epilog=_example("exmig status playbooks/mitserv.yml"))
 def status(
     playbook: PlaybookArg,
     state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
@@ -301,14 +350,17 @@ def status(
               f"  {record.message or ''}\n")
 
 
-@app.command()
+@app.command(epilog=_example("exmig rehearse playbooks/mitserv.yml"))
 def rehearse(
     playbook: PlaybookArg,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
 ) -> None:
-    """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
+    """Rehearse the migration against a lab mirroring the servers.
+
+    Starts emulated copies of the playbook's servers on 127.0.0.1, runs the whole migration against them,
+    verifies it and stops the lab."""
     import tempfile
     from dataclasses import replace
 
@@ -340,7 +392,7 @@ def rehearse(
         raise typer.Exit(code)
 
 
-@lab_app.command("serve")
+@lab_app.command("serve", epilog=_example("exmig lab serve playbooks/lab.yml"))
 def lab_serve(
     playbook: PlaybookArg,
     state: Annotated[Path | None, typer.Option("--state", help="Folder for the lab's state.")] = None,
@@ -348,7 +400,9 @@ def lab_serve(
     = False,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
 ) -> None:
-    """Serve one emulated Exchange server per playbook server on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    """Serve the playbook's servers, emulated, on 127.0.0.1.
+
+    One emulated Exchange server per playbook server, on the playbook's ports, until Ctrl-C or SIGTERM."""
     import signal
     import threading
     from dataclasses import replace
@@ -379,14 +433,16 @@ def lab_serve(
             pass
 
 
-@lab_app.command("sign")
+@lab_app.command("sign", epilog=_example("exmig lab sign mitserv.csr --out ca-answer --playbook playbooks/lab.yml"))
 def lab_sign(
     csr: Annotated[Path, typer.Argument(help="The certificate request (CSR) file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the CA's answer.")],
     ca: Annotated[Path | None, typer.Option("--ca", help="The lab CA folder.")] = None,
     playbook: Annotated[Path | None, typer.Option("--playbook", help="Use this playbook's lab CA.")] = None,
 ) -> None:
-    """Play the third-party CA: sign a CSR with the lab CA; writes the leaf, the intermediate, a .p7b and a .zip."""
+    """Play the third-party CA: sign a CSR with the lab CA.
+
+    Writes the leaf, the intermediate, a .p7b and a .zip into --out."""
     from orchestrator.issuance import lab_ca_dir
     from orchestrator.lab.ca import CSRRejected, sign_request_file
     from orchestrator.playbook import load_playbook
@@ -408,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ExmigError becomes one line on stderr and its exit code, never a traceback."""
     try:
         # Without standalone mode click returns (not raises) a command's typer.Exit code.
-        returned = app(args=argv, standalone_mode=False)
+        returned = app(args=argv, prog_name="exmig", standalone_mode=False)
         if isinstance(returned, int) and not isinstance(returned, bool):
             return returned
     except ExmigError as exc:
