@@ -330,6 +330,22 @@ def verify_command(
         raise typer.Exit(code)
 
 
+@app.command(epilog=_example("exmig schema > exmig.schema.json"))
+def schema() -> None:
+    """Print the playbook's JSON Schema, for editors' YAML support.
+
+    Save it beside the playbooks and make this a playbook's first line; editors with the YAML language server
+    (VS Code's YAML extension, Neovim, Helix...) then complete and check the playbook as you type:
+
+    \b
+      # yaml-language-server: $schema=exmig.schema.json"""
+    import json
+
+    from orchestrator.schema import playbook_schema
+
+    _echo(json.dumps(playbook_schema(), indent=2) + "\n")
+
+
 @app.command(epilog=_example("exmig status playbooks/mitserv.yml"))
 def status(
     playbook: PlaybookArg,
