@@ -330,6 +330,38 @@ def verify_command(
         raise typer.Exit(code)
 
 
+class IssuerKind(str, Enum):
+    manual = "manual"
+    files = "files"
+    lab = "lab"
+
+
+@app.command(epilog=_example("exmig init mitserv.yml --domain mitserv.net --source EX2010=ex2010.mitserv.net "
+                             "--target EX2007=ex2007.mitserv.net:2007"))
+def init(
+    path: Annotated[Path, typer.Argument(help="The playbook to write; an existing file is never replaced.",
+                                         metavar="[PATH]")] = Path("exmig.yml"),
+    domain: Annotated[str | None, typer.Option("--domain", metavar="DOMAIN", help="The mail domain.")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", metavar="HOST", help="A name on the certificate "
+                                                   "(repeatable); default mail., autodiscover., legacy.")] = None,
+    source: Annotated[str | None, typer.Option("--source", metavar="NAME=HOST", help="The Exchange 2010 source.")]
+    = None,
+    target: Annotated[list[str] | None, typer.Option("--target", metavar="NAME=HOST[:VERSION]", help="A target "
+                                                     "(repeatable); VERSION 2007 (default) or 2010.")] = None,
+    issuer: Annotated[IssuerKind | None, typer.Option("--issuer", help="How the CA signs; default manual.")] = None,
+) -> None:
+    """Write a commented starter playbook, from questions or flags.
+
+    With --domain, --source and --target nothing is asked (scripts): the names default to mail., autodiscover.
+    and legacy. of the domain, the issuer to manual. What it writes passes `exmig validate`."""
+    from orchestrator.scaffold import gather, refuse_existing, summary, write_playbook
+
+    refuse_existing(path)  # before any question
+    answers = gather(domain, name, source, target, issuer.value if issuer else None, sys.stdin.isatty())
+    write_playbook(answers, path)
+    _echo(summary(answers, path))
+
+
 @app.command(epilog=_example("exmig schema > exmig.schema.json"))
 def schema() -> None:
     """Print the playbook's JSON Schema, for editors' YAML support.

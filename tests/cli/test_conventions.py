@@ -74,6 +74,8 @@ def test_bash_completion_script_completes_commands_and_choices(tmp_path: Path) -
     proc = _bash(complete.format(words="exmig re", cword=1), tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["rehearse"]
+    proc = _bash(complete.format(words="exmig init --issuer ''", cword=3), tmp_path)
+    assert proc.stdout.split() == ["manual", "files", "lab"], proc.stdout + proc.stderr
     proc = _bash(complete.format(words="exmig rehearse x.yml --windows-powershell ''", cword=4), tmp_path)
     assert proc.stdout.split() == ["2.0", "3.0", "4.0", "5.1"], proc.stdout + proc.stderr
     proc = _bash(complete.format(words="exmig lab s", cword=2), tmp_path)
