@@ -22,9 +22,9 @@ from orchestrator.playbook import Playbook
 DIALECT = "http://json-schema.org/draft-07/schema#"
 
 # check_hostname: labels of a-z, 0-9 and '-' (not at either end), 1-63 characters, at least two labels
-# (three after a wildcard), 255 characters at most, an optional final dot; the loader lower-cases first.
+# (three after a wildcard), 255 characters at most before the final dots it drops; it lower-cases first.
 _LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = rf"^(?=.{{1,255}}\.?$)(?:\*\.)?(?:{_LABEL}\.)+{_LABEL}\.?$"
+HOSTNAME = rf"^(?=.{{1,255}}\.*$)(?:\*\.)?(?:{_LABEL}\.)+{_LABEL}\.*$"
 # has_control: Unicode categories Cc (C0, DEL, C1), Zl and Zp.
 _CONTROL = r"\u0000-\u001f\u007f-\u009f\u2028\u2029"
 TEXT = rf"^[^{_CONTROL}]*[^{_CONTROL}\s][^{_CONTROL}]*$"  # Subject._plain_text: also not blank

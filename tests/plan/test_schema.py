@@ -9,16 +9,20 @@ loader that stops) shows up here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator import playbook
+from orchestrator import schema as schema_module
 from orchestrator.errors import PlaybookError
-from orchestrator.playbook import Service, load_playbook
+from orchestrator.playbook import _WINDOWS_DIR, Service, check_hostname, has_control, load_playbook
 from orchestrator.schema import playbook_schema
 from orchestrator.yamlsource import dotted, load_yaml
 from tests.conftest import ROOT
@@ -55,6 +59,8 @@ def _relative(path: Path) -> str:
 
 def test_the_fixtures_cover_every_loader_only_rule() -> None:
     assert len(BAD) >= 40
+    every = {*(ROOT / "playbooks").rglob("*.y*ml"), *(ROOT / "tests" / "fixtures" / "playbooks").rglob("*.y*ml")}
+    assert every == {*GOOD, *BAD}  # no playbook left out of the comparison
     assert set(LOADER_ONLY) <= {p.name for p in BAD}
 
 
@@ -124,3 +130,51 @@ def test_the_command_prints_the_schema_and_the_readme_shows_the_modeline(exmig: 
     assert result.code == 0, result.err
     assert json.loads(result.out) == playbook_schema()
     assert "# yaml-language-server: $schema=" in (ROOT / "README.md").read_text()
+
+
+# The patterns against the validators they mirror, on generated text. Whitespace is left out: the model strips
+# it from both ends before its validators run, the schema sees the value as written (YAML plain scalars have
+# none at the ends).
+_LABELS = st.lists(st.just("*") | st.text(alphabet="ab-9", max_size=66) | st.sampled_from(["a" * 63, "a" * 64]),
+                   max_size=6)
+_NAMEISH = st.text(alphabet="aZ09-.*_@", max_size=70) | st.builds(".".join, _LABELS) | st.builds(
+    lambda labels: ".".join(labels) + ".", _LABELS)
+
+
+@settings(max_examples=600, deadline=None)
+@given(name=_NAMEISH)
+def test_the_hostname_pattern_is_check_hostname(name: str) -> None:
+    try:
+        check_hostname(name)
+        loader = True
+    except ValueError:
+        loader = False
+    assert (re.search(schema_module.HOSTNAME, name) is not None) == loader
+
+
+def test_the_hostname_pattern_on_the_edges() -> None:
+    label = "a" * 63
+    for name in (".".join([label] * 4), ".".join([label] * 4)[:255], ".".join([label] * 4)[:255] + "..",
+                 "*." + ".".join([label] * 3) + ".b", "x." + label + "a", "*.*.example.com", "*.com", "a.*.example.com",
+                 "-a.example.com", "a-.example.com", "example.com.", "example.com..", "Mail.Example.COM", "a..com"):
+        try:
+            check_hostname(name)
+            loader = True
+        except ValueError:
+            loader = False
+        assert (re.search(schema_module.HOSTNAME, name) is not None) == loader, name
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("aZ .\x00\x07\x1f\x7f\x85\x9f\u2028\u2029\u00e9"), max_size=12))
+def test_the_text_pattern_is_the_subject_rule(text: str) -> None:
+    if text != text.strip():
+        return
+    loader = bool(text) and not has_control(text)
+    assert (re.search(schema_module.TEXT, text) is not None) == loader
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=st.text(alphabet=st.sampled_from('Cc:\\/ab<>"|?*\x01 .'), max_size=14))
+def test_the_workdir_pattern_is_the_loader_s(path: str) -> None:
+    assert (re.search(schema_module.WINDOWS_DIR, path) is not None) == (_WINDOWS_DIR.fullmatch(path) is not None)
