@@ -78,6 +78,13 @@ class WindowsPowerShell(str, Enum):
     v5 = "5.1"
 
 
+class RehearseAuth(str, Enum):
+    """How a rehearsal authenticates: as the playbook says (Kerberos with the lab's realm), or NTLM."""
+
+    playbook = "playbook"
+    ntlm = "ntlm"
+
+
 WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
     "--windows-powershell",
     help="The lab servers' Windows PowerShell: 2.0 as Windows 2008 R2 ships it, or a later WMF (3.0+ lets "
@@ -404,30 +411,42 @@ def rehearse(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
+    auth: Annotated[RehearseAuth, typer.Option(
+        "--auth", help="playbook: authenticate as the playbook says (Kerberos gets a real MIT KDC started for "
+        "its realm); ntlm: NTLM everywhere (where the KDC programs are missing).")] = RehearseAuth.playbook,
 ) -> None:
     """Rehearse the migration against a lab mirroring the servers.
 
     Starts emulated copies of the playbook's servers on 127.0.0.1, runs the whole migration against them,
     verifies it and stops the lab."""
+    import contextlib
     import tempfile
     from dataclasses import replace
 
+    from orchestrator.lab.kdc import require_kerberos
     from orchestrator.lab.rehearsal import rehearsal_playbook
-    from orchestrator.lab.site import LabSite
+    from orchestrator.lab.site import LabSite, playbook_realm
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
     with tempfile.TemporaryDirectory(prefix="exmig-rehearse-") as tmp:
         state_dir = keep or Path(tmp)
-        lab_loaded = rehearsal_playbook(loaded, state_dir)
+        lab_loaded = rehearsal_playbook(loaded, state_dir, force_ntlm=auth is RehearseAuth.ntlm)
+        realm = playbook_realm(lab_loaded.playbook)
+        if realm is not None:
+            require_kerberos(f"rehearsing {playbook} with Kerberos (realm {realm})",
+                             f"or rehearse with NTLM: exmig rehearse {playbook} --auth ntlm")
         site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False)
         site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
-        with site:
+        with site, (site.realm.client_environment() if site.realm else contextlib.nullcontext()):
             final = site.playbook_for_lab()
             lab_loaded = lab_loaded.model_copy(update={"playbook": final})
             if not json_output:
                 for d in site.describe():
-                    _echo(f"lab {d['name']} (Exchange {d['version']}) at {d['exchange_url']}\n")
+                    how = f" (Kerberos, realm {d['realm']}, SPN {d['spn']})" if d["realm"] else ""
+                    _echo(f"lab {d['name']} (Exchange {d['version']}) at {d['exchange_url']}{how}\n")
+                for note in site.notes():
+                    _echo(note + "\n")
             journal_path = state_dir / "journal.json"
             code = _execute(lab_loaded, journal_path, json_output, None, None, None, [], [], None)
             if code == 0:
@@ -456,10 +475,15 @@ def lab_serve(
     from dataclasses import replace
 
     from orchestrator.issuance import lab_state_dir
-    from orchestrator.lab.site import LabSite
+    from orchestrator.lab.kdc import require_kerberos
+    from orchestrator.lab.site import LabSite, playbook_realm
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
+    realm = playbook_realm(loaded.playbook)
+    if realm is not None:
+        require_kerberos(f"serving {playbook} with Kerberos (realm {realm})",
+                         "or serve a playbook whose servers use auth: ntlm")
     site = LabSite(loaded, state or lab_state_dir(loaded))
     site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
     stop = threading.Event()
@@ -469,10 +493,16 @@ def lab_serve(
             _echo(site.describe_json_lines())
         else:
             for d in site.describe():
+                offered = "; ".join(f"{path} {', '.join(schemes)}" for path, schemes in d["auth"].items())
                 _echo(f"{d['name']} (Exchange {d['version']}): {d['exchange_url']} [{d['configuration_name']}]\n"
-                      f"  wsman {d['wsman_url']}  auth {', '.join(d['auth'])}  user {d['username']}  "
+                      f"  wsman {d['wsman_url']}  auth {offered}  user {d['username']}  "
                       f"password {d['password']}\n"
                       f"  tls " + ", ".join(f"{k} {v}" for k, v in d["tls_ports"].items()) + "\n")
+            if site.realm is not None:
+                _echo(f"Kerberos realm {site.realm.realm}: KDC on {site.realm.host}:{site.realm.port}; clients need\n"
+                      f"  export KRB5_CONFIG={site.realm.krb5_config}\n")
+            for note in site.notes():
+                _echo(note + "\n")
             _echo(f"lab CA: {site.ca_file}\nCtrl-C stops the lab; its state stays in {site.state_dir}\n")
         try:
             while not stop.wait(0.5):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from orchestrator.errors import UsageError
+from orchestrator.kerberos import check_ticket, check_username, principal_name
 from orchestrator.playbook import LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
 from orchestrator.transport.base import ServerSession
@@ -14,6 +16,13 @@ log = logging.getLogger(__name__)
 
 def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
                     warn: Callable[[str], None] | None = None) -> Callable[[Server], ServerSession]:
+    for server in loaded.playbook.servers:
+        if server.auth == "kerberos" and server.credentials.password is None:
+            # No password: the admin's ticket. Checked here, before any connection, and said once.
+            note = check_ticket(server.name, principal_name(secrets.username(server)))
+            if warn is not None:
+                warn(note)
+
     def open_session(server: Server) -> ServerSession:
         from orchestrator.transport.psrp import ConnectionSettings, PsrpServerSession
 
@@ -24,11 +33,19 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
         if not server.connection.verify_tls and uses_tls and warn is not None:
             warn(f"warning: {server.name}: TLS certificate validation is off (connection.verify_tls: false)")
         policy = loaded.playbook.retry
+        username = secrets.username(server)
+        problem = check_username(username) if server.auth == "kerberos" else None
+        if problem is not None:  # a name from a variable: the playbook could not check it
+            raise UsageError(f"servers[{server.name}].credentials.username: {problem}")
         settings = ConnectionSettings(
             host=server.connection.host,
             auth=server.auth,
-            username=secrets.username(server),
+            # Kerberos realms are case-sensitive and AD's are upper-case: administrator@mitserv.net
+            # is asked for as administrator@MITSERV.NET, as Windows' own clients do.
+            username=principal_name(username) if server.auth == "kerberos" else username,
             password=secrets.password(server),
+            spn_service=server.spn_service,
+            spn_hostname=server.spn_hostname,
             verify_tls=verify,
             operation_timeout=policy.operation_timeout,
             read_timeout=policy.read_timeout,

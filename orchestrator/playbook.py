@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from orchestrator.errors import PlaybookError
+from orchestrator.kerberos import DEFAULT_SPN_SERVICE, check_username
 from orchestrator.yamlsource import SourceMap, load_yaml
 
 EXCHANGE_2007_SNAPIN = "Microsoft.Exchange.Management.PowerShell.Admin"
@@ -102,10 +103,12 @@ def _reject_inline_secret(value: Any, field_name: str) -> Any:
 
 
 class Credentials(_Model):
-    username: StrictStr | SecretRef = Field(description="The account, e.g. administrator@example.com, or "
-                                            "{env: VARIABLE}.")
-    password: SecretRef = Field(description="Where the password comes from: {env: VARIABLE} or {prompt: true}; "
-                                "never the password itself.")
+    username: StrictStr | SecretRef = Field(description="The account; with Kerberos its principal user@REALM, e.g. "
+                                            "administrator@EXAMPLE.COM; or {env: VARIABLE}.")
+    # None: with `auth: kerberos`, the admin's Kerberos ticket (kinit, or a domain logon) is used.
+    password: SecretRef | None = Field(None, description="Where the password comes from: {env: VARIABLE} or "
+                                       "{prompt: true}, never the password itself; leave it out with auth: "
+                                       "kerberos to use the admin's ticket (kinit).")
 
     @field_validator("password", mode="before")
     @classmethod
@@ -114,8 +117,8 @@ class Credentials(_Model):
 
     @field_validator("password")
     @classmethod
-    def _not_generated(cls, value: SecretRef) -> SecretRef:
-        if value.generate:
+    def _not_generated(cls, value: SecretRef | None) -> SecretRef | None:
+        if value is not None and value.generate:
             raise ValueError("a server password cannot be generated; use `env: VARIABLE` or `prompt: true`")
         return value
 
@@ -316,6 +319,27 @@ class Connection(_Model):
                                                                             "5985 (https 5986).")
     system_path: StrictStr | None = Field(None, description="Exchange 2010: the Windows-level endpoint's path; "
                                           "default /wsman.")
+    # Kerberos: the SPN exmig asks a ticket for is <spn_service>/<spn_hostname>. By default the client
+    # library's service class (pypsrp: host, pywinrm: HTTP) and the host name connected to; set
+    # spn_hostname for a load-balanced or aliased name (the one registered with setspn).
+    spn_service: StrictStr | None = Field(None, description="Kerberos: the SPN's service class (HTTP, host, WSMAN); "
+                                          "default the client's: host (psrp), HTTP (winrs).")
+    spn_hostname: StrictStr | None = Field(None, description="Kerberos: the SPN's host name, e.g. the alias "
+                                           "registered with setspn; default: host.")
+
+    @field_validator("spn_service")
+    @classmethod
+    def _spn_service(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,31}", value):
+            raise ValueError(f"'{value}' is not an SPN service class such as HTTP, host or WSMAN")
+        return value
+
+    @field_validator("spn_hostname")
+    @classmethod
+    def _spn_hostname(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})", value):
+            raise ValueError(f"'{value}' is not a host name for an SPN (letters, digits, '-' and '.')")
+        return value
 
     @field_validator("host")
     @classmethod
@@ -370,6 +394,21 @@ class Server(_Model):
         return value
 
     @model_validator(mode="after")
+    def _kerberos_credentials(self) -> Server:
+        user, password = self.credentials.username, self.credentials.password
+        if self.auth == "kerberos" and isinstance(user, str):
+            problem = check_username(user)
+            if problem is not None:
+                raise ValueError(f"credentials.username: {problem}")
+        if password is None and self.auth != "kerberos":
+            raise ValueError(f"credentials.password is needed with auth: {self.auth}; give `password: {{env: "
+                             "VARIABLE}}` or `{prompt: true}` (only auth: kerberos can use a ticket from kinit)")
+        c = self.connection
+        if (c.spn_service or c.spn_hostname) and self.auth not in ("kerberos", "negotiate"):
+            raise ValueError(f"connection.spn_service/spn_hostname are for Kerberos; auth is {self.auth}")
+        return self
+
+    @model_validator(mode="after")
     def _transport_fits_version(self) -> Server:
         if self.connection.transport == "winrs" and self.version != 2007:
             raise ValueError(
@@ -420,6 +459,14 @@ class Server(_Model):
         if self.connection.auth:
             return self.connection.auth
         return "kerberos" if self.version == 2010 else "negotiate"
+
+    @property
+    def spn_service(self) -> str:
+        return self.connection.spn_service or DEFAULT_SPN_SERVICE[self.connection.transport]
+
+    @property
+    def spn_hostname(self) -> str:
+        return self.connection.spn_hostname or self.connection.host
 
     @property
     def exchange_endpoint(self) -> Endpoint:
@@ -536,7 +583,8 @@ class Playbook(_Model):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"server names must be unique; '{duplicates[0]}' is used twice")
-        lab_defaults = [s.name for s in self.servers if s.credentials.password.lab_default]
+        lab_defaults = [s.name for s in self.servers
+                        if s.credentials.password is not None and s.credentials.password.lab_default]
         if lab_defaults and not isinstance(self.issuer, LabIssuer):
             raise ValueError(
                 f"server {lab_defaults[0]}: `lab_default: true` is only for lab playbooks (issuer type lab); "

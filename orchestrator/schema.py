@@ -34,6 +34,11 @@ ENV_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"  # playbook._ENV_NAME
 HOST = r"^[^/ @?#\u0000-\u0020]+$"  # Connection._host
 SERVER_NAME = "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"  # playbook._SERVER_NAME
 WINDOWS_DIR = r'^[A-Za-z]:\\(?:[^<>:"/\\|?*\u0000-\u001f]+\\?)*$'  # playbook._WINDOWS_DIR
+# kerberos.check_username: user@REALM (kerberos._USER, kerberos._REALM), the user without an '@'.
+_REALM_LABEL = "[A-Za-z0-9][A-Za-z0-9-]{0,62}"
+PRINCIPAL = rf"""^[^\s@\\/:"']{{1,104}}@{_REALM_LABEL}(?:\.{_REALM_LABEL})*$"""
+SPN_SERVICE = "^[A-Za-z][A-Za-z0-9-]{0,31}$"  # Connection._spn_service
+SPN_HOSTNAME = "^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"  # Connection._spn_hostname
 
 
 def _any_case(text: str) -> str:
@@ -83,11 +88,13 @@ def playbook_schema() -> dict[str, Any]:
     secret["if"] = _present("lab_default", _is(True))
     secret["then"] = _present("env", {"type": "string"})
     # Credentials._not_generated. allOf, not a sibling of $ref: draft-07 ignores a $ref's siblings.
-    password = defs["Credentials"]["properties"]["password"]
+    password = next(b for b in defs["Credentials"]["properties"]["password"]["anyOf"] if "$ref" in b)
     password["allOf"] = [{"$ref": password.pop("$ref")}, {"not": _present("generate", _is(True))}]
 
     connection = defs["Connection"]
     _string_branch(connection["properties"]["host"])["pattern"] = HOST
+    _string_branch(connection["properties"]["spn_service"])["pattern"] = SPN_SERVICE
+    _string_branch(connection["properties"]["spn_hostname"])["pattern"] = SPN_HOSTNAME
     # Server._transport_fits_version: a console file is WinRS's.
     connection["if"] = _present("console_file", {"type": "string"})
     connection["then"] = _present("transport", _is("winrs"))
@@ -110,6 +117,17 @@ def playbook_schema() -> dict[str, Any]:
              "path": {"not": {"type": "string", "pattern": f"^/?{_any_case('powershell')}/*$"}},
          }}}},
          "else": {"properties": {"connection": {"properties": {"snapin": {"type": "null"}}}}}},
+        # Server._kerberos_credentials: with Kerberos (written, or 2010's default) the user is a principal and
+        # the password may be left out (the admin's ticket); with anything else a password is needed.
+        {"if": {"anyOf": [_present("connection", _present("auth", _is("kerberos"))),
+                          {**_present("version", _is(2010)),
+                           "properties": {"version": _is(2010), "connection": {"properties": {"auth": {"type": "null"}}}}}]},
+         "then": {"properties": {"credentials": {"properties": {"username": {"pattern": PRINCIPAL}}}}},
+         "else": {"properties": {"credentials": _present("password", {"not": {"type": "null"}})}}},
+        # ... and an SPN only for Kerberos or Negotiate (written, or the version's default).
+        {"if": _present("connection", {"anyOf": [_present("spn_service", {"type": "string"}),
+                                                 _present("spn_hostname", {"type": "string"})]}),
+         "then": {"properties": {"connection": {"properties": {"auth": {"enum": ["kerberos", "negotiate", None]}}}}}},
     ]
 
     # FilesIssuer._something: the CA's certificate or its bundle.

@@ -52,7 +52,10 @@ class SecretStore:
             return user
         return self._resolve(user, f"the user name for {server.name}", f"servers[{server.name}].credentials.username")
 
-    def password(self, server: Server) -> str:
+    def password(self, server: Server) -> str | None:
+        """None: no password in the playbook (auth: kerberos with the admin's ticket cache)."""
+        if server.credentials.password is None:
+            return None
         key = f"password:{server.name}"
         if key not in self._values:
             self._values[key] = self._resolve(server.credentials.password, f"the password for {server.name}",

@@ -6,6 +6,13 @@
   NTLMSSP tokens as pypsrp `auth='ntlm'` sends them, and SPNEGO-wrapped ones). Over HTTP the
   bodies are then `multipart/encrypted` (MS-WSMV 2.2.9.1); a plain body on such a connection
   is refused with 401, as a listener with AllowUnencrypted=false does.
+- Kerberos, when the server has a keytab from the lab's MIT realm (`KerberosKeys`, see kdc.py):
+  inside `Negotiate` (SPNEGO, or the raw Kerberos token pypsrp `auth='kerberos'` sends there) and
+  as the `Kerberos` scheme, with `HTTP-SPNEGO-session-encrypted` / `HTTP-Kerberos-session-encrypted`
+  bodies (the reply uses the protocol the request named), channel bindings checked by MIT's
+  acceptor over HTTPS, and replayed tokens refused by its replay cache. Paths in `kerberos_only`
+  (Exchange 2010's IIS-hosted /PowerShell) complete an NTLM handshake but refuse the request that
+  follows, as the real endpoint does (see `AuthResult.ntlm_refused`).
 
 pyspnego's NTLM acceptor reads its users only from the file named by the NTLM_USER_FILE
 environment variable, when it creates the NTLM context (first leg) and when it checks the
@@ -15,6 +22,8 @@ process-wide lock with the variable pointing at that file, so several lab server
 users can live in one process. The file is an anonymous in-memory file (memfd) where Linux has
 them: nothing on disk, and it vanishes with the process however the process ends; elsewhere a
 0600 file in a private 0700 temporary directory, removed when the server stops (or at exit).
+MIT's acceptor likewise reads its keytab (KRB5_KTNAME), configuration (KRB5_CONFIG) and replay
+cache folder (KRB5RCACHEDIR) from the environment; they are set under the same lock.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import spnego
@@ -42,6 +52,7 @@ from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1  # the hash functions pyspn
 from spnego.channel_bindings import GssChannelBindings
 
 SPNEGO_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
+KERBEROS_PROTOCOL = "application/HTTP-Kerberos-session-encrypted"
 BOUNDARY = "Encrypted Boundary"
 SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
 
@@ -107,19 +118,13 @@ class UserFile:
             self._finalizer()  # runs once; later calls (and the one at exit) do nothing
 
     @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self, extra: dict[str, str] | None = None) -> Iterator[None]:
+        """NTLM_USER_FILE (and `extra`, the Kerberos acceptor's variables) for one acceptor step."""
         with _ENV_LOCK:
             if not self._finalizer.alive:
                 raise RuntimeError("the lab server's NTLM users were released (server stopped)")
-            previous = os.environ.get("NTLM_USER_FILE")
-            os.environ["NTLM_USER_FILE"] = self.path
-            try:
+            with _environment({"NTLM_USER_FILE": self.path, **(extra or {})}):
                 yield
-            finally:
-                if previous is None:
-                    os.environ.pop("NTLM_USER_FILE", None)
-                else:
-                    os.environ["NTLM_USER_FILE"] = previous
 
 
 def _remove(fd: int | None, directory: str | None) -> None:
@@ -127,6 +132,34 @@ def _remove(fd: int | None, directory: str | None) -> None:
         os.close(fd)
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class KerberosKeys:
+    """What one emulated server needs to accept Kerberos: its keytab and the realm's files."""
+
+    keytab: Path
+    krb5_config: Path
+    rcache_dir: Path
+
+    def environment(self) -> dict[str, str]:
+        return {"KRB5_KTNAME": f"FILE:{self.keytab}", "KRB5_CONFIG": str(self.krb5_config),
+                "KRB5RCACHEDIR": str(self.rcache_dir)}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set variables for one acceptor step; the caller holds _ENV_LOCK."""
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def tls_server_end_point(cert_pem: bytes) -> bytes:
@@ -147,13 +180,17 @@ class ConnectionAuth:
     context: Any = None  # spnego acceptor, in progress or complete
     username: str | None = None
     scheme: str = ""
+    mechanism: str = ""  # "kerberos" or "ntlm" once a Negotiate/Kerberos handshake completed
     encrypted: bool = False  # an NTLM/Negotiate session that requires encrypted bodies
+    ntlm_refused: bool = False  # NTLM completed on a Kerberos-only path: every request is refused
 
     def reset(self) -> None:
         self.context = None
         self.username = None
         self.scheme = ""
+        self.mechanism = ""
         self.encrypted = False
+        self.ntlm_refused = False
 
 
 @dataclass
@@ -165,8 +202,16 @@ class AuthResult:
     body: bytes = b""
     username: str | None = None
     scheme: str = ""
+    mechanism: str = ""
     encrypted: bool = False  # the request was encrypted, so the reply must be too
     context: Any = None  # the connection's security context when `encrypted`
+    protocol: str = SPNEGO_PROTOCOL  # the encryption protocol the request named; the reply names it too
+    # The user authenticated with NTLM where the endpoint takes Kerberos only: the server answers the
+    # request with the real endpoint's refusal instead of executing it.
+    ntlm_refused: bool = False
+
+
+_PROTOCOL_PARAM = re.compile(r'protocol\s*=\s*"?([^";]+)"?', re.I)
 
 
 class Authenticator:
@@ -177,19 +222,35 @@ class Authenticator:
         tls: bool,
         allow_unencrypted: bool = False,
         channel_binding: bytes | None = None,
+        kerberos: KerberosKeys | None = None,
+        kerberos_only: tuple[str, ...] = (),
     ) -> None:
         self._users = {k.lower(): (k, v) for k, v in users.items()}
         self.schemes = tuple(s.lower() for s in schemes)
         self.tls = tls
         self.allow_unencrypted = allow_unencrypted
         self._user_file = UserFile(users)
+        self.kerberos = kerberos
+        # Normalized URL paths ("/powershell") where NTLM is refused (only meaningful with Kerberos keys).
+        self.kerberos_only = frozenset(p.lower() for p in kerberos_only) if kerberos is not None else frozenset()
         # HTTPS channel binding (CBT), checked as WinRM's CbtHardeningLevel=Relaxed does: a client
-        # that sends bindings must send the right ones.
+        # that sends bindings must send the right ones. MIT's acceptor checks Kerberos' the same way.
         self._bindings = GssChannelBindings(application_data=channel_binding) if channel_binding else None
 
     @property
     def _wants_negotiate(self) -> bool:
         return "negotiate" in self.schemes or "ntlm" in self.schemes
+
+    def offered(self, path: str) -> list[str]:
+        """The authentication a client can succeed with at `path`, as `lab serve --json` reports it."""
+        out: list[str] = []
+        if self.kerberos is not None and (self._wants_negotiate or "kerberos" in self.schemes):
+            out.append("kerberos")
+        if self._wants_negotiate and path.lower() not in self.kerberos_only:
+            out.append("ntlm")
+        if "basic" in self.schemes and (self.tls or self.allow_unencrypted):
+            out.append("basic")
+        return out
 
     def close(self) -> None:
         """Release the NTLM user file (the server has stopped)."""
@@ -199,6 +260,8 @@ class Authenticator:
         headers = []
         if self._wants_negotiate:
             headers.append(("WWW-Authenticate", "Negotiate"))
+        if "kerberos" in self.schemes and self.kerberos is not None:
+            headers.append(("WWW-Authenticate", "Kerberos"))
         if "basic" in self.schemes and (self.tls or self.allow_unencrypted):
             headers.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
         return headers
@@ -218,7 +281,7 @@ class Authenticator:
         # Constant-time compare: the lab is local, but there is no reason to teach bad habits.
         return entry[0] if hmac.compare_digest(entry[1].encode(), password.encode()) else None
 
-    def authenticate(self, conn: ConnectionAuth, headers: Any, body: bytes) -> AuthResult:
+    def authenticate(self, conn: ConnectionAuth, headers: Any, body: bytes, path: str = "/wsman") -> AuthResult:
         header = headers.get("Authorization", "")
         scheme, _, value = header.strip().partition(" ")
         scheme_l = scheme.lower()
@@ -232,8 +295,9 @@ class Authenticator:
             conn.reset()
             return AuthResult(body=body, username=user, scheme="basic")
 
-        if scheme_l in ("negotiate", "ntlm") and self._wants_negotiate:
-            return self._negotiate_step(conn, value.strip(), headers, body)
+        if (scheme_l in ("negotiate", "ntlm") and self._wants_negotiate) or (
+                scheme_l == "kerberos" and "kerberos" in self.schemes and self.kerberos is not None):
+            return self._negotiate_step(conn, scheme_l, value.strip(), headers, body, path)
 
         if scheme:
             return self._unauthorized()
@@ -243,23 +307,30 @@ class Authenticator:
             return self._unauthorized()
         return self._session_body(conn, headers, body)
 
-    def _negotiate_step(self, conn: ConnectionAuth, value: str, headers: Any, body: bytes) -> AuthResult:
+    def _negotiate_step(self, conn: ConnectionAuth, scheme: str, value: str, headers: Any, body: bytes,
+                        path: str) -> AuthResult:
         try:
             token = base64.b64decode(value, validate=True)
         except binascii.Error:
             conn.reset()
             return self._unauthorized()
+        extra = self.kerberos.environment() if self.kerberos is not None else None
         try:
-            with self._user_file.active():
+            with self._user_file.active(extra):
                 if conn.context is None or conn.context.complete:
                     conn.reset()
-                    conn.context = spnego.server(protocol="negotiate", channel_bindings=self._bindings)
+                    # The Kerberos scheme carries raw Kerberos tokens; Negotiate takes SPNEGO, raw NTLMSSP
+                    # and (with a keytab) raw Kerberos, as Windows' Negotiate package does.
+                    protocol = "kerberos" if scheme == "kerberos" else "negotiate"
+                    conn.context = spnego.server(protocol=protocol, channel_bindings=self._bindings)
                 out = conn.context.step(token)
-        except (spnego.exceptions.SpnegoError, ValueError, struct.error):
-            # Wrong user or password: Windows answers a fresh 401 with the bare challenge.
+        except (spnego.exceptions.SpnegoError, ValueError, struct.error, AttributeError):
+            # Wrong user or password, a replayed or tampered Kerberos token (pyspnego surfaces MIT's
+            # refusal as AttributeError), a wrong channel binding: a fresh 401 with the bare challenge.
             conn.reset()
             return self._unauthorized()
-        out_header = [("WWW-Authenticate", "Negotiate " + base64.b64encode(out).decode())] if out else []
+        header_name = "Kerberos" if scheme == "kerberos" else "Negotiate"
+        out_header = [("WWW-Authenticate", f"{header_name} " + base64.b64encode(out).decode())] if out else []
         if not conn.context.complete:
             return AuthResult(status=401, headers=out_header)
         principal = str(conn.context.client_principal or "")
@@ -268,8 +339,10 @@ class Authenticator:
             conn.reset()
             return self._unauthorized()
         conn.username = user
-        conn.scheme = "negotiate"
+        conn.scheme = scheme if scheme == "kerberos" else "negotiate"
+        conn.mechanism = "kerberos" if conn.context.negotiated_protocol == "kerberos" else "ntlm"
         conn.encrypted = not self.tls
+        conn.ntlm_refused = conn.mechanism == "ntlm" and path.lower() in self.kerberos_only
         # The request carrying the final token is executed: empty when the client sets up message
         # encryption, the real request over HTTPS. A body here goes through the same rules as on an
         # established session (decrypt, or refuse plain text where encryption is required).
@@ -281,7 +354,8 @@ class Authenticator:
                 return result
             result.headers = out_header + result.headers
             return result
-        return AuthResult(body=body, username=user, scheme="negotiate", headers=out_header)
+        return AuthResult(body=body, username=user, scheme=conn.scheme, mechanism=conn.mechanism,
+                          headers=out_header, ntlm_refused=conn.ntlm_refused)
 
     def _known_user(self, principal: str) -> str | None:
         entry = self._users.get(principal.lower())
@@ -291,17 +365,20 @@ class Authenticator:
 
     def _session_body(self, conn: ConnectionAuth, headers: Any, body: bytes) -> AuthResult:
         ctype = headers.get("Content-Type", "")
+        common = {"username": conn.username, "scheme": conn.scheme, "mechanism": conn.mechanism,
+                  "ntlm_refused": conn.ntlm_refused}
         if ctype.lower().startswith(("multipart/encrypted", "multipart/x-multi-encrypted")):
             try:
                 plain = unwrap(conn.context, body)
             except (spnego.exceptions.SpnegoError, ValueError, struct.error):
                 return AuthResult(status=400)
-            return AuthResult(body=plain, username=conn.username, scheme=conn.scheme, encrypted=True,
-                              context=conn.context)
+            named = _PROTOCOL_PARAM.search(ctype)
+            protocol = named.group(1) if named else SPNEGO_PROTOCOL
+            return AuthResult(body=plain, encrypted=True, context=conn.context, protocol=protocol, **common)
         if conn.encrypted and not self.allow_unencrypted and body:
             # Plain text after an encrypted session was set up: refused like AllowUnencrypted=false.
             return self._unauthorized()
-        return AuthResult(body=body, username=conn.username, scheme=conn.scheme)
+        return AuthResult(body=body, **common)
 
 
 _PART_SPLIT = re.compile(rb"--\s*" + re.escape(BOUNDARY.encode()) + rb"(?:--)?\r\n")
@@ -330,13 +407,13 @@ def unwrap(context: Any, body: bytes) -> bytes:
     return bytes(out)
 
 
-def wrap(context: Any, plain: bytes) -> tuple[str, bytes]:
-    """SOAP bytes -> (Content-Type, multipart/encrypted body)."""
+def wrap(context: Any, plain: bytes, protocol: str = SPNEGO_PROTOCOL) -> tuple[str, bytes]:
+    """SOAP bytes -> (Content-Type, multipart/encrypted body) under the encryption `protocol`."""
     sig, data, _ = context.wrap_winrm(plain)
     body = (
-        f"--{BOUNDARY}\r\n\tContent-Type: {SPNEGO_PROTOCOL}\r\n"
+        f"--{BOUNDARY}\r\n\tContent-Type: {protocol}\r\n"
         f"\tOriginalContent: type={SOAP_CONTENT_TYPE};Length={len(plain)}\r\n"
         f"--{BOUNDARY}\r\n\tContent-Type: application/octet-stream\r\n"
     ).encode() + struct.pack("<i", len(sig)) + sig + data + f"--{BOUNDARY}--\r\n".encode()
-    ctype = f'multipart/encrypted;protocol="{SPNEGO_PROTOCOL}";boundary="{BOUNDARY}"'
+    ctype = f'multipart/encrypted;protocol="{protocol}";boundary="{BOUNDARY}"'
     return ctype, body

@@ -6,17 +6,26 @@ from pathlib import Path
 
 from orchestrator.playbook import LabIssuer, LoadedPlaybook, SecretRef
 
+KERBEROS_AUTHS = ("kerberos", "negotiate")
 
-def rehearsal_playbook(loaded: LoadedPlaybook, state_dir: Path) -> LoadedPlaybook:
-    """Loopback hosts, NTLM over HTTP (the lab has no Kerberos realm), the lab CA, the lab password.
 
+def rehearsal_playbook(loaded: LoadedPlaybook, state_dir: Path, force_ntlm: bool = False) -> LoadedPlaybook:
+    """Loopback hosts over HTTP, the lab CA, the lab password; authentication as the playbook says.
+
+    Kerberos stays Kerberos (the lab runs the realm): each server keeps its SPN host name, so the
+    tickets asked for are those production asks for, while the connection goes to 127.0.0.1.
+    `force_ntlm` (rehearse --auth ntlm, where the KDC programs are missing) turns it into NTLM.
     Ports stay as written; the lab replaces them with the ones it listens on."""
     servers = []
     for server in loaded.playbook.servers:
-        auth = server.auth if server.auth in ("ntlm", "negotiate", "basic") else "ntlm"
+        keep = server.auth in ("ntlm", "basic") or (server.auth in KERBEROS_AUTHS and not force_ntlm)
+        auth = server.auth if keep else "ntlm"
+        kerberos = auth in KERBEROS_AUTHS
         connection = server.connection.model_copy(update={
             "host": "127.0.0.1", "scheme": "http", "auth": auth, "system_scheme": None, "verify_tls": True,
             "ca_file": None, "transport": server.connection.transport,
+            "spn_hostname": server.spn_hostname if kerberos else None,
+            "spn_service": server.connection.spn_service if kerberos else None,
         })
         credentials = server.credentials.model_copy(update={
             "password": SecretRef(env="EXMIG_LAB_PASSWORD", lab_default=True)})
@@ -24,3 +33,7 @@ def rehearsal_playbook(loaded: LoadedPlaybook, state_dir: Path) -> LoadedPlayboo
     playbook = loaded.playbook.model_copy(update={
         "servers": servers, "issuer": LabIssuer(type="lab", ca_dir=str(state_dir / "ca"))})
     return loaded.model_copy(update={"playbook": playbook, "path": state_dir / loaded.path.name})
+
+
+def uses_kerberos(loaded: LoadedPlaybook) -> bool:
+    return any(s.auth in KERBEROS_AUTHS for s in loaded.playbook.servers)

@@ -24,7 +24,9 @@ class RequestRecord:
     shell_id: str | None = None
     command_id: str | None = None
     auth: str = ""  # "basic", "negotiate", "" (still unauthenticated)
+    mechanism: str = ""  # under negotiate/kerberos: "kerberos" or "ntlm"
     encrypted: bool = False
+    ntlm_refused: bool = False  # refused: NTLM on an endpoint that takes Kerberos only
     fault: str | None = None  # the injected fault kind, if any
     wsman_fault: int | None = None  # WSManFault code of a SOAP fault reply
     connection: int = 0  # id of the TCP connection (to see keep-alive and NTLM per-connection auth)

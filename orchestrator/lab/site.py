@@ -6,6 +6,13 @@ endpoints that version has (2010: Microsoft.Exchange at /PowerShell and Microsof
 playbook's credentials name, and TLS services (HTTPS, SMTP STARTTLS, IMAPS, POP3S) presenting
 whatever certificate is enabled for each service. State persists under the state folder.
 
+Servers whose playbook entry says `auth: kerberos` (or `negotiate` with a `user@REALM` name) bring a
+real MIT realm with them (kdc.py): the site starts a KDC for the realm of the user names, registers
+the users and every server's service principals, gives each emulated server its keytab, and stops
+the KDC with the lab. Exchange 2010's /PowerShell then refuses NTLM as the real endpoint does
+(LabSettings.exchange_kerberos_only). A lab without a realm accepts NTLM everywhere and says once
+that a real 2010 endpoint wants Kerberos (`notes()`).
+
 `tls_services=False` leaves the TLS services out (four listener threads per server): for runs that
 only migrate, such as the 50-target benchmark. Nothing then answers on the TLS ports, so live
 verification (`exmig verify`) has nothing to probe.
@@ -15,14 +22,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
 from orchestrator.errors import UsageError
+from orchestrator.kerberos import principal_name, realm_of
+from orchestrator.lab.auth import KerberosKeys
 from orchestrator.lab.ca import LabCA
 from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry
 from orchestrator.lab.faults import FaultPlan
+from orchestrator.lab.kdc import LabRealm
 from orchestrator.lab.server import EXCHANGE, POWERSHELL, Endpoint, LabServer
 from orchestrator.lab.tls_services import ServedCert, TlsServices
 from orchestrator.playbook import LAB_DEFAULT_PASSWORD, LoadedPlaybook, Playbook, Server
@@ -38,6 +49,7 @@ class EmulatedServer:
     tls: TlsServices
     username: str
     password: str
+    realm: LabRealm | None = None
 
     @property
     def inspector(self) -> ServerInspector:
@@ -46,14 +58,19 @@ class EmulatedServer:
     def describe(self, ca_file: Path) -> dict[str, Any]:
         ep = self.server.exchange_endpoint
         scheme = self.winrm.scheme
+        paths = dict.fromkeys([ep.path, "/wsman"])
         return {
             "name": self.server.name,
             "version": self.server.version,
             "exchange_url": f"{scheme}://127.0.0.1:{self.winrm.port}{ep.path}",
             "configuration_name": ep.configuration,
             "wsman_url": f"{scheme}://127.0.0.1:{self.winrm.port}/wsman",
-            "auth": list(self.winrm.auth.schemes),
-            "username": self.username,
+            # What a client can authenticate with, per endpoint path.
+            "auth": {path: self.winrm.auth.offered(path.lower()) for path in paths},
+            "realm": self.realm.realm if self.realm else None,
+            "krb5_config": str(self.realm.krb5_config) if self.realm else None,
+            "spn": f"{self.server.spn_service}/{self.server.spn_hostname}" if self.realm else None,
+            "username": principal_name(self.username) if self.realm and "@" in self.username else self.username,
             "password": self.password,  # lab credentials are not secrets
             "tls_ports": dict(self.tls.ports),
             "ca_file": str(ca_file),
@@ -62,7 +79,7 @@ class EmulatedServer:
 
 def lab_password(server: Server) -> str:
     ref = server.credentials.password
-    if ref.env is not None and os.environ.get(ref.env):
+    if ref is not None and ref.env is not None and os.environ.get(ref.env):
         return os.environ[ref.env]
     return LAB_DEFAULT_PASSWORD
 
@@ -81,12 +98,33 @@ def _auth_schemes(server: Server) -> tuple[str, ...]:
     auth = server.auth
     if auth in ("ntlm", "negotiate"):
         return ("negotiate",)
+    if auth == "kerberos":
+        # A WinRM listener with Kerberos enabled offers both headers (Negotiate carries Kerberos too).
+        return ("negotiate", "kerberos")
     if auth == "basic":
         return ("basic",)
     raise UsageError(
-        f"servers[{server.name}].connection.auth: the lab speaks NTLM/Negotiate and Basic, not {auth}; "
-        "use `auth: ntlm` in a lab playbook"
+        f"servers[{server.name}].connection.auth: the lab speaks Kerberos, NTLM/Negotiate and Basic, not {auth}; "
+        "use `auth: kerberos` or `auth: ntlm` in a lab playbook"
     )
+
+
+def playbook_realm(playbook: Playbook) -> str | None:
+    """The Kerberos realm a lab for this playbook runs: that of the user names of its Kerberos servers."""
+    realms: dict[str, str] = {}
+    for server in playbook.servers:
+        user = server.credentials.username
+        if server.auth not in ("kerberos", "negotiate") or not isinstance(user, str):
+            continue
+        realm = realm_of(user)
+        if realm is not None:
+            realms.setdefault(realm, server.name)
+        elif server.auth == "kerberos":  # the playbook rules make this unreachable; kept as a clear error
+            raise UsageError(f"servers[{server.name}].credentials.username: Kerberos needs user@REALM")
+    if len(realms) > 1:
+        (a, sa), (b, sb) = list(realms.items())[:2]
+        raise UsageError(f"the lab runs one Kerberos realm; {sa} is in {a} and {sb} in {b}: use one realm's users")
+    return next(iter(realms), None)
 
 
 def lab_endpoints(version: int, settings: LabSettings) -> tuple[Endpoint, ...]:
@@ -111,6 +149,26 @@ class LabSite:
         self.use_playbook_ports = use_playbook_ports
         self.tls_services = tls_services
         self.servers: dict[str, EmulatedServer] = {}
+        self.realm: LabRealm | None = None
+
+    def _start_realm(self) -> None:
+        realm = playbook_realm(self.playbook)
+        if realm is None:
+            return
+        users = {lab_username(s): lab_password(s) for s in self.playbook.servers
+                 if s.auth in ("kerberos", "negotiate") and "@" in lab_username(s)}
+        folder = self.state_dir / "kerberos"
+        shutil.rmtree(folder, ignore_errors=True)  # a new database and new keys for every start
+        self.realm = LabRealm(realm, folder, users, hosts=[s.spn_hostname for s in self.playbook.servers])
+        self.realm.start()
+
+    def notes(self) -> list[str]:
+        """What the lab says once about where it is kinder than production."""
+        if self.realm is not None:
+            return []
+        return [f"note: {s.name}: the lab accepts NTLM on /PowerShell; a real Exchange 2010 endpoint takes "
+                "Kerberos only (auth: kerberos, user@REALM)" for s in self.playbook.servers
+                if s.version == 2010 and s.auth in ("ntlm", "negotiate")]
 
     def _build(self, server: Server) -> EmulatedServer:
         ep = server.exchange_endpoint
@@ -133,9 +191,15 @@ class LabSite:
             from orchestrator.lab.exshell import register_exshell
 
             register_exshell(registry, model)
+        keys, kerberos_only = None, ()
+        if self.realm is not None:
+            service = self.realm.services[server.spn_hostname.lower()]
+            keys = KerberosKeys(service.keytab, self.realm.krb5_config, self.realm.rcache_dir)
+            if server.version == 2010 and self.settings.exchange_kerberos_only:
+                kerberos_only = (ep.path,)
         winrm = LabServer(server.name, registry, {username: password}, configurations=configurations,
                           auth=_auth_schemes(server), tls=tls, port=ep.port if self.use_playbook_ports else 0,
-                          latency=self.latency, faults=FaultPlan())
+                          latency=self.latency, faults=FaultPlan(), kerberos=keys, kerberos_only=kerberos_only)
         inspector = ServerInspector(model)
 
         def source(service: str, sni: str | None) -> ServedCert | None:
@@ -149,10 +213,12 @@ class LabSite:
                                                                                 server.tls_ports.items()}
         if not self.tls_services:
             ports = {}  # a TlsServices with no services: start() and stop() open and close nothing
-        return EmulatedServer(server, model, winrm, TlsServices(server.name, source, ports=ports), username, password)
+        return EmulatedServer(server, model, winrm, TlsServices(server.name, source, ports=ports), username, password,
+                              self.realm)
 
     def start(self) -> Self:
         try:
+            self._start_realm()
             for server in self.playbook.servers:
                 emulated = self._build(server)
                 self.servers[server.name] = emulated
@@ -170,6 +236,8 @@ class LabSite:
         for emulated in self.servers.values():
             emulated.tls.stop()
             emulated.winrm.stop()
+        if self.realm is not None:
+            self.realm.stop()
 
     def __enter__(self) -> Self:
         return self.start()

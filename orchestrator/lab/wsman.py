@@ -260,6 +260,13 @@ def fault_envelope(fault: WSManFault, relates_to: str | None, machine: str) -> b
     return ET.tostring(env, encoding="utf-8", xml_declaration=False)
 
 
+def empty_fault_envelope() -> bytes:
+    """A SOAP fault with neither code nor text (what a refusal without details looks like to a client)."""
+    env, body = _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", None)
+    ET.SubElement(body, _q("s", "Fault"))
+    return ET.tostring(env, encoding="utf-8", xml_declaration=False)
+
+
 # --- body builders -----------------------------------------------------------------------------
 
 

@@ -30,8 +30,10 @@ from orchestrator.render.powershell import render_command
 def _server_heading(server: Server) -> str:
     ep = server.exchange_endpoint
     transport = "" if server.connection.transport == "psrp" else f", {server.connection.transport}"
+    # The SPN is where Kerberos goes wrong in production (an alias, a load balancer): show what is asked for.
+    spn = f", SPN {server.spn_service}/{server.spn_hostname}" if server.auth in ("kerberos", "negotiate") else ""
     return (f"{server.name} (Exchange {server.version}, {server.role.value}) "
-            f"{ep.url(server.connection.host)} [{ep.configuration}, {server.auth}{transport}]")
+            f"{ep.url(server.connection.host)} [{ep.configuration}, {server.auth}{transport}{spn}]")
 
 
 def rendered_lines(server: Server | None, command: Command) -> list[str]:

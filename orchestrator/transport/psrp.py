@@ -18,7 +18,7 @@ import logging
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -28,6 +28,7 @@ from pypsrp.serializer import TaggedValue
 from pypsrp.wsman import SelectorSet, WSMan
 
 from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
+from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, classify_kerberos, spn
 from orchestrator.playbook import Endpoint, Server
 from orchestrator.transport.base import (
     ConnectError,
@@ -88,7 +89,7 @@ class ConnectionSettings:
     host: str
     auth: str
     username: str
-    password: str
+    password: str | None  # None: Kerberos from the admin's credential cache
     verify_tls: bool | str  # False, True, or a CA bundle path
     operation_timeout: int
     read_timeout: int
@@ -99,9 +100,20 @@ class ConnectionSettings:
     # pypsrp retries a Receive that hit the read timeout (5 times); its default backoff (2 s, doubling)
     # lets the abandoned Receive, answered late, take the output the retry waits for.
     receive_retry_backoff: float = 0.25
+    # Kerberos (auth kerberos/negotiate): the SPN asked for is <spn_service>/<spn_hostname>.
+    spn_service: str | None = None
+    spn_hostname: str | None = None
 
     def __repr__(self) -> str:  # never show the password
         return f"ConnectionSettings(host={self.host!r}, auth={self.auth!r}, username={self.username!r})"
+
+    @property
+    def kerberos(self) -> KerberosTarget | None:
+        """Who asks for which ticket, for Kerberos failure messages (None without Kerberos)."""
+        if self.auth not in ("kerberos", "negotiate"):
+            return None
+        service = self.spn_service or DEFAULT_SPN_SERVICE["psrp"]
+        return KerberosTarget("", self.username, spn(service, self.spn_hostname or self.host, self.username))
 
 
 def _value(server: str, name: str | None, value: Any, values: ValueSource) -> Any:
@@ -155,11 +167,17 @@ def to_python(value: Any) -> Any:
     return value
 
 
-def classify(server: str, exc: BaseException) -> Exception:
+def classify(server: str, exc: BaseException, kerberos: KerberosTarget | None = None) -> Exception:
     """Map a client exception to Transient (retry) or ConnectError (stop, with the reason)."""
     http = classify_http(server, exc)
     if http is not None:
         return http
+    if kerberos is not None:
+        known = classify_kerberos(replace(kerberos, server=server), exc)
+        if known is not None:
+            message, transient = known
+            return TransientError(server, message.removeprefix(f"{server}: "), reopen=True) if transient \
+                else ConnectError(message)
     if isinstance(exc, AuthenticationError):
         return ConnectError(f"{server}: authentication failed: {first_line(exc)}")
     if isinstance(exc, WSManFaultError):
@@ -221,14 +239,29 @@ class PsrpServerSession:
 
     def _wsman(self, endpoint: Endpoint) -> WSMan:
         s = self._settings
+        kerberos: dict[str, Any] = {}
+        if s.auth in ("kerberos", "negotiate"):
+            kerberos = {"negotiate_service": s.spn_service, "negotiate_hostname_override": s.spn_hostname}
         return WSMan(
             s.host, port=endpoint.port, path=endpoint.path.lstrip("/"), ssl=endpoint.scheme == "https",
-            auth=s.auth, username=s.username, password=s.password,
+            auth=s.auth, username=s.username, password=s.password,  # type: ignore[arg-type]  # None: ccache
             cert_validation=s.verify_tls,  # type: ignore[arg-type]  # pypsrp also takes a CA bundle path
             operation_timeout=s.operation_timeout, read_timeout=s.read_timeout,
             connection_timeout=s.connection_timeout, reconnection_backoff=s.receive_retry_backoff,
             encryption="auto" if s.auth != "basic" or endpoint.scheme == "https" else "never",
+            **kerberos,
         )
+
+    def _classify(self, exc: BaseException) -> Exception:
+        auth = self._settings.auth
+        if (isinstance(exc, WSManFaultError) and exc.code is None and not exc.reason
+                and self._server.version == 2010 and auth != "kerberos"):
+            # What Exchange's /PowerShell (IIS, Kerberos only) answers a session authenticated with NTLM
+            # (jborean93/pypsrp issue #187): nothing in it says why, so exmig does.
+            return ConnectError(f"{self.name}: Exchange refused the {auth} session without details "
+                                f"({first_line(exc)}); Exchange 2010's remote PowerShell takes Kerberos only: set "
+                                "connection.auth: kerberos and credentials.username: user@REALM")
+        return classify(self.name, exc, self._settings.kerberos)
 
     def _endpoint(self, shell: Shell) -> Endpoint:
         return self._server.exchange_endpoint if shell is Shell.EXCHANGE else self._server.system_endpoint
@@ -243,7 +276,7 @@ class PsrpServerSession:
         try:
             pool.open()
         except Exception as exc:  # noqa: BLE001 - classified below
-            raise classify(self.name, exc) from exc
+            raise self._classify(exc) from exc
         self._pools[key] = pool
         if self._server.snapin and endpoint == self._server.exchange_endpoint:
             # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
@@ -261,7 +294,7 @@ class PsrpServerSession:
         except TransientError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
-            raise classify(self.name, exc) from exc
+            raise self._classify(exc) from exc
         errors = [str(e) for e in ps.streams.error]
         if ps.had_errors or errors:
             first = ps.streams.error[0] if ps.streams.error else None
@@ -310,7 +343,7 @@ class PsrpServerSession:
             try:
                 pool.exchange_keys()
             except Exception as exc:  # noqa: BLE001
-                raise classify(self.name, exc) from exc
+                raise self._classify(exc) from exc
             self._keyed.add(key)
         ps = PowerShell(pool)
         names = [c.name for c in commands]

@@ -32,6 +32,7 @@ import logging
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -48,6 +49,7 @@ from winrm.protocol import Protocol
 
 from orchestrator.commands import Blob, Command, Shell, Text
 from orchestrator.errors import ExmigError
+from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, classify_kerberos
 from orchestrator.playbook import Server
 from orchestrator.render import winrs_script
 from orchestrator.transport.base import (
@@ -75,11 +77,17 @@ _NS = "{http://schemas.microsoft.com/powershell/2004/04}"
 _AUTH = {"basic": "basic", "ntlm": "ntlm", "negotiate": "ntlm", "kerberos": "kerberos", "credssp": "credssp"}
 
 
-def classify(server: str, exc: BaseException) -> Exception:
+def classify(server: str, exc: BaseException, kerberos: KerberosTarget | None = None) -> Exception:
     """A pywinrm/requests exception as TransientError (retry) or ConnectError (stop, with why)."""
     http = classify_http(server, exc)
     if http is not None:
         return http
+    if kerberos is not None:
+        known = classify_kerberos(replace(kerberos, server=server), exc)
+        if known is not None:
+            message, transient = known
+            return TransientError(server, message.removeprefix(f"{server}: "), reopen=True) if transient \
+                else ConnectError(message)
     if isinstance(exc, AuthenticationError):
         return ConnectError(f"{server}: the server refused the credentials (HTTP 401); check the user name "
                             "and the password variable")
@@ -185,6 +193,7 @@ class WinrsServerSession:
         self.name = server.name
         self._server = server
         self._settings = settings
+        self._kerberos = settings.kerberos
         self._on_send = on_send
         self.console_file = console_file
         self.command_line_budget = command_line_budget
@@ -211,11 +220,12 @@ class WinrsServerSession:
             ca_trust_path=verify if isinstance(verify, str) else "legacy_requests",
             read_timeout_sec=s.read_timeout, operation_timeout_sec=s.operation_timeout,
             message_encryption="auto" if s.auth != "basic" or https else "never",
+            service=s.spn_service or DEFAULT_SPN_SERVICE["winrs"], kerberos_hostname_override=s.spn_hostname,
         )
         try:
             shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
         except Exception as exc:
-            raise classify(self.name, exc) from exc
+            raise classify(self.name, exc, self._kerberos) from exc
         self._protocol, self._shell_id = protocol, shell_id
         return protocol, shell_id
 
@@ -291,7 +301,7 @@ class WinrsServerSession:
         except (TransientError, ExmigError):
             raise
         except Exception as exc:
-            raise classify(self.name, exc) from exc
+            raise classify(self.name, exc, self._kerberos) from exc
         codec = f"cp{SHELL_CODEPAGE}"
         return out.decode(codec, errors="replace"), err.decode(codec, errors="replace"), code
 

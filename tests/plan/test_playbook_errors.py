@@ -28,7 +28,7 @@ GOOD = textwrap.dedent("""\
         connection:
           host: ex2010.mitserv.net
         credentials:
-          username: admin
+          username: admin@mitserv.net
           password: {env: EX_PW}
       - name: EX2007
         version: 2007
@@ -36,7 +36,7 @@ GOOD = textwrap.dedent("""\
         connection:
           host: ex2007.mitserv.net
         credentials:
-          username: admin
+          username: admin@mitserv.net
           password: {prompt: true}
     """)
 

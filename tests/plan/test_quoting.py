@@ -61,7 +61,7 @@ def _playbook(friendly: str, org: str, workdir_leaf: str) -> dict:
         "issuer": {"type": "manual"},
         "servers": [
             {"name": "EX1", "version": 2010, "role": "source", "connection": {"host": "ex1.example.com"},
-             "credentials": {"username": "u", "password": {"env": "P"}}},
+             "credentials": {"username": "u@EXAMPLE.COM", "password": {"env": "P"}}},
             {"name": "EX2", "version": 2007, "role": "target", "connection": {"host": "ex2.example.com"},
              "credentials": {"username": "u", "password": {"env": "P"}}, "workdir": "C:\\" + workdir_leaf},
         ],

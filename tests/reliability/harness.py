@@ -7,6 +7,7 @@ built once and copied for every run, so the runs differ only in the fault they g
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -82,16 +83,29 @@ class InProcessLab:
         out: io.StringIO = getattr(events, "stream", None) or io.StringIO()
         events = events or JsonEvents(out)
         opts = options or RunOptions(save_pfx=save_pfx)
-        executor = Executor(self.loaded, journal, session_factory(self.loaded, secrets), secrets, events, opts)
         error: BaseException | None = None
         try:
-            executor.run()
+            with self.client_environment():
+                executor = Executor(self.loaded, journal, session_factory(self.loaded, secrets), secrets, events,
+                                    opts)
+                executor.run()
         except Exception as exc:  # noqa: BLE001 - the outcome is judged by the caller
             error = exc
         events.finish()
         parsed = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
         return RunOutcome(None if error is None else (str(error) or type(error).__name__),
                           None if error is None else type(error).__name__, parsed, time.monotonic() - start)
+
+    def client_environment(self) -> contextlib.AbstractContextManager[None]:
+        """Kerberos clients in this process pointed at the lab's realm (nothing without one)."""
+        realm = self.site.realm
+        return realm.client_environment(self.tmp / "client.ccache") if realm else contextlib.nullcontext()
+
+    def client_env(self) -> dict[str, str]:
+        """The same for an `exmig` subprocess."""
+        realm = self.site.realm
+        return {"KRB5_CONFIG": str(realm.krb5_config), "KRB5CCNAME": f"FILE:{self.tmp / 'client.ccache'}"} \
+            if realm else {}
 
     def state(self) -> dict[str, Any]:
         return site_state(self.site)

@@ -60,7 +60,8 @@ def kill_at(template: LabTemplate, reference: Reference, server: str, index: int
         if prepare is not None:
             prepare(lab)
         lab.set_fault(server, FaultRule(FaultKind.STALL, request=index, seconds=HOLD_SECONDS))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} | {"PYTHONPATH": str(ROOT)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} | {"PYTHONPATH": str(ROOT)} \
+            | lab.client_env()
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(lab.loaded.path), "--yes", "--json",
                                  "--no-verify"], cwd=lab.tmp, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
