@@ -219,12 +219,17 @@ def render(answers: Answers, path: Path) -> str:
         if server.version == 2010:
             lines.append(_noted(f"      system_port: {_LAB_PORT + index if lab else 5985}",
                            "Windows-level steps (certutil, files): the WinRM listener"))
-        lines += ["    credentials:", f"      username: {_scalar('administrator@' + a.domain)}"]
+        lines.append("    credentials:")
         if lab:
-            lines.append(_noted("      password: {env: EXMIG_LAB_PASSWORD, lab_default: true}",
-                           "the lab's documented password when unset"))
+            lines += ["      username: administrator",
+                      _noted("      password: {env: EXMIG_LAB_PASSWORD, lab_default: true}",
+                             "the lab's documented password when unset")]
         else:
-            lines.append(_noted(f"      password: {{env: {_env_name(server.name)}}}", "or {prompt: true}"))
+            # Kerberos wants the principal, user@REALM with the realm in capitals as AD writes it.
+            lines += [_noted(f"      username: {_scalar('administrator@' + a.domain.upper())}",
+                             "the account's UPN, user@REALM"),
+                      _noted(f"      password: {{env: {_env_name(server.name)}}}",
+                             "or {prompt: true}; with kerberos leave it out to use your kinit ticket")]
         lines.append(_noted("    workdir: C:\\Certs", "remote working folder"))
         if lab:
             lines.append("    tls_ports: {" + ", ".join(f"{k}: {v + index}" for k, v in _LAB_TLS.items()) + "}")

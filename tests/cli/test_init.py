@@ -69,6 +69,7 @@ def test_real_servers_get_their_hosts_kerberos_and_a_variable_per_password(tmp_p
     assert [s.connection.host for s in p.servers] == ["ex2010.example.org", "ex2007.example.org",
                                                       "ex2010b.example.org"]
     assert {s.auth for s in p.servers} == {"kerberos"}
+    assert {s.credentials.username for s in p.servers} == {"administrator@EXAMPLE.ORG"}
     assert [s.credentials.password.env for s in p.servers] == [
         "EXMIG_EX2010_PASSWORD", "EXMIG_EX2007_PASSWORD", "EXMIG_EX2010B_PASSWORD"]
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from orchestrator import playbook
 from orchestrator import schema as schema_module
 from orchestrator.errors import PlaybookError
+from orchestrator.kerberos import check_username
 from orchestrator.playbook import _WINDOWS_DIR, Service, check_hostname, has_control, load_playbook
 from orchestrator.schema import playbook_schema
 from orchestrator.yamlsource import dotted, load_yaml
@@ -178,3 +179,9 @@ def test_the_text_pattern_is_the_subject_rule(text: str) -> None:
 @given(path=st.text(alphabet=st.sampled_from('Cc:\\/ab<>"|?*\x01 .'), max_size=14))
 def test_the_workdir_pattern_is_the_loader_s(path: str) -> None:
     assert (re.search(schema_module.WINDOWS_DIR, path) is not None) == (_WINDOWS_DIR.fullmatch(path) is not None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(user=st.text(alphabet=st.sampled_from("aZ9@.-_\\/:'\" é"), max_size=16))
+def test_the_principal_pattern_is_check_username(user: str) -> None:
+    assert (re.search(schema_module.PRINCIPAL, user) is not None) == (check_username(user) is None)
