@@ -347,7 +347,7 @@ class IssuerKind(str, Enum):
                              "--target EX2007=ex2007.mitserv.net:2007"))
 def init(
     path: Annotated[Path, typer.Argument(help="The playbook to write; an existing file is never replaced.",
-                                         metavar="[PATH]")] = Path("exmig.yml"),
+                                         metavar="PATH")] = Path("exmig.yml"),
     domain: Annotated[str | None, typer.Option("--domain", metavar="DOMAIN", help="The mail domain.")] = None,
     name: Annotated[list[str] | None, typer.Option("--name", metavar="HOST", help="A name on the certificate "
                                                    "(repeatable); default mail., autodiscover., legacy.")] = None,

@@ -102,26 +102,26 @@ def playbook_schema() -> dict[str, Any]:
     server = defs["Server"]
     server["properties"]["name"]["pattern"] = SERVER_NAME
     server["properties"]["workdir"]["pattern"] = WINDOWS_DIR
-    _array = next(b for b in server["properties"]["client_names"]["anyOf"] if b.get("type") == "array")
-    _array["items"]["pattern"] = HOSTNAME
+    names = next(b for b in server["properties"]["client_names"]["anyOf"] if b.get("type") == "array")
+    names["items"]["pattern"] = HOSTNAME
     # Server._transport_fits_version: WinRS only to 2007; 2007 has one endpoint and no Microsoft.Exchange
     # configuration; the snap-in is 2007's.
-    only_2007 = {"type": "null"}
+    absent = {"type": "null"}
     server["allOf"] = [
         {"if": _present("connection", _present("transport", _is("winrs"))), "then": _present("version", _is(2007))},
         {"if": _present("version", _is(2007)),
          "then": {"properties": {"connection": {"properties": {
-             "system_port": only_2007, "system_path": only_2007, "system_scheme": only_2007,
+             "system_port": absent, "system_path": absent, "system_scheme": absent,
              "configuration": {"not": {"type": "string", "pattern": f"^{_any_case('microsoft.exchange')}$"}},
              # Connection._path adds the leading slash the loader then compares without trailing ones.
              "path": {"not": {"type": "string", "pattern": f"^/?{_any_case('powershell')}/*$"}},
          }}}},
-         "else": {"properties": {"connection": {"properties": {"snapin": {"type": "null"}}}}}},
+         "else": {"properties": {"connection": {"properties": {"snapin": absent}}}}},
         # Server._kerberos_credentials: with Kerberos (written, or 2010's default) the user is a principal and
         # the password may be left out (the admin's ticket); with anything else a password is needed.
         {"if": {"anyOf": [_present("connection", _present("auth", _is("kerberos"))),
-                          {**_present("version", _is(2010)),
-                           "properties": {"version": _is(2010), "connection": {"properties": {"auth": {"type": "null"}}}}}]},
+                          {"required": ["version"],
+                           "properties": {"version": _is(2010), "connection": {"properties": {"auth": absent}}}}]},
          "then": {"properties": {"credentials": {"properties": {"username": {"pattern": PRINCIPAL}}}}},
          "else": {"properties": {"credentials": _present("password", {"not": {"type": "null"}})}}},
         # ... and an SPN only for Kerberos or Negotiate (written, or the version's default).
@@ -140,7 +140,7 @@ def playbook_schema() -> dict[str, Any]:
     # Playbook._roles: `lab_default` only in lab playbooks.
     schema["if"] = _present("issuer", _present("type", _is("lab")))
     schema["else"] = {"properties": {"servers": {"items": {"properties": {"credentials": {"properties": {
-        "password": {"not": _present("lab_default", _is(True))}}}}}}}}
+        "password": {"not": {"type": "object", **_present("lab_default", _is(True))}}}}}}}}}
     # The model's default, as an admin writes it (not every field of SecretRef).
     root["pfx_password"]["default"] = {"generate": True}
 
