@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -42,6 +43,9 @@ def test_init_with_flags_writes_a_playbook_that_validates_and_rehearses(
     text = path.read_text()
     assert text.startswith("# exmig playbook for example.org")
     assert sum(line.lstrip().startswith("#") or " # " in line for line in text.splitlines()) >= 30  # commented
+    # The editor hint is no modeline yet (yaml-language-server's isModeline: /^#\s+yaml-language-server\s*:/):
+    # the schema file it names is not there until the admin writes it.
+    assert "yaml-language-server: $schema=" in text and not re.search(r"(?m)^#\s+yaml-language-server\s*:", text)
 
     validated = exmig("validate", path)
     assert validated.code == 0, validated.err
