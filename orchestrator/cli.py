@@ -559,7 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Usage errors (typer's own, or click's in older typer): they know their message and code.
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            sys.stderr.write(f"exmig: error: {exc.format_message()}\n")
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `exmig` or `exmig lab` alone: its message is the help
+                _echo(exc.format_message() + "\n")
+            else:
+                sys.stderr.write(f"exmig: error: {exc.format_message()}\n")
             return int(ExitCode.USAGE)
         raise
     return int(ExitCode.OK)

@@ -121,3 +121,10 @@ def test_root_help_lists_every_command_with_a_whole_sentence(exmig: Callable) ->
         assert option in result.out
     listing = result.out.split("Commands:")[1]
     assert "..." not in listing, listing  # short help fits: not cut off mid-sentence
+
+
+@pytest.mark.parametrize("args", [[], ["lab"]], ids=["exmig", "exmig lab"])
+def test_a_bare_group_prints_its_help(exmig: Callable, args: list[str]) -> None:
+    result = exmig(*args)
+    assert result.code == 2 and result.err == ""
+    assert result.out.startswith(f"Usage: exmig {' '.join(args)}".rstrip() + " [OPTIONS] COMMAND [ARGS]...")
