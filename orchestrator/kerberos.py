@@ -12,6 +12,7 @@ GSSAPI carries the same value as an unsigned minor status.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,8 +54,8 @@ def check_username(username: str) -> str | None:
     """Why `username` is no Kerberos principal name, or None when it is one (`user@REALM`)."""
     if "\\" in username:
         domain, _, user = username.partition("\\")
-        return (f"'{username}' is a Windows logon name (DOMAIN\\user); Kerberos needs user@REALM, e.g. "
-                f"{user or 'administrator'}@{(domain or 'EXAMPLE').upper()}.COM (the account's UPN, realm in capitals)")
+        return (f"'{username}' is a Windows logon name (DOMAIN\\user); Kerberos needs user@REALM: the account's "
+                f"UPN with the domain's DNS name in capitals, e.g. {user or 'administrator'}@CORP.EXAMPLE.COM")
     user, at, realm = username.rpartition("@")
     if not at or not _USER.fullmatch(user) or not _REALM.fullmatch(realm):
         return (f"'{username}' is not a Kerberos principal; write user@REALM, e.g. administrator@EXAMPLE.COM "
@@ -136,7 +137,10 @@ def check_ticket(server: str, principal: str) -> str:
     """For a server with `auth: kerberos` and no password: the line saying which ticket is used.
 
     Checked before the first connection, so a missing or foreign ticket is one clear line, not a
-    GSSAPI error from inside the first request."""
+    GSSAPI error from inside the first request. On Windows pyspnego uses SSPI and the logon session's
+    tickets, which GSSAPI cannot list: the logon session is named instead."""
+    if sys.platform == "win32":
+        return f"{server}: Kerberos as {principal}, with the logon session's ticket"
     cached = cached_principal()
     if cached is None:
         raise UsageError(f"servers[{server}].credentials: no password is given, so exmig uses your Kerberos "

@@ -402,7 +402,7 @@ class Server(_Model):
                 raise ValueError(f"credentials.username: {problem}")
         if password is None and self.auth != "kerberos":
             raise ValueError(f"credentials.password is needed with auth: {self.auth}; give `password: {{env: "
-                             "VARIABLE}}` or `{prompt: true}` (only auth: kerberos can use a ticket from kinit)")
+                             "VARIABLE}` or `{prompt: true}` (only auth: kerberos can use a ticket from kinit)")
         c = self.connection
         if (c.spn_service or c.spn_hostname) and self.auth not in ("kerberos", "negotiate"):
             raise ValueError(f"connection.spn_service/spn_hostname are for Kerberos; auth is {self.auth}")

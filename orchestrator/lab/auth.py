@@ -51,6 +51,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1  # the hash functions pyspnego itself checks with
 from spnego.channel_bindings import GssChannelBindings
 
+from orchestrator.lab.environ import overridden
+
 SPNEGO_PROTOCOL = "application/HTTP-SPNEGO-session-encrypted"
 KERBEROS_PROTOCOL = "application/HTTP-Kerberos-session-encrypted"
 BOUNDARY = "Encrypted Boundary"
@@ -123,7 +125,7 @@ class UserFile:
         with _ENV_LOCK:
             if not self._finalizer.alive:
                 raise RuntimeError("the lab server's NTLM users were released (server stopped)")
-            with _environment({"NTLM_USER_FILE": self.path, **(extra or {})}):
+            with overridden({"NTLM_USER_FILE": self.path, **(extra or {})}):
                 yield
 
 
@@ -145,21 +147,6 @@ class KerberosKeys:
     def environment(self) -> dict[str, str]:
         return {"KRB5_KTNAME": f"FILE:{self.keytab}", "KRB5_CONFIG": str(self.krb5_config),
                 "KRB5RCACHEDIR": str(self.rcache_dir)}
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set variables for one acceptor step; the caller holds _ENV_LOCK."""
-    previous = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def tls_server_end_point(cert_pem: bytes) -> bytes:

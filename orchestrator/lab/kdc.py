@@ -32,13 +32,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import principal_name
+from orchestrator.lab.environ import overridden
 
 KDC_PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
 # Where Debian puts them; PATH first for other layouts.
@@ -144,6 +145,8 @@ class LabRealm:
     host: str = "127.0.0.1"
     port: int = 0
     clockskew: int = 300
+    # MIT clients correct their clock by the KDC's when it differs (kdc_timesync); off, a skewed clock fails.
+    client_timesync: bool = True
     kdc_env: dict[str, str] = field(default_factory=dict)  # e.g. LD_PRELOAD/FAKETIME for clock-skew tests
     services: dict[str, ServicePrincipals] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = None
@@ -185,6 +188,7 @@ class LabRealm:
             " rdns = false\n dns_canonicalize_hostname = false\n"
             " udp_preference_limit = 1\n"
             f" clockskew = {self.clockskew}\n"
+            f" kdc_timesync = {1 if self.client_timesync else 0}\n"
             " ticket_lifetime = 10h\n renew_lifetime = 7d\n forwardable = true\n"
             "[realms]\n"
             f" {self.realm} = {{\n  kdc = {self.host}:{self.port}\n }}\n"
@@ -337,18 +341,7 @@ class LabRealm:
         if result.returncode != 0:
             raise RuntimeError(f"kinit failed: {result.stderr.decode(errors='replace').strip()}")
 
-    @contextlib.contextmanager
-    def client_environment(self, ccache: Path | None = None) -> Iterator[None]:
+    def client_environment(self, ccache: Path | None = None) -> contextlib.AbstractContextManager[None]:
         """KRB5_CONFIG (and a private credential cache) for clients in this process, restored after."""
-        values = {"KRB5_CONFIG": str(self.krb5_config),
-                  "KRB5CCNAME": f"FILE:{ccache or self.directory / 'client.ccache'}"}
-        previous = {k: os.environ.get(k) for k in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for key, value in previous.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        return overridden({"KRB5_CONFIG": str(self.krb5_config),
+                           "KRB5CCNAME": f"FILE:{ccache or self.directory / 'client.ccache'}"})

@@ -28,11 +28,16 @@ from psrpcore.types import (
     ErrorRecord,
     NETException,
     PSInvocationState,
+    PSObject,
     PSVersion,
+    RunspacePoolInitData,
+    RunspacePoolState,
+    RunspacePoolStateMsg,
     SessionCapability,
 )
 
 from orchestrator.lab import engine, serialize
+from orchestrator.lab import metadata as command_metadata
 from orchestrator.lab.registry import ErrorCategory, LabError, Registry, Session
 
 # Fragment payload size per queued chunk. Each chunk holds whole fragments, so a Receive can
@@ -113,6 +118,64 @@ PROTOCOL_FOR_POWERSHELL = {"2.0": "2.1", "3.0": "2.2", "4.0": "2.2", "5.1": "2.3
 MULTI_STATEMENT_PROTOCOL = (2, 2)
 
 
+def ps_property(obj: Any, name: str) -> Any:
+    """A property of a received PSObject matched as PowerShell matches names: case-insensitively.
+
+    pypsrp sends SET_MAX_RUNSPACES' call id as `CI` (test_psrp_set_runspaces.yml) where psrpcore reads `ci`."""
+    meta = obj.PSObject if isinstance(obj, PSObject) else None
+    if meta is not None:
+        for prop in [*meta.extended_properties, *meta.adapted_properties]:
+            if prop.name.lower() == name.lower():
+                return prop.get_value(obj)
+    raise KeyError(name)
+
+
+class _LabRunspacePool(ServerRunspacePool):
+    """psrpcore's server pool, with the call-id messages read case-insensitively.
+
+    The pool-size handlers apply the new size only once the lab answers True (psrpcore's
+    runspace_availability_response runs them)."""
+
+    accepting_connect = False  # True only while a WSMan Connect's connectXml is fed
+
+    def _process_SetMaxRunspaces(self, event: Any) -> None:
+        ci, count = int(ps_property(event._ps_object, "ci")), int(ps_property(event._ps_object, "MaxRunspaces"))
+        self._ci_events[ci] = event
+        self._ci_handlers[ci] = lambda e: setattr(self, "_max_runspaces", count)
+
+    def _process_SetMinRunspaces(self, event: Any) -> None:
+        ci, count = int(ps_property(event._ps_object, "ci")), int(ps_property(event._ps_object, "MinRunspaces"))
+        self._ci_events[ci] = event
+        self._ci_handlers[ci] = lambda e: setattr(self, "_min_runspaces", count)
+
+    def _process_GetAvailableRunspaces(self, event: Any) -> None:
+        ci = int(ps_property(event._ps_object, "ci"))
+        self._ci_events[ci] = event
+        self._ci_handlers[ci] = None
+
+    def _process_ResetRunspaceState(self, event: Any) -> None:
+        self._process_GetAvailableRunspaces(event)
+
+    def _process_ConnectRunspacePool(self, event: Any) -> None:
+        # A new client attaching to a disconnected pool (WSMan Connect): the answer is RUNSPACEPOOL_INIT_DATA
+        # (after SESSION_CAPABILITY) in connectResponseXml, and RUNSPACEPOOL_STATE Opened on the next Receive
+        # (test_psrp_disconnect_runspaces.yml). pypsrp sends the message without sizes (<S />). Over Send it is
+        # a session message PowerShell does not accept there (ReceivedUnsupportedAction): the shell breaks the pool.
+        if self.accepting_connect:
+            self.prepare_message(RunspacePoolInitData(MinRunspaces=self.min_runspaces, MaxRunspaces=self.max_runspaces))
+
+
+# Client-to-server messages the lab answers or accepts; anything else breaks the pool (see _unsupported).
+_HANDLED_EVENTS = frozenset({
+    "SessionCapabilityEvent", "InitRunspacePoolEvent", "PublicKeyEvent", "CreatePipelineEvent",
+    "PipelineInputEvent", "EndOfPipelineInputEvent", "GetCommandMetadataEvent", "SetMaxRunspacesEvent",
+    "SetMinRunspacesEvent", "GetAvailableRunspacesEvent", "ResetRunspaceStateEvent",
+    # Answers to host calls: the lab makes none, so there is nothing to hand them to (as a
+    # PowerShell server drops a response whose call id it no longer waits for).
+    "RunspacePoolHostResponseEvent", "PipelineHostResponseEvent",
+})
+
+
 def _runspace_pool(powershell: str) -> ServerRunspacePool:
     """A server pool that says what the emulated PowerShell says in SESSION_CAPABILITY."""
     try:
@@ -120,7 +183,7 @@ def _runspace_pool(powershell: str) -> ServerRunspacePool:
     except KeyError:
         raise ValueError(f"unknown PowerShell version {powershell!r}; one of "
                          f"{', '.join(PROTOCOL_FOR_POWERSHELL)}") from None
-    pool = ServerRunspacePool(application_private_data={"PSVersionTable": {
+    pool = _LabRunspacePool(application_private_data={"PSVersionTable": {
         "PSVersion": PSVersion(powershell), "PSRemotingProtocolVersion": PSVersion(protocol)}})
     pool.our_capability = SessionCapability(PSVersion=PSVersion("2.0"), protocolversion=PSVersion(protocol),
                                             SerializationVersion=pool.our_capability.SerializationVersion)
@@ -150,6 +213,7 @@ class PsrpShell:
         self._pipes: dict[uuid.UUID, _Pipeline] = {}
         self._closed = False
         self.worker_errors: list[str] = []
+        self.powershell = powershell
         major, minor = PROTOCOL_FOR_POWERSHELL[powershell].split(".")
         self.protocol = (int(major), int(minor))
 
@@ -166,7 +230,15 @@ class PsrpShell:
     def _feed(self, data: bytes, pipeline_id: uuid.UUID | None) -> None:
         self._pool.receive_data(PSRPPayload(data, StreamType.default, pipeline_id))
         while True:
-            event = self._pool.next_event()
+            try:
+                event = self._pool.next_event()
+            except ValueError as exc:
+                # A message type MS-PSRP does not define (psrpcore cannot even name it).
+                if "PSRPMessageType" not in str(exc):
+                    raise
+                number = str(exc).split()[0]
+                self._unsupported(f"message type 0x{int(number):08X}" if number.isdigit() else "unknown message type")
+                continue
             if event is None:
                 break
             self._on_event(event)
@@ -182,6 +254,10 @@ class PsrpShell:
             pipe = self._pipes.get(event.pipeline_id)
             if pipe is not None and event.pipeline.no_input:
                 self._start(pipe, None)
+        elif name == "GetCommandMetadataEvent":
+            pipe = self._pipes.get(event.pipeline_id)
+            if pipe is not None:
+                self._answer_metadata(pipe, event.pipeline)
         elif name == "PipelineInputEvent":
             pipe = self._pipes.get(event.pipeline_id)
             if pipe is not None:
@@ -190,6 +266,68 @@ class PsrpShell:
             pipe = self._pipes.get(event.pipeline_id)
             if pipe is not None and not pipe.started:
                 self._start(pipe, pipe.input)
+        elif name in ("SetMaxRunspacesEvent", "SetMinRunspacesEvent"):
+            self._answer_pool_size(event, maximum=name == "SetMaxRunspacesEvent")
+        elif name == "GetAvailableRunspacesEvent":
+            # RUNSPACE_AVAILABILITY with the free runspaces: the maximum less the running pipelines
+            # (test_psrp_set_runspaces.yml: 1 free of 1, then 5 of 5 after SetMaxRunspaces(5)).
+            busy = sum(1 for p in self._pipes.values() if p.started and not p.finished)
+            ci = int(ps_property(event._ps_object, "ci"))
+            self._pool.runspace_availability_response(ci, max(0, self._pool.max_runspaces - busy))
+        elif name == "ResetRunspaceStateEvent":
+            # Protocol 2.3 only (pypsrp refuses to send it to older pools); the lab keeps no variables.
+            self._pool.runspace_availability_response(int(ps_property(event._ps_object, "ci")), True)
+        elif name not in _HANDLED_EVENTS:
+            self._unsupported(name.removesuffix("Event"))
+
+    def _answer_pool_size(self, event: Any, maximum: bool) -> None:
+        """SetMaxRunspaces/SetMinRunspaces as PowerShell's RunspacePool decides them: a maximum below the
+        minimum or a minimum outside 1..maximum is refused (False), else applied (True)."""
+        obj = event._ps_object
+        ci = int(ps_property(obj, "ci"))
+        count = int(ps_property(obj, "MaxRunspaces" if maximum else "MinRunspaces"))
+        if maximum:
+            ok = count >= max(1, self._pool.min_runspaces)
+        else:
+            ok = 1 <= count <= self._pool.max_runspaces
+        self._pool.runspace_availability_response(ci, ok)
+
+    def _unsupported(self, what: str) -> None:
+        """A client message the lab does not implement: the pool breaks with an error record, so every
+        Receive of the pool answers at once (RUNSPACEPOOL_STATE Broken) instead of timing out for ever.
+
+        PowerShell's server throws PSRemotingDataStructureException (ReceivedUnsupportedAction) for an
+        unexpected session message and closes the session; its exact text and how the WSMan plugin reports
+        it are not in the recordings (UNCONFIRMED), so the wording below is the lab's."""
+        if self._pool.state != RunspacePoolState.Opened:
+            return
+        record = error_record(LabError(
+            message=f"The server received a PowerShell remoting message it does not support: {what}.",
+            error_id="ReceivedUnsupportedAction",
+            category=ErrorCategory.NotImplemented,
+            exception_type="System.Management.Automation.Remoting.PSRemotingDataStructureException",
+        ))
+        self._pool.set_broken(record)
+        # A client waiting on a pipeline's Receive never sees the pool's state: its pipelines fail too.
+        for pipe in self._pipes.values():
+            pipe.stop.set()
+            if not pipe.finished and pipe.pipeline.state in (PSInvocationState.NotStarted, PSInvocationState.Running):
+                fail_pipeline(pipe.pipeline, record)
+                pipe.started = pipe.finished = True
+
+    def _answer_metadata(self, pipe: _Pipeline, request: Any) -> None:
+        """GET_COMMAND_METADATA: a Count object, then one CommandMetadata per matching visible command, then
+        Completed, as PowerShell's HandleGetCommandMetadata runs it (Get-Command | Measure-Object, then
+        Get-Command | Select-Object Name, Namespace, HelpUri, ...); shape per test_psrp_get_command_metadata.yml."""
+        pipe.started = True
+        pipe.pipeline.start()
+        try:
+            found = command_metadata.find_commands(self.registry, self.session, request, self.powershell)
+            for obj in [command_metadata.count_object(len(found)), *found]:
+                pipe.pipeline.write_output(obj)
+        finally:
+            pipe.pipeline.complete()
+            pipe.finished = True
 
     def _statements(self, pipe: _Pipeline) -> list[engine.Statement]:
         metadata = pipe.pipeline.metadata
@@ -295,6 +433,34 @@ class PsrpShell:
         with self._cond:
             self._feed(base64.b64decode(creation_xml_b64), None)
 
+    def connect(self, connect_xml_b64: str) -> bytes:
+        """WSMan Connect of a new client: its SESSION_CAPABILITY + CONNECT_RUNSPACEPOOL in, the fragments for
+        connectResponseXml out; the pool's Opened state waits in the pool queue for the client's Receive."""
+        with self._cond:
+            self._check_open()
+            pool = self._pool
+            assert isinstance(pool, _LabRunspacePool)
+            pool.accepting_connect = True
+            try:
+                pool.receive_data(PSRPPayload(base64.b64decode(connect_xml_b64), StreamType.default, None))
+                while True:
+                    event = pool.next_event()
+                    if event is None:
+                        break
+                    if type(event).__name__ not in ("SessionCapabilityEvent", "ConnectRunspacePoolEvent"):
+                        self._on_event(event)
+            finally:
+                pool.accepting_connect = False
+            answer = b""
+            while True:
+                payload = self._pool.data_to_send(FRAGMENT_SIZE)
+                if payload is None:
+                    break
+                answer += payload.data
+            self._pool.prepare_message(RunspacePoolStateMsg(RunspaceState=RunspacePoolState.Opened.value))
+            self._drain()
+            return answer
+
     def command(self, command_id: str, arguments_b64: str | None) -> None:
         pid = uuid.UUID(command_id)
         with self._cond:
@@ -314,6 +480,11 @@ class PsrpShell:
         with self._cond:
             return pid in self._pipes
 
+    def commands(self) -> list[tuple[str, str]]:
+        """(CommandId, CommandState) of the pipelines not yet terminated, for WS-Enumeration of commands."""
+        with self._cond:
+            return [(p.command_id.upper(), "Done" if p.finished else "Running") for p in self._pipes.values()]
+
     def delivered_completion(self, command_id: str) -> list[str] | None:
         """The cmdlets of a pipeline whose last output and final state have been handed out, else None."""
         pid = uuid.UUID(command_id)
@@ -322,7 +493,7 @@ class PsrpShell:
             metadata = pipe.pipeline.metadata if pipe is not None else None
             if pipe is None or metadata is None or not pipe.finished or self._queues.get(pid):
                 return None
-            return [cmd.command_text for cmd in metadata.commands]
+            return [cmd.command_text for cmd in getattr(metadata, "commands", [])]
 
     def send(self, command_id: str | None, data: bytes) -> None:
         pid = uuid.UUID(command_id) if command_id else None

@@ -81,6 +81,22 @@ def _endpoints(configs: Iterable[str | Endpoint]) -> list[Endpoint]:
     return out
 
 
+@dataclass
+class _ShellMeta:
+    """What WinRM knows about a shell besides the shell itself (Get, Enumerate, idle expiry)."""
+
+    resource_uri: str
+    streams: tuple[str, str]
+    idle_timeout: float
+    created: float
+    disconnected: bool = False
+
+
+def _version(powershell: str) -> tuple[int, int]:
+    major, _, minor = powershell.partition(".")
+    return int(major), int(minor or 0)
+
+
 def _norm_path(path: str) -> str:
     return "/" + path.split("?", 1)[0].strip("/").lower()
 
@@ -108,7 +124,8 @@ class LabServer:
             Negotiate over HTTP are accepted.
         cmd_shell: offer the WinRS cmd shell at /wsman.
         shell_idle_timeout: seconds after which an unused shell is discarded (WinRM's IdleTimeout,
-            7200 s by default), so clients that drop pools without Delete do not pile up.
+            7200 s by default) unless the client asked for another rsp:IdleTimeOut in its Create, so
+            clients that drop pools without Delete do not pile up.
     """
 
     def __init__(
@@ -151,6 +168,8 @@ class LabServer:
         self._internal_errors: list[str] = []
         self._owners: dict[str, str] = {}
         self._last_used: dict[str, float] = {}
+        self._meta: dict[str, _ShellMeta] = {}
+        self._busy: dict[str, int] = {}  # requests in progress per shell: WinRM counts them as activity
         self.shell_idle_timeout = shell_idle_timeout
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
@@ -359,39 +378,139 @@ class LabServer:
                 return ep
         return None
 
+    @property
+    def winrm_version(self) -> tuple[int, int]:
+        """The machine's WinRM: 2.0 with Windows PowerShell 2.0, 3.0 with WMF 3.0 and later. It comes with the
+        newest PowerShell the machine has, i.e. the highest of its endpoints."""
+        newest = max((_version(e.powershell) for e in self.endpoints), default=(2, 0))
+        return (2, 0) if newest < (3, 0) else (3, 0)
+
     def _dispatch(self, http: HttpRequest, req: wsman.WSManRequest, user: str) -> tuple[bytes, str | None]:
         path = _norm_path(http.path)
+        if req.operation_timeout_text and (req.operation_timeout is None or req.operation_timeout < 0):
+            raise wsman.invalid_timeout_fault(req.operation_timeout_text)
         try:
             action = wsman.Action(req.action)
         except ValueError:
             raise wsman.action_not_supported_fault(req.action) from None
+        self._expire_idle_shells()
         if action is wsman.Action.CREATE:
             return self._create(http, req, path, user), None
+        if action is wsman.Action.ENUMERATE:
+            return self._enumerate(req, user), None
         shell_id = req.shell_id
         if not shell_id:
             raise wsman.invalid_selectors_fault()
+        sid = shell_id.upper()
         with self._lock:
-            shell = self._shells.get(shell_id.upper())
-            owner = self._owners.get(shell_id.upper())
+            shell = self._shells.get(sid)
+            owner = self._owners.get(sid)
+            meta = self._meta.get(sid)
             if shell is not None:
-                self._last_used[shell_id.upper()] = time.monotonic()
-        if shell is None:
+                self._last_used[sid] = time.monotonic()
+                self._busy[sid] = self._busy.get(sid, 0) + 1
+        try:
+            return self._on_shell(req, action, shell_id, shell, owner, meta, user)
+        finally:
+            with self._lock:
+                if shell is not None and sid in self._busy:
+                    self._busy[sid] -= 1
+                    if not self._busy[sid]:
+                        del self._busy[sid]
+                if sid in self._last_used:
+                    self._last_used[sid] = time.monotonic()
+
+    def _on_shell(self, req: wsman.WSManRequest, action: wsman.Action, shell_id: str,
+                  shell: PsrpShell | WinrsShell | None, owner: str | None, meta: _ShellMeta | None,
+                  user: str) -> tuple[bytes, str | None]:
+        sid = shell_id.upper()
+        if shell is None or meta is None:
+            if action is wsman.Action.GET:
+                raise wsman.shell_get_not_found_fault()
             raise wsman.shell_not_found_fault(shell_id)
         if owner is not None and owner.lower() != user.lower():
             raise wsman.access_denied_fault()
         try:
             if action is wsman.Action.DELETE:
-                with self._lock:
-                    self._shells.pop(shell_id.upper(), None)
-                    self._owners.pop(shell_id.upper(), None)
-                    self._last_used.pop(shell_id.upper(), None)
+                self._drop_shell(sid)
                 shell.close()
                 return wsman.response(req), None
+            if action is wsman.Action.GET:
+                return wsman.response(req, wsman.shell_description(self._shell_info(sid))), None
+            if action in (wsman.Action.DISCONNECT, wsman.Action.RECONNECT, wsman.Action.CONNECT):
+                return self._disconnection(req, action, shell, meta), None
+            if meta.disconnected:
+                raise wsman.shell_disconnected_fault(shell_id)
             if isinstance(shell, PsrpShell):
                 return self._psrp(shell, req, action)
             return self._winrs(shell, req, action)
         except ShellClosed:
             raise wsman.shell_not_found_fault(shell_id) from None
+
+    def _drop_shell(self, shell_id: str) -> None:
+        with self._lock:
+            self._shells.pop(shell_id, None)
+            self._owners.pop(shell_id, None)
+            self._last_used.pop(shell_id, None)
+            self._meta.pop(shell_id, None)
+
+    def _shell_info(self, shell_id: str) -> wsman.ShellInfo:
+        now = time.monotonic()
+        with self._lock:
+            meta = self._meta[shell_id]
+            return wsman.ShellInfo(
+                shell_id, meta.resource_uri, self._owners.get(shell_id, ""), meta.streams[0], meta.streams[1],
+                idle_timeout=meta.idle_timeout, state="Disconnected" if meta.disconnected else "Connected",
+                run_time=now - meta.created, inactivity=now - self._last_used.get(shell_id, now),
+            )
+
+    def _enumerate(self, req: wsman.WSManRequest, user: str) -> bytes:
+        """WS-Enumeration of the user's shells or of one shell's commands, answered whole as WinRM answers an
+        OptimizeEnumeration with MaxElements (test_psrp_disconnect_runspaces.yml, test_psrp_disconnected_commands.yml)."""
+        uri = req.resource_uri.lower()
+        with self._lock:
+            mine = [sid for sid, owner in self._owners.items() if owner.lower() == user.lower() and sid in self._meta]
+        if uri == wsman.SHELLS_RESOURCE_URI.lower():
+            items = [wsman.shell_description(self._shell_info(sid)) for sid in mine]
+            return wsman.response(req, wsman.enumerate_response(items))
+        if uri == wsman.COMMANDS_RESOURCE_URI.lower():
+            wanted = {el.get("Name", "").lower(): (el.text or "").strip().upper() for el in
+                      wsman.findall(req.body, "w:Filter/w:SelectorSet/w:Selector")}
+            target = wanted.get("shellid", "")
+            with self._lock:
+                shell = self._shells.get(target) if target in mine else None
+            if shell is None:
+                raise wsman.shell_get_not_found_fault()
+            items = [wsman.command_item(cid, state) for cid, state in shell.commands()]
+            return wsman.response(req, wsman.enumerate_response(items))
+        raise wsman.unknown_resource_fault(req.resource_uri)
+
+    def _disconnection(self, req: wsman.WSManRequest, action: wsman.Action, shell: PsrpShell | WinrsShell,
+                       meta: _ShellMeta) -> bytes:
+        """Disconnect/Reconnect/Connect came with WinRM 3.0 (WMF 3.0, PowerShell 3.0): WinRM 2.0 does not know
+        the actions and refuses them as unsupported. On 3.0+ the lab supports them for PowerShell shells:
+        Disconnect and Reconnect by the same client, Connect by a new client (connectXml negotiation, or a
+        command's CommandId); a cmd shell's are refused with the same fault (lab limit, UNCONFIRMED)."""
+        if self.winrm_version < (3, 0) or not isinstance(shell, PsrpShell):
+            raise wsman.action_not_supported_fault(req.action)
+        if action is wsman.Action.CONNECT:
+            command_id = req.body.get("CommandId") if req.body is not None else None
+            if command_id:
+                if not shell.has_command(command_id):
+                    raise wsman.command_not_found_fault()
+                return wsman.response(req, wsman.connect_response(None))
+            xml = wsman.find(req.body, "creationXml:connectXml")
+            if xml is None or not (xml.text or "").strip():
+                raise wsman.invalid_message_fault("Connect without connectXml")
+            if not meta.disconnected:
+                raise wsman.shell_connected_fault(shell.shell_id)
+            answer = shell.connect(xml.text or "")
+            with self._lock:
+                meta.disconnected = False
+            return wsman.response(req, wsman.connect_response(base64.b64encode(answer).decode()))
+        with self._lock:
+            meta.disconnected = action is wsman.Action.DISCONNECT
+        return wsman.response(req)
 
     def _create(self, http: HttpRequest, req: wsman.WSManRequest, path: str, user: str) -> bytes:
         body = req.body
@@ -415,26 +534,35 @@ class LabServer:
             shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language, ep.powershell)
             shell.create(creation.text or "")
             streams = ("stdin pr", "stdout")
-        self._expire_idle_shells()
+        # The requested rsp:IdleTimeOut is kept and echoed (PT60S -> PT60.000S, as in
+        # test_psrp_is_alive_state_disconnected.yml); without one the service's IdleTimeout applies.
+        idle_el = wsman.find(body, "rsp:IdleTimeOut")
+        idle = wsman.parse_duration(idle_el.text) if idle_el is not None else None
+        idle_timeout = min(idle, wsman.MAX_IDLE_TIMEOUT) if idle is not None else self.shell_idle_timeout
+        now = time.monotonic()
         with self._lock:
             self._shells[shell_id] = shell
             self._owners[shell_id] = user
-            self._last_used[shell_id] = time.monotonic()
+            self._last_used[shell_id] = now
+            self._meta[shell_id] = _ShellMeta(req.resource_uri, streams, idle_timeout, now)
         address = self.url(http.path)
         return wsman.response(
-            req, *wsman.shell_created(address, req.resource_uri, shell_id, user, streams[0], streams[1])
+            req, *wsman.shell_created(address, req.resource_uri, shell_id, user, streams[0], streams[1],
+                                      idle_timeout)
         )
 
     def _expire_idle_shells(self) -> None:
+        """Discard shells unused for longer than their idle timeout (checked on every request)."""
         now = time.monotonic()
         with self._lock:
-            idle = [sid for sid, t in self._last_used.items() if now - t > self.shell_idle_timeout]
-            expired = [self._shells.pop(sid) for sid in idle if sid in self._shells]
-            for sid in idle:
-                self._owners.pop(sid, None)
-                self._last_used.pop(sid, None)
-        for shell in expired:
-            shell.close()
+            idle = [sid for sid, t in self._last_used.items() if sid not in self._busy
+                    and now - t > (self._meta[sid].idle_timeout if sid in self._meta else self.shell_idle_timeout)]
+        for sid in idle:
+            with self._lock:
+                shell = self._shells.get(sid)
+            self._drop_shell(sid)
+            if shell is not None:
+                shell.close()
 
     def _timeout(self, req: wsman.WSManRequest) -> float:
         t = req.operation_timeout if req.operation_timeout is not None else DEFAULT_OPERATION_TIMEOUT
@@ -463,14 +591,14 @@ class LabServer:
                 if st.get("Name", "stdin") == "stdin" or st.get("Name") == "pr":
                     data += base64.b64decode(st.text or "")
             if command_id and not shell.has_command(command_id):
-                raise wsman.invalid_selectors_fault()
+                raise wsman.command_not_found_fault()
             shell.send(command_id, data)
             return wsman.response(req, wsman.send_response()), command_id
         if action is wsman.Action.RECEIVE:
             desired = wsman.find(body, "rsp:DesiredStream")
             command_id = desired.get("CommandId") if desired is not None else None
             if command_id and not shell.has_command(command_id):
-                raise wsman.invalid_selectors_fault()
+                raise wsman.command_not_found_fault()
             envelope = req.max_envelope_size or DEFAULT_ENVELOPE
             max_bytes = max(4096, (envelope - 2048) * 3 // 4)
             got = shell.receive(command_id, self._timeout(req), max_bytes)
@@ -501,14 +629,18 @@ class LabServer:
             command_id = None
             for st in wsman.findall(body, "rsp:Stream"):
                 command_id = st.get("CommandId") or command_id
+                if command_id and not shell.has_command(command_id):
+                    raise wsman.command_not_found_fault()
                 if command_id:
                     shell.send(command_id, base64.b64decode(st.text or ""))
             return wsman.response(req, wsman.send_response()), command_id
         if action is wsman.Action.RECEIVE:
             desired = wsman.find(body, "rsp:DesiredStream")
             command_id = desired.get("CommandId") if desired is not None else None
-            if not command_id or not shell.has_command(command_id):
-                raise wsman.invalid_selectors_fault()
+            if not command_id:
+                raise wsman.invalid_parameter_fault()
+            if not shell.has_command(command_id):
+                raise wsman.command_not_found_fault()
             got = shell.receive(command_id, self._timeout(req))
             if got is None:
                 raise wsman.operation_timeout_fault()

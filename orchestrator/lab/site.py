@@ -258,8 +258,10 @@ class LabSite:
             emulated = self.servers[server.name]
             port = emulated.winrm.port
             ports = {"port": port, "system_port": port} if server.version == 2010 else {"port": port}
+            # Kerberos keeps asking for the SPN of the name the playbook gave, now that the host is 127.0.0.1.
+            spn_hostname = server.spn_hostname if self.realm is not None else server.connection.spn_hostname
             connection = server.connection.model_copy(update={
-                "host": "127.0.0.1", **ports,
+                "host": "127.0.0.1", **ports, "spn_hostname": spn_hostname,
                 "ca_file": str(self.ca_file) if emulated.winrm.scheme == "https" else server.connection.ca_file,
             })
             # Without TLS services `.ports` is empty and the playbook's own TLS ports stay.

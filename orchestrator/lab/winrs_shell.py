@@ -174,6 +174,11 @@ class WinrsShell:
         with self._cond:
             return command_id.upper() in self._commands
 
+    def commands(self) -> list[tuple[str, str]]:
+        """(CommandId, CommandState) of the commands not yet terminated, for WS-Enumeration of commands."""
+        with self._cond:
+            return [(c.command_id, "Done" if c.result is not None else "Running") for c in self._commands.values()]
+
     def send(self, command_id: str, data: bytes) -> None:
         with self._cond:
             cmd = self._commands.get(command_id.upper())

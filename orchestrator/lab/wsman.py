@@ -22,6 +22,7 @@ NS = {
     "rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell",
     "f": "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault",
     "creationXml": "http://schemas.microsoft.com/powershell",
+    "n": "http://schemas.xmlsoap.org/ws/2004/09/enumeration",
 }
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
@@ -32,6 +33,12 @@ CMD_RESOURCE_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
 PS_RESOURCE_PREFIX = "http://schemas.microsoft.com/powershell/"
 COMMAND_STATE_DONE = SHELL_NS + "/CommandState/Done"
 COMMAND_STATE_RUNNING = SHELL_NS + "/CommandState/Running"
+# The resource URIs WS-Transfer Get and WS-Enumeration address shells and commands by (pypsrp's
+# is_alive and get_runspace_pools use these, whatever the shell's own resource URI).
+SHELLS_RESOURCE_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
+COMMANDS_RESOURCE_URI = SHELLS_RESOURCE_URI + "/Command"
+WSMAN_FAULT_ACTION = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
+ADDRESSING_FAULT_ACTION = "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault"
 
 
 class Action(Enum):
@@ -41,6 +48,12 @@ class Action(Enum):
     SEND = SHELL_NS + "/Send"
     RECEIVE = SHELL_NS + "/Receive"
     SIGNAL = SHELL_NS + "/Signal"
+    GET = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get"
+    ENUMERATE = "http://schemas.xmlsoap.org/ws/2004/09/enumeration/Enumerate"
+    # WinRM 3.0 (Windows Management Framework 3.0) added these three with PowerShell 3.0.
+    DISCONNECT = SHELL_NS + "/Disconnect"
+    RECONNECT = SHELL_NS + "/Reconnect"
+    CONNECT = SHELL_NS + "/Connect"
 
     @property
     def short(self) -> str:
@@ -63,18 +76,39 @@ CODE_INVALID_SELECTORS = 2150858813  # 0x8033803D
 CODE_SHELL_NOT_FOUND = 2150858843  # 0x8033805B
 CODE_ACTION_NOT_SUPPORTED = 2150858771  # 0x80338013
 CODE_INVALID_MESSAGE = 2150858817  # 0x80338041 (schema validation / malformed body)
+CODE_INVALID_HEADER = 2150858767  # 0x8033800F ERROR_WSMAN_INVALID_MESSAGE_INFORMATION_HEADER
+CODE_INVALID_PARAMETER = 87  # Win32 ERROR_INVALID_PARAMETER, as plugins report it
 # Lab-only code (not a Windows value): a bug in a lab layer, so tests and users can tell it apart.
 CODE_INTERNAL_ERROR = 2150859263  # 0x803381FF
 
 
+@dataclass(frozen=True)
+class ProviderFault:
+    """f:Message/f:ProviderFault: the plugin that failed, with either its text or a nested WSManFault."""
+
+    provider: str
+    path: str
+    text: str | None = None
+    nested_code: int | None = None  # nest <f:WSManFault Code=...><f:Message>nested_message</f:Message>
+    nested_message: str | None = None
+
+
 @dataclass
 class WSManFault(Exception):
-    """A SOAP fault as WinRM sends it: HTTP 500, s:Code/Subcode, f:WSManFault@Code."""
+    """A SOAP fault as WinRM sends it: HTTP 500, s:Code/Subcode, f:WSManFault@Code.
+
+    `message` is f:Message (and s:Reason/s:Text unless `reason` differs, as for invalid headers);
+    `fault_detail` is the w:FaultDetail URI; `provider` replaces the f:Message text with a
+    f:ProviderFault (pypsrp then reports s:Reason as the reason and the provider separately)."""
 
     code: int
     message: str
     subcode: str = "w:InternalError"
     sender: bool = True  # s:Sender vs s:Receiver
+    reason: str | None = None
+    fault_detail: str | None = None
+    provider: ProviderFault | None = None
+    action: str = WSMAN_FAULT_ACTION
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.code}: {self.message}")
@@ -123,11 +157,14 @@ def access_denied_fault() -> WSManFault:
 
 
 def action_not_supported_fault(action: str) -> WSManFault:
+    # ERROR_WSMAN_ACTION_NOT_SUPPORTED 0x80338013, its MessageText and "wsa, code=Sender, subcode=WS-Addressing
+    # ActionNotsupported" as winerror.h's WinRM section gives them (no pypsrp recording has this fault). WinRM 2.0
+    # answers the PowerShell 3.0 actions (Disconnect, Reconnect, Connect) so.
     return WSManFault(
         CODE_ACTION_NOT_SUPPORTED,
-        f"The WS-Management service cannot process the request. The action {action} is not supported by "
-        "the lab server. ",
+        "The WS-Management service does not support the action specified in the request. ",
         subcode="a:ActionNotSupported",
+        action=ADDRESSING_FAULT_ACTION,
     )
 
 
@@ -148,6 +185,91 @@ def invalid_message_fault(detail: str) -> WSManFault:
     )
 
 
+
+_UNEXPECTED_SELECTORS = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/UnexpectedSelectors"
+_INVALID_SELECTORS_TEXT = (
+    "The WS-Management service cannot process the request because the request contained invalid selectors for "
+    "the resource. "
+)
+
+
+def command_not_found_fault() -> WSManFault:
+    """Receive/Send/Signal naming a CommandId the shell does not have (ERROR_WINRS_... 0x8033805B).
+
+    Reason, FaultDetail and Message as in pypsrp's recordings test_psrp_receive_failure.yml (PSRP shell)
+    and test_winrs_bad_cmd_id.yml (cmd shell)."""
+    return WSManFault(
+        CODE_SHELL_NOT_FOUND,
+        "The Windows Remote Shell received a request to perform an operation on a command identifier that does "
+        "not exist. Either the command has completed execution or the client specified an invalid command "
+        "identifier. ",
+        subcode="w:InvalidSelectors",
+        reason=_INVALID_SELECTORS_TEXT,
+        fault_detail=_UNEXPECTED_SELECTORS,
+    )
+
+
+def shell_get_not_found_fault() -> WSManFault:
+    """WS-Transfer Get of a shell that is gone: the Shell provider's nested fault, code 0x8033805B
+    (pypsrp's recording test_psrp_is_alive_invalid_selectors.yml; pypsrp's is_alive reads it as closed)."""
+    return WSManFault(
+        CODE_SHELL_NOT_FOUND,
+        _INVALID_SELECTORS_TEXT,
+        subcode="w:InvalidSelectors",
+        fault_detail=_UNEXPECTED_SELECTORS,
+        provider=ProviderFault("Shell provider", "%systemroot%\\system32\\WsmSvc.dll",
+                               nested_code=CODE_SHELL_NOT_FOUND, nested_message=_INVALID_SELECTORS_TEXT),
+    )
+
+
+def invalid_parameter_fault() -> WSManFault:
+    """Win32 87 from the cmd shell plugin, e.g. a cmd-shell Receive without CommandId
+    (pypsrp's recording test_winrs_fail_poll_process.yml)."""
+    return WSManFault(
+        CODE_INVALID_PARAMETER,
+        "The parameter is incorrect. ",
+        subcode="w:InvalidParameter",
+        fault_detail="http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/InvalidValue",
+        provider=ProviderFault("Shell cmd plugin", "%systemroot%\\system32\\winrscmd.dll",
+                               text="The parameter is incorrect. "),
+    )
+
+
+def invalid_timeout_fault(value: str) -> WSManFault:
+    """An OperationTimeout WinRM cannot read, e.g. PT-1S: ERROR_WSMAN_INVALID_MESSAGE_INFORMATION_HEADER
+    (0x8033800F) on the addressing fault action (pypsrp's recording test_psrp_is_alive_other_wsman_error.yml)."""
+    return WSManFault(
+        CODE_INVALID_HEADER,
+        f"The WS-Management service cannot process the request. The XML contains an invalid timeout field in the "
+        f"SOAP header: {value}. ",
+        subcode="a:InvalidMessageInformationHeader",
+        reason="The WS-Management service cannot process the request. The request contains one or more invalid "
+        "SOAP headers. ",
+        action=ADDRESSING_FAULT_ACTION,
+    )
+
+
+def shell_disconnected_fault(shell_id: str) -> WSManFault:
+    # Lab wording (UNCONFIRMED text): a request other than Reconnect/Connect/Get/Delete on a
+    # disconnected shell. Code ERROR_WSMAN_SERVICE_STREAM_DISCONNECTED is not in the recordings.
+    return WSManFault(
+        CODE_INVALID_SELECTORS,
+        f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell is "
+        "disconnected. Reconnect to the shell and try again. ",
+        subcode="w:InvalidSelectors",
+    )
+
+
+
+def shell_connected_fault(shell_id: str) -> WSManFault:
+    # Lab wording (UNCONFIRMED text and code): a new client's Connect to a shell another client holds.
+    return WSManFault(
+        CODE_INVALID_SELECTORS,
+        f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell is connected "
+        "to another client. Disconnect it first and try again. ",
+        subcode="w:InvalidSelectors",
+    )
+
 @dataclass
 class WSManRequest:
     action: str
@@ -156,6 +278,7 @@ class WSManRequest:
     selectors: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     operation_timeout: float | None = None
+    operation_timeout_text: str = ""  # as sent, so an unreadable value can be refused
     max_envelope_size: int | None = None
     body: ET.Element | None = None  # the first child of s:Body, if any
 
@@ -218,6 +341,7 @@ def parse_request(data: bytes) -> WSManRequest:
         selectors=selectors,
         options=options,
         operation_timeout=parse_duration(text("w:OperationTimeout")),
+        operation_timeout_text=text("w:OperationTimeout"),
         max_envelope_size=int(max_env) if max_env.isdigit() else None,
         body=body,
     )
@@ -244,7 +368,7 @@ def response(request: WSManRequest, *content: ET.Element) -> bytes:
 
 
 def fault_envelope(fault: WSManFault, relates_to: str | None, machine: str) -> bytes:
-    env, body = _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relates_to)
+    env, body = _envelope(fault.action, relates_to)
     f = ET.SubElement(body, _q("s", "Fault"))
     code = ET.SubElement(f, _q("s", "Code"))
     ET.SubElement(code, _q("s", "Value")).text = "s:Sender" if fault.sender else "s:Receiver"
@@ -253,10 +377,22 @@ def fault_envelope(fault: WSManFault, relates_to: str | None, machine: str) -> b
     reason = ET.SubElement(f, _q("s", "Reason"))
     t = ET.SubElement(reason, _q("s", "Text"))
     t.set("{http://www.w3.org/XML/1998/namespace}lang", "en-US")
-    t.text = fault.message
+    t.text = fault.reason or fault.message
     detail = ET.SubElement(f, _q("s", "Detail"))
+    if fault.fault_detail:
+        ET.SubElement(detail, _q("w", "FaultDetail")).text = fault.fault_detail
     wf = ET.SubElement(detail, _q("f", "WSManFault"), Code=str(fault.code), Machine=machine)
-    ET.SubElement(wf, _q("f", "Message")).text = fault.message
+    message = ET.SubElement(wf, _q("f", "Message"))
+    pf = fault.provider
+    if pf is None:
+        message.text = fault.message
+    else:
+        prov = ET.SubElement(message, _q("f", "ProviderFault"), provider=pf.provider, path=pf.path)
+        if pf.nested_code is not None:
+            inner = ET.SubElement(prov, _q("f", "WSManFault"), Code=str(pf.nested_code), Machine=machine)
+            ET.SubElement(inner, _q("f", "Message")).text = pf.nested_message
+        else:
+            prov.text = pf.text
     return ET.tostring(env, encoding="utf-8", xml_declaration=False)
 
 
@@ -270,8 +406,71 @@ def empty_fault_envelope() -> bytes:
 # --- body builders -----------------------------------------------------------------------------
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds -> xs:duration the way WinRM writes shell timeouts (PT7200.000S)."""
+    return f"PT{seconds:.3f}S"
+
+
+def format_elapsed(seconds: float) -> str:
+    """Seconds -> the P0DT0H1M2S form of rsp:ShellRunTime / rsp:ShellInactivity."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"P{days}DT{hours}H{minutes}M{secs}S"
+
+
+@dataclass
+class ShellInfo:
+    """What WinRM reports about a shell (Create response, WS-Transfer Get, WS-Enumeration)."""
+
+    shell_id: str
+    resource_uri: str
+    owner: str
+    input_streams: str
+    output_streams: str
+    idle_timeout: float = 7200.0
+    state: str = "Connected"  # or "Disconnected"
+    run_time: float = 0.0
+    inactivity: float = 0.0
+
+
+# WinRM's MaxIdleTimeOut as the recordings show it (test_psrp_is_alive_state_disconnected.yml).
+MAX_IDLE_TIMEOUT = 2147483.647
+
+
+def shell_description(info: ShellInfo, full: bool = True) -> ET.Element:
+    """rsp:Shell with the elements WinRM sends; `full` adds what Get/Enumerate add to Create's
+    (element order as in test_psrp_is_alive_state_disconnected.yml and test_psrp_disconnect_runspaces.yml)."""
+    shell = ET.Element(_q("rsp", "Shell"))
+
+    def add(tag: str, value: str) -> None:
+        ET.SubElement(shell, _q("rsp", tag)).text = value
+
+    add("ShellId", info.shell_id)
+    add("ResourceUri", info.resource_uri)
+    add("Owner", info.owner)
+    add("ClientIP", "127.0.0.1")
+    add("IdleTimeOut", format_duration(info.idle_timeout))
+    add("InputStreams", info.input_streams)
+    add("OutputStreams", info.output_streams)
+    if full:
+        add("MaxIdleTimeOut", format_duration(MAX_IDLE_TIMEOUT))
+        add("Locale", "en-US")
+        add("DataLocale", "en-US")
+        add("CompressionMode", "NoCompression")
+        add("ProfileLoaded", "Yes")
+        add("Encoding", "UTF8")
+        add("BufferMode", "Block")
+        add("State", info.state)
+    add("ShellRunTime", format_elapsed(info.run_time))
+    add("ShellInactivity", format_elapsed(info.inactivity))
+    return shell
+
+
 def shell_created(
-    address: str, resource_uri: str, shell_id: str, owner: str, input_streams: str, output_streams: str
+    address: str, resource_uri: str, shell_id: str, owner: str, input_streams: str, output_streams: str,
+    idle_timeout: float = 7200.0,
 ) -> list[ET.Element]:
     """Create response: ResourceCreated (what both clients need) plus the rsp:Shell description."""
     rc = ET.Element(_q("x", "ResourceCreated"))
@@ -280,17 +479,40 @@ def shell_created(
     ET.SubElement(ref, _q("w", "ResourceURI")).text = resource_uri
     sel = ET.SubElement(ref, _q("w", "SelectorSet"))
     ET.SubElement(sel, _q("w", "Selector"), Name="ShellId").text = shell_id
-    shell = ET.Element(_q("rsp", "Shell"))
-    ET.SubElement(shell, _q("rsp", "ShellId")).text = shell_id
-    ET.SubElement(shell, _q("rsp", "ResourceUri")).text = resource_uri
-    ET.SubElement(shell, _q("rsp", "Owner")).text = owner
-    ET.SubElement(shell, _q("rsp", "ClientIP")).text = "127.0.0.1"
-    ET.SubElement(shell, _q("rsp", "IdleTimeOut")).text = "PT7200.000S"
-    ET.SubElement(shell, _q("rsp", "InputStreams")).text = input_streams
-    ET.SubElement(shell, _q("rsp", "OutputStreams")).text = output_streams
-    ET.SubElement(shell, _q("rsp", "ShellRunTime")).text = "P0DT0H0M0S"
-    ET.SubElement(shell, _q("rsp", "ShellInactivity")).text = "P0DT0H0M0S"
-    return [rc, shell]
+    info = ShellInfo(shell_id, resource_uri, owner, input_streams, output_streams, idle_timeout)
+    return [rc, shell_description(info, full=False)]
+
+
+def enumerate_response(items: list[ET.Element]) -> ET.Element:
+    """An optimized enumeration answered whole: empty context, the items, EndOfSequence
+    (test_psrp_disconnect_runspaces.yml)."""
+    el = ET.Element(_q("n", "EnumerateResponse"))
+    ET.SubElement(el, _q("n", "EnumerationContext"))
+    if items:
+        box = ET.SubElement(el, _q("w", "Items"))
+        box.extend(items)
+    ET.SubElement(el, _q("w", "EndOfSequence"))
+    return el
+
+
+def command_item(command_id: str, state: str) -> ET.Element:
+    """rsp:Command of a command enumeration (test_psrp_disconnected_commands.yml)."""
+    el = ET.Element(_q("rsp", "Command"))
+    ET.SubElement(el, _q("rsp", "CommandId")).text = command_id
+    ET.SubElement(el, _q("rsp", "CommandLine"))
+    ET.SubElement(el, _q("rsp", "CommandState")).text = state
+    return el
+
+
+def connect_response(response_xml_b64: str | None) -> ET.Element:
+    """ConnectResponse: the pool's streams and connectResponseXml for a pool, empty for a command
+    (test_psrp_disconnected_commands.yml)."""
+    el = ET.Element(_q("rsp", "ConnectResponse"))
+    if response_xml_b64 is not None:
+        ET.SubElement(el, _q("rsp", "InputStreams")).text = "stdin pr"
+        ET.SubElement(el, _q("rsp", "OutputStreams")).text = "stdout"
+        ET.SubElement(el, _q("creationXml", "connectResponseXml")).text = response_xml_b64
+    return el
 
 
 def command_response(command_id: str) -> ET.Element:

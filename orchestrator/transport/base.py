@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from orchestrator.commands import Command, Shell
 from orchestrator.errors import ExmigError
+from orchestrator.kerberos import KerberosTarget, classify_kerberos
 
 
 class RemoteError(ExmigError):
@@ -71,6 +72,18 @@ def first_line(value: object) -> str:
     """One line of an exception's text, bounded, for a one-line error."""
     text = str(value).strip()
     return text.splitlines()[0][:300] if text else type(value).__name__
+
+
+def classify_kerberos_error(server: str, exc: BaseException, target: KerberosTarget | None) -> Exception | None:
+    """A Kerberos failure as ConnectError (one line with the fix) or, for an unreachable KDC, TransientError."""
+    if target is None:
+        return None
+    known = classify_kerberos(replace(target, server=server), exc)
+    if known is None:
+        return None
+    message, transient = known
+    return TransientError(server, message.removeprefix(f"{server}: "), reopen=True) if transient \
+        else ConnectError(message)
 
 
 def classify_http(server: str, exc: BaseException) -> Exception | None:

@@ -18,7 +18,7 @@ import logging
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -28,7 +28,7 @@ from pypsrp.serializer import TaggedValue
 from pypsrp.wsman import SelectorSet, WSMan
 
 from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
-from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, classify_kerberos, spn
+from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, spn
 from orchestrator.playbook import Endpoint, Server
 from orchestrator.transport.base import (
     ConnectError,
@@ -38,6 +38,7 @@ from orchestrator.transport.base import (
     TransientError,
     ValueSource,
     classify_http,
+    classify_kerberos_error,
     first_line,
 )
 
@@ -172,12 +173,9 @@ def classify(server: str, exc: BaseException, kerberos: KerberosTarget | None = 
     http = classify_http(server, exc)
     if http is not None:
         return http
-    if kerberos is not None:
-        known = classify_kerberos(replace(kerberos, server=server), exc)
-        if known is not None:
-            message, transient = known
-            return TransientError(server, message.removeprefix(f"{server}: "), reopen=True) if transient \
-                else ConnectError(message)
+    known = classify_kerberos_error(server, exc, kerberos)
+    if known is not None:
+        return known
     if isinstance(exc, AuthenticationError):
         return ConnectError(f"{server}: authentication failed: {first_line(exc)}")
     if isinstance(exc, WSManFaultError):

@@ -32,7 +32,6 @@ import logging
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -49,7 +48,7 @@ from winrm.protocol import Protocol
 
 from orchestrator.commands import Blob, Command, Shell, Text
 from orchestrator.errors import ExmigError
-from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, classify_kerberos
+from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget
 from orchestrator.playbook import Server
 from orchestrator.render import winrs_script
 from orchestrator.transport.base import (
@@ -59,6 +58,7 @@ from orchestrator.transport.base import (
     TransientError,
     ValueSource,
     classify_http,
+    classify_kerberos_error,
     first_line,
 )
 from orchestrator.transport.psrp import ConnectionSettings, to_python
@@ -82,12 +82,9 @@ def classify(server: str, exc: BaseException, kerberos: KerberosTarget | None = 
     http = classify_http(server, exc)
     if http is not None:
         return http
-    if kerberos is not None:
-        known = classify_kerberos(replace(kerberos, server=server), exc)
-        if known is not None:
-            message, transient = known
-            return TransientError(server, message.removeprefix(f"{server}: "), reopen=True) if transient \
-                else ConnectError(message)
+    known = classify_kerberos_error(server, exc, kerberos)
+    if known is not None:
+        return known
     if isinstance(exc, AuthenticationError):
         return ConnectError(f"{server}: the server refused the credentials (HTTP 401); check the user name "
                             "and the password variable")

@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
-from orchestrator.playbook import load_playbook
+from orchestrator.playbook import Playbook, load_playbook
 from tests.e2e.conftest import LAB_PLAYBOOK, write_playbook
 
 
@@ -29,8 +30,11 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def lab_playbook_on_free_ports(tmp: Path) -> Path:
+def lab_playbook_on_free_ports(tmp: Path, mutate: Callable[[Playbook], Playbook] | None = None,
+                               name: str = "lab.yml") -> Path:
     playbook = load_playbook(LAB_PLAYBOOK).playbook
+    if mutate is not None:
+        playbook = mutate(playbook)
     ports = iter(free_ports(10))
     servers = []
     for server in playbook.servers:
@@ -39,7 +43,7 @@ def lab_playbook_on_free_ports(tmp: Path) -> Path:
         connection = server.connection.model_copy(update=same)
         tls = server.tls_ports.model_copy(update={k: next(ports) for k in ("https", "smtp", "imaps", "pop3s")})
         servers.append(server.model_copy(update={"connection": connection, "tls_ports": tls}))
-    return write_playbook(playbook.model_copy(update={"servers": servers}), tmp / "lab.yml")
+    return write_playbook(playbook.model_copy(update={"servers": servers}), tmp / name)
 
 
 def serve(playbook: Path, state: Path) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:

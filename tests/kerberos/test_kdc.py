@@ -14,8 +14,8 @@ from typing import Any
 
 from orchestrator.lab.kdc import LabRealm
 from orchestrator.playbook import load_playbook
-from tests.e2e.conftest import LAB_PLAYBOOK, write_playbook
-from tests.e2e.test_lab_serve import free_ports
+from tests.e2e.conftest import LAB_PLAYBOOK
+from tests.e2e.test_lab_serve import lab_playbook_on_free_ports
 from tests.kerberos.conftest import PASSWORD, REALM, USER, process_gone
 from tests.kerberos.helpers import to_kerberos
 
@@ -40,16 +40,7 @@ def test_realm_kinit_and_stop(make_realm: Callable[..., LabRealm], tmp_path: Pat
 
 
 def kerberos_lab_playbook(tmp: Path) -> Path:
-    playbook = to_kerberos(load_playbook(LAB_PLAYBOOK).playbook)
-    ports = iter(free_ports(10))
-    servers = []
-    for server in playbook.servers:
-        port = next(ports)
-        same = {"port": port, "system_port": port} if server.version == 2010 else {"port": port}
-        connection = server.connection.model_copy(update=same)
-        tls = server.tls_ports.model_copy(update={k: next(ports) for k in ("https", "smtp", "imaps", "pop3s")})
-        servers.append(server.model_copy(update={"connection": connection, "tls_ports": tls}))
-    return write_playbook(playbook.model_copy(update={"servers": servers}), tmp / "kerberos-lab.yml")
+    return lab_playbook_on_free_ports(tmp, to_kerberos, "kerberos-lab.yml")
 
 
 def serve(playbook: Path, state: Path) -> tuple[subprocess.Popen[str], list[dict[str, Any]]]:
@@ -103,3 +94,16 @@ def test_the_kdc_dies_with_a_killed_lab(tmp_path: Path) -> None:
     proc.kill()  # SIGKILL: no handler, no cleanup in the lab; the kernel's parent-death signal does it
     proc.communicate(timeout=30)
     assert wait_gone(pid)
+
+
+def test_a_lab_without_a_realm_says_once_that_2010_wants_kerberos(tmp_path: Path) -> None:
+    from orchestrator.lab.site import LabSite
+
+    ntlm = LabSite(load_playbook(LAB_PLAYBOOK), tmp_path / "ntlm")
+    assert ntlm.notes() == ["note: EX2010: the lab accepts NTLM on /PowerShell; a real Exchange 2010 endpoint "
+                            "takes Kerberos only (auth: kerberos, user@REALM)"]
+    with LabSite(to_kerberos(load_playbook(LAB_PLAYBOOK).playbook), tmp_path / "kerberos",
+                 use_playbook_ports=False) as kerberos:
+        assert kerberos.realm is not None and kerberos.notes() == []
+        ex2010 = kerberos.servers["EX2010"].winrm.auth
+        assert ex2010.offered("/powershell") == ["kerberos"] and "ntlm" in ex2010.offered("/wsman")

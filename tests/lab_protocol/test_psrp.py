@@ -395,10 +395,11 @@ def test_pipeline_close_signals_terminate(basic_server: LabServer) -> None:
         with PowerShell(pool) as ps:
             ps.add_cmdlet("Get-LabThing")
             ps.invoke()
-        # A terminated pipeline's CommandId is no longer valid.
+        # A terminated pipeline's CommandId is no longer valid: Windows' "command identifier that does not
+        # exist" fault (pypsrp's recording test_psrp_receive_failure.yml).
         with pytest.raises(WSManFaultError) as info:
             pool.shell.receive("stdout", command_id=str(ps.id).upper())
-        assert info.value.code == 2150858813
+        assert info.value.code == 2150858843
     assert basic_server.log.actions() == ["Create", "Receive", "Command", "Receive", "Signal", "Receive", "Delete"]
 
 
