@@ -21,11 +21,49 @@ app = typer.Typer(
     name="exmig",
     help="Move an Exchange certificate from Exchange 2010 to Exchange 2007/2010 servers over WinRM.",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain (click) help: typer's rich help prints a `<bool>` type after every flag, and rich costs start-up.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-lab_app = typer.Typer(help="The rehearsal lab: emulated Exchange servers on 127.0.0.1.", no_args_is_help=True)
+lab_app = typer.Typer(help="The rehearsal lab: emulated Exchange servers on 127.0.0.1.", no_args_is_help=True,
+                      rich_markup_mode=None)
 app.add_typer(lab_app, name="lab")
+
+
+def _example(*lines: str) -> str:
+    """A command's epilog: its most useful invocation(s), kept verbatim by click's \\b marker."""
+    return "\b\n" + ("Examples:" if len(lines) > 1 else "Example:") + "\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def versions_line() -> str:
+    """exmig's version and those of the WinRM clients and PSRP library it runs with (installed metadata:
+    no import of the packages themselves, so --version stays as fast as --help)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"exmig {of('exmig')} (pypsrp {of('pypsrp')}, pywinrm {of('pywinrm')}, psrpcore {of('psrpcore')}; "
+            f"Python {platform.python_version()})\n")
+
+
+def _print_versions(value: bool) -> None:
+    if value:
+        _echo(versions_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_versions,
+                                          help="Print the versions of exmig, pypsrp, pywinrm and psrpcore.")]
+    = False,
+) -> None:
+    pass
 
 
 class PlanFormat(str, Enum):
@@ -55,7 +93,8 @@ WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
     help="The lab servers' Windows PowerShell: 2.0 as Windows 2008 R2 ships it, or a later WMF (3.0+ lets "
          "exmig send several commands per request).")]
 
-PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False)]
+PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False,
+                                             metavar="PLAYBOOK")]
 ServerOpt = Annotated[list[str] | None, typer.Option("--server", metavar="NAME",
                                                      help="Only this server (repeatable).")]
 StepOpt = Annotated[list[str] | None, typer.Option("--step", metavar="STEP",
@@ -122,9 +161,11 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
     return render_text(plan, loaded.playbook)
 
 
-@app.command()
+@app.command(epilog=_example("exmig validate playbooks/mitserv.yml"))
 def validate(playbook: PlaybookArg) -> None:
-    """Check a playbook; print one line naming file, line and field for the first problem."""
+    """Check a playbook: the first problem as file:line: field.
+
+    Checks what the servers would refuse too (names, key size, services) and that the files it names exist."""
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
@@ -133,7 +174,7 @@ def validate(playbook: PlaybookArg) -> None:
           f"targets {', '.join(t.name for t in p.targets)}; issuer {p.issuer.type})\n")
 
 
-@app.command()
+@app.command(epilog=_example("exmig steps"))
 def steps() -> None:
     """List the step names a plan is made of, in order."""
     from orchestrator.plan import STEP_DESCRIPTIONS
@@ -143,7 +184,7 @@ def steps() -> None:
         _echo(f"{step.value:<{width}}  {text}\n")
 
 
-@app.command()
+@app.command(epilog=_example("exmig plan playbooks/mitserv.yml --server EX2007 --format ps1"))
 def plan(
     playbook: PlaybookArg,
     server: ServerOpt = None,
@@ -153,11 +194,14 @@ def plan(
     certificate: CertOpt = None,
     chain: ChainOpt = None,
 ) -> None:
-    """Print the plan: every command, per server and in order, as the PowerShell it amounts to."""
+    """Print every command, per server and in order, as PowerShell.
+
+    Nothing is sent: the plan as the PowerShell it amounts to (--format ps1: one script per server)."""
     _echo(_plan_output(playbook, server, step, format, certificate, chain))
 
 
-@app.command()
+@app.command(epilog=_example("exmig run playbooks/mitserv.yml --dry-run",
+                             "exmig run playbooks/mitserv.yml --certificate ca-delivery.zip"))
 def run(
     playbook: PlaybookArg,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
@@ -179,7 +223,10 @@ def run(
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run the migration against the servers (with --dry-run: print exactly what would be sent)."""
+    """Run the migration against the servers.
+
+    With --dry-run: print exactly what would be sent. With a manual issuer the first run writes the CSR and
+    exits 3; run again with the CA's files (--certificate)."""
     _troubleshooting(verbose, debug)
     if dry_run:
         _echo(_plan_output(playbook, server, step, format, certificate, chain))
@@ -331,7 +378,7 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
     return exit_code(findings)
 
 
-@app.command("verify")
+@app.command("verify", epilog=_example("exmig verify playbooks/mitserv.yml"))
 def verify_command(
     playbook: PlaybookArg,
     server: ServerOpt = None,
@@ -345,7 +392,9 @@ def verify_command(
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Prove the migration from outside: every service, every name, the chain, the expiry."""
+    """Prove the migration from outside: every service and name.
+
+    Connects to every TLS service of every server, per name, and checks the certificate, its chain and expiry."""
     _troubleshooting(verbose, debug)
     from orchestrator.playbook import load_playbook
 
@@ -356,7 +405,55 @@ def verify_command(
         raise typer.Exit(code)
 
 
-@app.command()
+class IssuerKind(str, Enum):
+    manual = "manual"
+    files = "files"
+    lab = "lab"
+
+
+@app.command(epilog=_example("exmig init mitserv.yml --domain mitserv.net --source EX2010=ex2010.mitserv.net "
+                             "--target EX2007=ex2007.mitserv.net:2007"))
+def init(
+    path: Annotated[Path, typer.Argument(help="The playbook to write; an existing file is never replaced.",
+                                         metavar="PATH")] = Path("exmig.yml"),
+    domain: Annotated[str | None, typer.Option("--domain", metavar="DOMAIN", help="The mail domain.")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", metavar="HOST", help="A name on the certificate "
+                                                   "(repeatable); default mail., autodiscover., legacy.")] = None,
+    source: Annotated[str | None, typer.Option("--source", metavar="NAME=HOST", help="The Exchange 2010 source.")]
+    = None,
+    target: Annotated[list[str] | None, typer.Option("--target", metavar="NAME=HOST[:VERSION]", help="A target "
+                                                     "(repeatable); VERSION 2007 (default) or 2010.")] = None,
+    issuer: Annotated[IssuerKind | None, typer.Option("--issuer", help="How the CA signs; default manual.")] = None,
+) -> None:
+    """Write a commented starter playbook, from questions or flags.
+
+    With --domain, --source and --target nothing is asked (scripts): the names default to mail., autodiscover.
+    and legacy. of the domain, the issuer to manual. What it writes passes `exmig validate`."""
+    from orchestrator.scaffold import gather, refuse_existing, summary, write_playbook
+
+    refuse_existing(path)  # before any question
+    answers = gather(domain, name, source, target, issuer.value if issuer else None, sys.stdin.isatty())
+    write_playbook(answers, path)
+    _echo(summary(answers, path))
+
+
+@app.command(epilog=_example("exmig schema > exmig.schema.json"))
+def schema() -> None:
+    """Print the playbook's JSON Schema, for editors' YAML support.
+
+    Save it beside the playbooks and make this a playbook's first line; editors with the YAML language server
+    (VS Code's YAML extension, Neovim, Helix...) then complete and check the playbook as you type:
+
+    \b
+      # yaml-language-server: $schema=exmig.schema.json"""
+    import json
+
+    from orchestrator.schema import playbook_schema
+
+    _echo(json.dumps(playbook_schema(), indent=2) + "\n")
+
+
+@app.command(epilog=_example("exmig status playbooks/mitserv.yml"))
 def status(
     playbook: PlaybookArg,
     state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
@@ -378,7 +475,7 @@ def status(
             _echo(f"  {'':<12} {'':<14} warning  {warning}\n")
 
 
-@app.command()
+@app.command(epilog=_example("exmig rehearse playbooks/mitserv.yml"))
 def rehearse(
     playbook: PlaybookArg,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
@@ -390,7 +487,10 @@ def rehearse(
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
+    """Rehearse the migration against a lab mirroring the servers.
+
+    Starts emulated copies of the playbook's servers on 127.0.0.1, runs the whole migration against them,
+    verifies it and stops the lab."""
     _troubleshooting(verbose, debug)
     import contextlib
     import tempfile
@@ -441,7 +541,7 @@ def _announced(announce: Callable[[], object], withdraw: Callable[[], None]) -> 
         withdraw()
 
 
-@lab_app.command("serve")
+@lab_app.command("serve", epilog=_example("exmig lab serve playbooks/lab.yml"))
 def lab_serve(
     playbook: PlaybookArg,
     state: Annotated[Path | None, typer.Option("--state", help="Folder for the lab's state.")] = None,
@@ -449,7 +549,9 @@ def lab_serve(
     = False,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
 ) -> None:
-    """Serve one emulated Exchange server per playbook server on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    """Serve the playbook's servers, emulated, on 127.0.0.1.
+
+    One emulated Exchange server per playbook server, on the playbook's ports, until Ctrl-C or SIGTERM."""
     import signal
     import threading
     from dataclasses import replace
@@ -491,14 +593,16 @@ def lab_serve(
             pass
 
 
-@lab_app.command("sign")
+@lab_app.command("sign", epilog=_example("exmig lab sign mitserv.csr --out ca-answer --playbook playbooks/lab.yml"))
 def lab_sign(
     csr: Annotated[Path, typer.Argument(help="The certificate request (CSR) file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the CA's answer.")],
     ca: Annotated[Path | None, typer.Option("--ca", help="The lab CA folder.")] = None,
     playbook: Annotated[Path | None, typer.Option("--playbook", help="Use this playbook's lab CA.")] = None,
 ) -> None:
-    """Play the third-party CA: sign a CSR with the lab CA; writes the leaf, the intermediate, a .p7b and a .zip."""
+    """Play the third-party CA: sign a CSR with the lab CA.
+
+    Writes the leaf, the intermediate, a .p7b and a .zip into --out."""
     from orchestrator.issuance import lab_ca_dir
     from orchestrator.lab.ca import CSRRejected, sign_request_file
     from orchestrator.playbook import load_playbook
@@ -520,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ExmigError becomes one line on stderr and its exit code, never a traceback."""
     try:
         # Without standalone mode click returns (not raises) a command's typer.Exit code.
-        returned = app(args=argv, standalone_mode=False)
+        returned = app(args=argv, prog_name="exmig", standalone_mode=False)
         if isinstance(returned, int) and not isinstance(returned, bool):
             return returned
     except ExmigError as exc:
@@ -537,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Usage errors (typer's own, or click's in older typer): they know their message and code.
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            sys.stderr.write(f"exmig: error: {exc.format_message()}\n")
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `exmig` or `exmig lab` alone: its message is the help
+                _echo(exc.format_message() + "\n")
+            else:
+                sys.stderr.write(f"exmig: error: {exc.format_message()}\n")
             return int(ExitCode.USAGE)
         raise
     return int(ExitCode.OK)

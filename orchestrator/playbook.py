@@ -69,10 +69,11 @@ class SecretRef(_Model):
     `lab_default: true` (lab playbooks only) falls back to the lab's documented password when the
     variable is unset, so a rehearsal needs no set-up."""
 
-    env: StrictStr | None = None
-    prompt: StrictBool = False
-    generate: StrictBool = False
-    lab_default: StrictBool = False
+    env: StrictStr | None = Field(None, description="The environment variable that holds the secret.")
+    prompt: StrictBool = Field(False, description="Ask for the secret at a prompt when the run starts.")
+    generate: StrictBool = Field(False, description="PFX password only: a random password generated per run.")
+    lab_default: StrictBool = Field(False, description="Lab playbooks only (issuer type lab): the lab's documented "
+                                    "password when the variable is unset.")
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -102,9 +103,12 @@ def _reject_inline_secret(value: Any, field_name: str) -> Any:
 
 
 class Credentials(_Model):
-    username: StrictStr | SecretRef
+    username: StrictStr | SecretRef = Field(description="The account; with Kerberos its principal user@REALM, e.g. "
+                                            "administrator@EXAMPLE.COM; or {env: VARIABLE}.")
     # None: with `auth: kerberos`, the admin's Kerberos ticket (kinit, or a domain logon) is used.
-    password: SecretRef | None = None
+    password: SecretRef | None = Field(None, description="Where the password comes from: {env: VARIABLE} or "
+                                       "{prompt: true}, never the password itself; leave it out with auth: "
+                                       "kerberos to use the admin's ticket (kinit).")
 
     @field_validator("password", mode="before")
     @classmethod
@@ -161,12 +165,13 @@ class Subject(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, populate_by_name=True)
 
-    C: StrictStr | None = None
-    S: StrictStr | None = None
-    L: StrictStr | None = None
-    O: StrictStr | None = None  # noqa: E741 - the X.500 attribute is called O
-    OU: StrictStr | None = None
-    CN: StrictStr
+    C: StrictStr | None = Field(None, description="Country: the two-letter ISO code, e.g. US.")
+    S: StrictStr | None = Field(None, description="State or province.")
+    L: StrictStr | None = Field(None, description="Locality (city).")
+    O: StrictStr | None = Field(None, description="Organization.")  # noqa: E741 - the X.500 attribute is called O
+    OU: StrictStr | None = Field(None, description="Organizational unit.")
+    CN: StrictStr = Field(description="Common name: the main host name, e.g. mail.example.com; also listed in "
+                          "certificate.domains.")
 
     @field_validator("C")
     @classmethod
@@ -206,16 +211,23 @@ def _escape_rdn(value: str) -> str:
 
 
 class CertificateSpec(_Model):
-    subject: Subject
-    domains: Annotated[list[Hostname], Field(min_length=1)]
-    key_size: Literal[1024, 2048, 4096] = 2048
-    private_key_exportable: StrictBool = True
-    friendly_name: StrictStr | None = None
-    services: Annotated[list[Service], Field(min_length=1)] = [Service.IIS, Service.SMTP, Service.POP,
-                                                               Service.IMAP]
+    subject: Subject = Field(description="The X.500 subject of the request (New-ExchangeCertificate -SubjectName).")
+    domains: Annotated[list[Hostname], Field(min_length=1, description="The names on the certificate "
+                                             "(-DomainName), the subject CN among them, e.g. mail., autodiscover., "
+                                             "legacy.")]
+    key_size: Literal[1024, 2048, 4096] = Field(2048, description="RSA key size in bits: 1024, 2048 or 4096.")
+    private_key_exportable: StrictBool = Field(True, description="Must be true: the certificate is exported from the "
+                                               "source to the targets.")
+    friendly_name: StrictStr | None = Field(None, description="The certificate's friendly name (fewer than 64 "
+                                            "characters).")
+    services: Annotated[list[Service], Field(min_length=1, description="The services the certificate is enabled for "
+                                             "(Enable-ExchangeCertificate -Services); a server's `services` "
+                                             "overrides it.")] = [Service.IIS, Service.SMTP, Service.POP,
+                                                                   Service.IMAP]
     # Whether the key stays exportable on the 2010 servers that import the PFX (2007 has no such
     # parameter). Off by default: the source keeps the one exportable copy.
-    exportable_on_targets: StrictBool = False
+    exportable_on_targets: StrictBool = Field(False, description="Exchange 2010 targets: import with "
+                                              "-PrivateKeyExportable (off: the source keeps the one exportable copy).")
 
     @field_validator("key_size", mode="before")
     @classmethod
@@ -277,29 +289,43 @@ class Endpoint(_Model):
 
 
 class Connection(_Model):
-    host: StrictStr
-    scheme: Literal["http", "https"] | None = None
-    port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
-    path: StrictStr | None = None
-    configuration: StrictStr | None = None
-    auth: Literal["basic", "ntlm", "negotiate", "kerberos", "credssp"] | None = None
-    transport: Literal["psrp", "winrs"] = "psrp"
-    verify_tls: StrictBool = True
-    ca_file: StrictStr | None = None
+    host: StrictStr = Field(description="The server's host name or address.")
+    scheme: Literal["http", "https"] | None = Field(None, description="http or https; default http.")
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = Field(None, description="The Exchange endpoint's "
+                                                                     "port; default 2010: 80 (https 443), "
+                                                                     "2007: 5985 (https 5986).")
+    path: StrictStr | None = Field(None, description="The Exchange endpoint's URL path; default 2010: /PowerShell, "
+                                   "2007: /wsman.")
+    configuration: StrictStr | None = Field(None, description="The PowerShell session configuration; default 2010: "
+                                            "Microsoft.Exchange, 2007: Microsoft.PowerShell.")
+    auth: Literal["basic", "ntlm", "negotiate", "kerberos", "credssp"] | None = Field(
+        None, description="WinRM authentication; default 2010: kerberos, 2007: negotiate.")
+    transport: Literal["psrp", "winrs"] = Field("psrp", description="psrp (PowerShell remoting), or winrs for "
+                                                "Exchange 2007 hosts without PowerShell remoting.")
+    verify_tls: StrictBool = Field(True, description="Check the server's TLS certificate (https).")
+    ca_file: StrictStr | None = Field(None, description="A CA bundle (PEM) for https, relative to the playbook.")
     # Exchange 2007: the snap-in added to the Microsoft.PowerShell session.
-    snapin: StrictStr | None = None
+    snapin: StrictStr | None = Field(None, description="Exchange 2007: the snap-in added to the session; default "
+                                     "Microsoft.Exchange.Management.PowerShell.Admin.")
     # Exchange 2007 over WinRS: the Exchange shell's console file on the server (its shortcut's -PSConsoleFile).
-    console_file: StrictStr | None = None
+    console_file: StrictStr | None = Field(None, description="Exchange 2007 over WinRS: the Exchange shell's console "
+                                           "file (.psc1) on the server.")
     # Exchange 2010: the standard WinRM listener used for Windows-level steps (files, certutil),
     # which the restricted Microsoft.Exchange endpoint cannot do.
-    system_scheme: Literal["http", "https"] | None = None
-    system_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
-    system_path: StrictStr | None = None
+    system_scheme: Literal["http", "https"] | None = Field(None, description="Exchange 2010: the Windows-level "
+                                                           "endpoint's scheme (files, certutil); default: scheme.")
+    system_port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = Field(None, description="Exchange 2010: the "
+                                                                            "Windows-level endpoint's port; default "
+                                                                            "5985 (https 5986).")
+    system_path: StrictStr | None = Field(None, description="Exchange 2010: the Windows-level endpoint's path; "
+                                          "default /wsman.")
     # Kerberos: the SPN exmig asks a ticket for is <spn_service>/<spn_hostname>. By default the client
     # library's service class (pypsrp: host, pywinrm: HTTP) and the host name connected to; set
     # spn_hostname for a load-balanced or aliased name (the one registered with setspn).
-    spn_service: StrictStr | None = None
-    spn_hostname: StrictStr | None = None
+    spn_service: StrictStr | None = Field(None, description="Kerberos: the SPN's service class (HTTP, host, WSMAN); "
+                                          "default the client's: host (psrp), HTTP (winrs).")
+    spn_hostname: StrictStr | None = Field(None, description="Kerberos: the SPN's host name, e.g. the alias "
+                                           "registered with setspn; default: host.")
 
     @field_validator("spn_service")
     @classmethod
@@ -333,10 +359,10 @@ class Connection(_Model):
 class TlsPorts(_Model):
     """Where the server's TLS services answer (exmig verify; the lab listens there)."""
 
-    https: Annotated[StrictInt, Field(ge=1, le=65535)] = 443
-    smtp: Annotated[StrictInt, Field(ge=1, le=65535)] = 25
-    imaps: Annotated[StrictInt, Field(ge=1, le=65535)] = 993
-    pop3s: Annotated[StrictInt, Field(ge=1, le=65535)] = 995
+    https: Annotated[StrictInt, Field(ge=1, le=65535, description="HTTPS (IIS: OWA, Autodiscover).")] = 443
+    smtp: Annotated[StrictInt, Field(ge=1, le=65535, description="SMTP with STARTTLS.")] = 25
+    imaps: Annotated[StrictInt, Field(ge=1, le=65535, description="IMAP over TLS.")] = 993
+    pop3s: Annotated[StrictInt, Field(ge=1, le=65535, description="POP3 over TLS.")] = 995
 
     def items(self) -> list[tuple[str, int]]:
         return [("https", self.https), ("smtp", self.smtp), ("imaps", self.imaps), ("pop3s", self.pop3s)]
@@ -347,16 +373,18 @@ _WINDOWS_DIR = re.compile(r"^[A-Za-z]:\\(?:[^<>:\"/\\|?*\x00-\x1f]+\\?)*$")
 
 
 class Server(_Model):
-    name: StrictStr
-    version: Literal[2007, 2010]
-    role: Role
-    connection: Connection
-    credentials: Credentials
-    workdir: StrictStr = "C:\\Certs"
-    services: list[Service] | None = None
-    tls_ports: TlsPorts = TlsPorts()
+    name: StrictStr = Field(description="The server's (NetBIOS) name, passed to -Server on Exchange 2010.")
+    version: Literal[2007, 2010] = Field(description="The Exchange version: 2007 or 2010.")
+    role: Role = Field(description="source (exactly one: where the request is made) or target (receives the PFX).")
+    connection: Connection = Field(description="How exmig reaches the server (WinRM).")
+    credentials: Credentials = Field(description="The account exmig signs in with.")
+    workdir: StrictStr = Field("C:\\Certs", description="The remote working folder (an absolute Windows path).")
+    services: list[Service] | None = Field(None, description="The services enabled on this server; default: "
+                                           "certificate.services.")
+    tls_ports: TlsPorts = Field(TlsPorts(), description="Where this server's TLS services answer (exmig verify).")
     # The certificate names clients use to reach this server (for verify's SNI checks); default: all.
-    client_names: list[Hostname] | None = None
+    client_names: list[Hostname] | None = Field(None, description="The names clients use for this server (verify's "
+                                                "SNI); default: all of certificate.domains.")
 
     @field_validator("version", mode="before")
     @classmethod
@@ -490,16 +518,17 @@ class Server(_Model):
 
 
 class ManualIssuer(_Model):
-    type: Literal["manual"]
+    type: Literal["manual"] = Field(description="manual: exmig writes the CSR; run again with --certificate FILE.")
     # Where the CSR is written for the admin, relative to the playbook.
-    csr_file: StrictStr | None = None
+    csr_file: StrictStr | None = Field(None, description="Where the CSR is written, relative to the playbook; "
+                                       "default <CN>.csr.")
 
 
 class FilesIssuer(_Model):
-    type: Literal["files"]
-    certificate: StrictStr | None = None
-    chain: list[StrictStr] = []
-    bundle: StrictStr | None = None  # a CA's .zip, .p7b or PEM bundle holding leaf and chain
+    type: Literal["files"] = Field(description="files: the CA's answer is on disk already.")
+    certificate: StrictStr | None = Field(None, description="The CA's certificate, relative to the playbook.")
+    chain: list[StrictStr] = Field([], description="The CA's intermediate certificate(s), relative to the playbook.")
+    bundle: StrictStr | None = Field(None, description="The CA's .zip, .p7b or PEM bundle holding leaf and chain.")
 
     @model_validator(mode="after")
     def _something(self) -> FilesIssuer:
@@ -509,20 +538,25 @@ class FilesIssuer(_Model):
 
 
 class LabIssuer(_Model):
-    type: Literal["lab"]
-    ca_dir: StrictStr | None = None
+    type: Literal["lab"] = Field(description="lab: the rehearsal lab's CA signs the request.")
+    ca_dir: StrictStr | None = Field(None, description="The lab CA's folder; default .exmig/<playbook>.lab/ca beside "
+                                     "the playbook.")
 
 
 Issuer = Annotated[ManualIssuer | FilesIssuer | LabIssuer, Field(discriminator="type")]
 
 
 class RetryPolicy(_Model):
-    attempts: Annotated[StrictInt, Field(ge=1, le=20)] = 5
-    max_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    initial_backoff: Annotated[float, Field(gt=0, le=60)] = 0.5
-    max_backoff: Annotated[float, Field(gt=0, le=300)] = 10.0
-    operation_timeout: Annotated[StrictInt, Field(ge=1, le=600)] = 20
-    read_timeout: Annotated[StrictInt, Field(ge=2, le=900)] = 30
+    attempts: Annotated[StrictInt, Field(ge=1, le=20, description="Tries per request (transient failures only).")] = 5
+    max_seconds: Annotated[float, Field(gt=0, le=3600, description="Seconds one request may take with its "
+                                        "retries.")] = 120.0
+    initial_backoff: Annotated[float, Field(gt=0, le=60, description="Seconds before the first retry; doubled each "
+                                            "time, with jitter.")] = 0.5
+    max_backoff: Annotated[float, Field(gt=0, le=300, description="The longest wait between tries (seconds).")] = 10.0
+    operation_timeout: Annotated[StrictInt, Field(ge=1, le=600, description="WSMan OperationTimeout: seconds the "
+                                                  "server holds a Receive.")] = 20
+    read_timeout: Annotated[StrictInt, Field(ge=2, le=900, description="HTTP read timeout (seconds); longer than "
+                                             "operation_timeout.")] = 30
 
     @model_validator(mode="after")
     def _read_after_operation(self) -> RetryPolicy:
@@ -535,11 +569,13 @@ class RetryPolicy(_Model):
 
 
 class Playbook(_Model):
-    certificate: CertificateSpec
-    servers: Annotated[list[Server], Field(min_length=2)]
-    issuer: Issuer
-    pfx_password: SecretRef = SecretRef(generate=True)
-    retry: RetryPolicy = RetryPolicy()
+    certificate: CertificateSpec = Field(description="The certificate to request.")
+    servers: Annotated[list[Server], Field(min_length=2, description="The Exchange servers: one source (2010) and "
+                                           "the targets.")]
+    issuer: Issuer = Field(description="How the signed certificate is obtained: manual, files or lab.")
+    pfx_password: SecretRef = Field(SecretRef(generate=True), description="The PFX password: {generate: true} "
+                                    "(default), {env: VARIABLE} or {prompt: true}.")
+    retry: RetryPolicy = Field(RetryPolicy(), description="Retries of transient failures, and the timeouts.")
 
     @field_validator("pfx_password", mode="before")
     @classmethod
