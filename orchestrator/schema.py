@@ -128,6 +128,11 @@ def playbook_schema() -> dict[str, Any]:
         {"if": _present("connection", {"anyOf": [_present("spn_service", {"type": "string"}),
                                                  _present("spn_hostname", {"type": "string"})]}),
          "then": {"properties": {"connection": {"properties": {"auth": {"enum": ["kerberos", "negotiate", None]}}}}}},
+        # Server._transport_fits_version: Basic only over https on both endpoints (the system one follows
+        # `scheme` unless `system_scheme` says otherwise); it has no message encryption.
+        {"if": _present("connection", _present("auth", _is("basic"))),
+         "then": {"properties": {"connection": {"required": ["scheme"], "properties": {
+             "scheme": _is("https"), "system_scheme": {"enum": ["https", None]}}}}}},
     ]
 
     # FilesIssuer._something: the CA's certificate or its bundle.
