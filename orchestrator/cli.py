@@ -14,6 +14,7 @@ import typer
 from orchestrator.errors import ExitCode, ExmigError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast
+    from orchestrator.lab.costs import LabCosts
     from orchestrator.playbook import LoadedPlaybook, Server
     from orchestrator.transport.base import ServerSession
 
@@ -86,6 +87,29 @@ class RehearseAuth(str, Enum):
 
     playbook = "playbook"
     ntlm = "ntlm"
+
+
+class CostProfile(str, Enum):
+    """The lab servers' cost profile (orchestrator/lab/costs.py)."""
+
+    none = "none"
+    realistic = "realistic"
+
+
+CostsOpt = Annotated[CostProfile, typer.Option(
+    "--costs", help="none: the lab answers at once; realistic: sessions, processes and cmdlets take the time real "
+                    "Exchange servers take (seconds each; see orchestrator/lab/costs.py).")]
+CostScaleOpt = Annotated[float, typer.Option(
+    "--cost-scale", min=0.0, help="Multiply every cost by this (0.01: the realistic profile a hundred times faster).")]
+
+
+def _lab_costs(profile: CostProfile, scale: float) -> LabCosts:
+    from dataclasses import replace
+
+    from orchestrator.lab.costs import PROFILES
+
+    chosen = PROFILES[profile.value]
+    return chosen if profile is CostProfile.none else replace(chosen, scale=scale)
 
 
 WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
@@ -481,6 +505,8 @@ def rehearse(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
+    costs: CostsOpt = CostProfile.none,
+    cost_scale: CostScaleOpt = 1.0,
     auth: Annotated[RehearseAuth, typer.Option(
         "--auth", help="playbook: authenticate as the playbook says (Kerberos gets a real MIT KDC started for "
         "its realm); ntlm: NTLM everywhere (where the KDC programs are missing).")] = RehearseAuth.playbook,
@@ -509,7 +535,8 @@ def rehearse(
         if realm is not None:
             require_kerberos(f"rehearsing {playbook} with Kerberos (realm {realm})",
                              f"or rehearse with NTLM: exmig rehearse {playbook} --auth ntlm")
-        site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False)
+        site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False,
+                       costs=_lab_costs(costs, cost_scale))
         site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
         with site, (site.realm.client_environment() if site.realm else contextlib.nullcontext()):
             final = site.playbook_for_lab()
@@ -548,6 +575,8 @@ def lab_serve(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server, once listening.")]
     = False,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
+    costs: CostsOpt = CostProfile.none,
+    cost_scale: CostScaleOpt = 1.0,
 ) -> None:
     """Serve the playbook's servers, emulated, on 127.0.0.1.
 
@@ -566,7 +595,7 @@ def lab_serve(
     if realm is not None:
         require_kerberos(f"serving {playbook} with Kerberos (realm {realm})",
                          "or serve a playbook whose servers use auth: ntlm")
-    site = LabSite(loaded, state or lab_state_dir(loaded))
+    site = LabSite(loaded, state or lab_state_dir(loaded), costs=_lab_costs(costs, cost_scale))
     site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

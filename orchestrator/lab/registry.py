@@ -217,6 +217,17 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(spec.name for spec in self._commands.values())
 
+    def rewrite(self, cmdlet: Callable[[CommandSpec], CommandSpec],
+                native: Callable[[NativeCommandSpec], NativeCommandSpec]) -> None:
+        """Replace every command by what `cmdlet`/`native` make of it (the lab's cost profile wraps handlers)."""
+        with self._lock:
+            self._commands = {key: cmdlet(spec) for key, spec in self._commands.items()}
+            rewritten: dict[int, NativeCommandSpec] = {}
+            for key, spec in self._natives.items():  # aliases share one spec: wrap it once
+                if id(spec) not in rewritten:
+                    rewritten[id(spec)] = native(spec)
+                self._natives[key] = rewritten[id(spec)]
+
 
 def command_not_found(name: str) -> LabError:
     return LabError(

@@ -30,6 +30,7 @@ from orchestrator.lab.auth import (
     tls_server_end_point,
     wrap,
 )
+from orchestrator.lab.costs import NO_COSTS, UNLIMITED, LabCosts, LabLimits
 from orchestrator.lab.engine import LanguageMode
 from orchestrator.lab.faults import FaultKind, FaultPlan, FaultRule
 from orchestrator.lab.httpserver import (
@@ -115,6 +116,9 @@ class LabServer:
         kerberos: this server's keytab and realm files (orchestrator/lab/kdc.py): Kerberos accepted.
         kerberos_only: endpoint paths (e.g. "/PowerShell") where NTLM is refused as Exchange 2010's
             IIS-hosted endpoint refuses it; only with `kerberos`.
+        costs: server-side work as sleeps (costs.py); here the pool opens, the commands' in the registry.
+        limits: quotas per user (costs.py): shells on /wsman and on the Exchange endpoint, concurrent
+            operations; refused with WinRM's and Exchange's faults. `peaks` records the highest use.
         tls: an `ssl.SSLContext`, a (cert_pem, key_pem) pair, or None for plain HTTP. With a pair,
             NTLM over HTTPS also checks the client's channel binding token against the certificate.
         host/port: loopback address; port 0 = any free port.
@@ -145,6 +149,8 @@ class LabServer:
         shell_idle_timeout: float = 7200.0,
         kerberos: KerberosKeys | None = None,
         kerberos_only: Iterable[str] = (),
+        costs: LabCosts = NO_COSTS,
+        limits: LabLimits = UNLIMITED,
     ) -> None:
         require_loopback(host)
         self.name = name
@@ -174,6 +180,10 @@ class LabServer:
         self._meta: dict[str, _ShellMeta] = {}
         self._busy: dict[str, int] = {}  # requests in progress per shell: WinRM counts them as activity
         self.shell_idle_timeout = shell_idle_timeout
+        self.costs = costs
+        self.limits = limits
+        # Highest use seen per user (benchmarks and tests check that exmig stays within the limits).
+        self.peaks: dict[str, int] = {"shells": 0, "exchange_sessions": 0, "operations": 0}
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
         self._bound_port: int | None = None
@@ -416,6 +426,12 @@ class LabServer:
             owner = self._owners.get(sid)
             meta = self._meta.get(sid)
             if shell is not None:
+                operations = 1 + sum(n for other, n in self._busy.items()
+                                     if (self._owners.get(other) or "").lower() == user.lower())
+                self.peaks["operations"] = max(self.peaks["operations"], operations)
+                limit = self.limits.max_operations_per_user
+                if limit is not None and operations > limit:
+                    raise wsman.operations_quota_fault(limit)
                 self._last_used[sid] = time.monotonic()
                 self._busy[sid] = self._busy.get(sid, 0) + 1
         try:
@@ -521,8 +537,22 @@ class LabServer:
             meta.disconnected = action is wsman.Action.DISCONNECT
         return wsman.response(req)
 
+    def _check_shell_quota(self, user: str, resource_uri: str) -> None:
+        """WinRM's MaxShellsPerUser over the shells it hosts; Exchange's throttling over its IIS-hosted ones."""
+        exchange = resource_uri.lower().endswith("/microsoft.exchange")
+        with self._lock:
+            count = 1 + sum(1 for sid, owner in self._owners.items() if owner.lower() == user.lower()
+                            and sid in self._meta
+                            and self._meta[sid].resource_uri.lower().endswith("/microsoft.exchange") == exchange)
+        key = "exchange_sessions" if exchange else "shells"
+        self.peaks[key] = max(self.peaks[key], count)
+        limit = self.limits.exchange_max_sessions if exchange else self.limits.max_shells_per_user
+        if limit is not None and count > limit:
+            raise wsman.exchange_sessions_quota_fault(limit) if exchange else wsman.shells_quota_fault(limit)
+
     def _create(self, http: HttpRequest, req: wsman.WSManRequest, path: str, user: str) -> bytes:
         body = req.body
+        self._check_shell_quota(user, req.resource_uri)
         if req.resource_uri.lower() == wsman.CMD_RESOURCE_URI.lower():
             if not (self.cmd_shell and path == "/wsman"):
                 raise wsman.unknown_resource_fault(req.resource_uri)
@@ -542,6 +572,10 @@ class LabServer:
             shell_id = shell_id.upper()
             shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language, ep.powershell)
             shell.create(creation.text or "")
+            # Opening the runspace is the server's work (Exchange builds the user's cmdlets and RBAC scope).
+            pause = self.costs.pool_open(ep.configuration)
+            if pause:
+                time.sleep(pause)
             streams = ("stdin pr", "stdout")
         # The requested rsp:IdleTimeOut is kept and echoed (PT60S -> PT60.000S, as in
         # test_psrp_is_alive_state_disconnected.yml); without one the service's IdleTimeout applies.

@@ -31,6 +31,7 @@ from orchestrator.errors import UsageError
 from orchestrator.kerberos import principal_name, realm_of
 from orchestrator.lab.auth import KerberosKeys
 from orchestrator.lab.ca import LabCA
+from orchestrator.lab.costs import NO_COSTS, LabCosts, LabLimits, apply_costs
 from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry
 from orchestrator.lab.faults import FaultPlan
 from orchestrator.lab.kdc import LabRealm
@@ -139,7 +140,8 @@ class LabSite:
     """All emulated servers of one playbook; start() listens, stop() shuts down (state stays on disk)."""
 
     def __init__(self, loaded: LoadedPlaybook | Playbook, state_dir: Path, settings: LabSettings | None = None,
-                 latency: float = 0.0, use_playbook_ports: bool = True, tls_services: bool = True) -> None:
+                 latency: float = 0.0, use_playbook_ports: bool = True, tls_services: bool = True,
+                 costs: LabCosts = NO_COSTS, limits: LabLimits | dict[str, LabLimits] | None = None) -> None:
         self.playbook = loaded.playbook if isinstance(loaded, LoadedPlaybook) else loaded
         self.state_dir = Path(state_dir)
         self.ca = LabCA.load_or_create(self.state_dir / "ca")
@@ -148,6 +150,11 @@ class LabSite:
         self.latency = latency
         self.use_playbook_ports = use_playbook_ports
         self.tls_services = tls_services
+        # What real servers cost and allow (costs.py): no costs by default (tests, quick rehearsals), the
+        # documented WinRM 2.0 / Exchange 2010 limits always (exmig must live within them); limits may be
+        # given per server name.
+        self.costs = costs
+        self.limits = limits if limits is not None else LabLimits()
         self.servers: dict[str, EmulatedServer] = {}
         self.realm: LabRealm | None = None
 
@@ -161,6 +168,11 @@ class LabSite:
         shutil.rmtree(folder, ignore_errors=True)  # a new database and new keys for every start
         self.realm = LabRealm(realm, folder, users, hosts=[s.spn_hostname for s in self.playbook.servers])
         self.realm.start()
+
+    def limits_for(self, name: str) -> LabLimits:
+        if isinstance(self.limits, dict):
+            return self.limits.get(name, LabLimits())
+        return self.limits
 
     def notes(self) -> list[str]:
         """What the lab says once about where it is kinder than production."""
@@ -191,6 +203,7 @@ class LabSite:
             from orchestrator.lab.exshell import register_exshell
 
             register_exshell(registry, model)
+        apply_costs(registry, self.costs)
         keys, kerberos_only = None, ()
         if self.realm is not None:
             service = self.realm.services[server.spn_hostname.lower()]
@@ -199,7 +212,9 @@ class LabSite:
                 kerberos_only = (ep.path,)
         winrm = LabServer(server.name, registry, {username: password}, configurations=configurations,
                           auth=_auth_schemes(server), tls=tls, port=ep.port if self.use_playbook_ports else 0,
-                          latency=self.latency, faults=FaultPlan(), kerberos=keys, kerberos_only=kerberos_only)
+                          latency=self.latency, faults=FaultPlan(), kerberos=keys, kerberos_only=kerberos_only,
+                          costs=self.costs, limits=self.limits_for(server.name),
+                          shell_idle_timeout=self.limits_for(server.name).idle_timeout)
         inspector = ServerInspector(model)
 
         def source(service: str, sni: str | None) -> ServedCert | None:

@@ -54,13 +54,15 @@ class Lab:
         return proc, events
 
 
-def build_lab(tmp: Path, source: Path = LAB_PLAYBOOK, mutate: Any = None, **lab_settings: Any) -> Lab:
-    """`lab_settings`: LabSettings fields to change, e.g. windows_powershell="5.1"."""
+def build_lab(tmp: Path, source: Path = LAB_PLAYBOOK, mutate: Any = None, site_options: dict[str, Any] | None = None,
+              **lab_settings: Any) -> Lab:
+    """`lab_settings`: LabSettings fields to change, e.g. windows_powershell="5.1"; `site_options`: LabSite's
+    own (costs, limits)."""
     loaded = load_playbook(source)
     playbook = loaded.playbook
     if mutate is not None:
         playbook = mutate(playbook)
-    site = LabSite(playbook, tmp / "lab-state", use_playbook_ports=False)
+    site = LabSite(playbook, tmp / "lab-state", use_playbook_ports=False, **(site_options or {}))
     site.settings = replace(site.settings, **lab_settings)
     site.start()
     lab_playbook = site.playbook_for_lab().model_copy(
