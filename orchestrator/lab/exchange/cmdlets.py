@@ -35,7 +35,7 @@ from orchestrator.lab.exchange.model import (
 )
 from orchestrator.lab.exchange.settings import LabSettings
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
-from orchestrator.lab.exchange.x500 import DNParseError, parse_dn, valid_domain
+from orchestrator.lab.exchange.x500 import DNParseError, format_name, parse_dn, valid_domain
 from orchestrator.lab.objects import LabObject, Secret
 from orchestrator.lab.registry import CommandCall, CommandSpec, LabError, Registry
 
@@ -60,7 +60,8 @@ class ExchangeCertificateCmdlets:
     # --- helpers --------------------------------------------------------------------------------
 
     def _error(self, call: CommandCall, key: str, **fmt: object) -> LabError:
-        return self.settings.error(key, call.name, implementing_type(call.name), **fmt)
+        server = call.params.get("Server") if self.model.version == "2010" else None
+        return self.settings.error(key, call.name, implementing_type(call.name), rpc_server=server, **fmt)
 
     def _confirm(self, call: CommandCall, prompt: str) -> None:
         """A ShouldContinue/ShouldProcess prompt. The lab's shells cannot relay host prompts, so a
@@ -135,9 +136,7 @@ class ExchangeCertificateCmdlets:
         if flags & Services.FEDERATION:
             raise self._error(call, "federation_not_allowed")
         if not entry.has_key:
-            server = call.params.get("Server")
-            prefix = f"A special Rpc error occurs on server {server}: " if server else ""
-            raise self._error(call, "private_key_missing", thumbprint=entry.thumbprint, rpc_prefix=prefix)
+            raise self._error(call, "private_key_missing", thumbprint=entry.thumbprint)
         current = model.find(MY, model.default_smtp) if model.default_smtp else None
         if flags & Services.SMTP and current is not None and current is not entry and not force:
             self._confirm(
@@ -364,6 +363,7 @@ class ExchangeCertificateCmdlets:
                     friendly_name=friendly or parsed.friendly_name or DEFAULT_FRIENDLY_NAME,
                 )
             else:
+                self._check_root(call, leaf, parsed.certs)
                 entry = self._complete_request(leaf, friendly)
             self.model.put(entry)
             # Intermediates that came along (p7b chain, PFX bag) go to \CA, as CryptoAPI's import does;
@@ -374,6 +374,17 @@ class ExchangeCertificateCmdlets:
                 if self.model.find(CA, pki.thumbprint(other)) is None:
                     self.model.put(CertEntry(CA, pki.der(other)))
             call.write(self._output(entry))
+
+    def _check_root(self, call: CommandCall, leaf: x509.Certificate, delivered: list[x509.Certificate]) -> None:
+        """A CA response must chain to a root this server trusts (setting import_requires_trusted_root)."""
+        if not self.settings.import_requires_trusted_root or pki.is_self_signed(leaf):
+            return
+        extra = tuple(c for c in delivered if c is not leaf and not pki.is_self_signed(c))
+        trust = self.model.trust(leaf, extra)
+        if not trust.root_origin:
+            top = trust.chain[-1]
+            raise self._error(call, "untrusted_root", thumbprint=pki.thumbprint(leaf),
+                              root=format_name(top.issuer))
 
     def _complete_request(self, leaf: x509.Certificate, friendly: str | None) -> CertEntry:
         """A CA response: takes over the private key of the pending request with the same public key."""
@@ -413,8 +424,10 @@ class ExchangeCertificateCmdlets:
                     self.settings.pfx_kdf_rounds,
                 )
                 text = pki.base64_lines(data)
+            elif entry.has_key and self.settings.export_keyed_needs_password:
+                raise self._error(call, "export_needs_password", thumbprint=entry.thumbprint)
             else:
-                # Without a password only the certificate leaves the server (lab choice, UNCONFIRMED).
+                # A certificate without a key (or the setting off): the certificate alone.
                 data, text = entry.der, pki.armour(entry.der, "CERTIFICATE")
             binary = bool(p.get("BinaryEncoded"))
             if self.model.version == "2007" and call.has("Path"):

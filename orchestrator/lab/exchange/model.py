@@ -278,14 +278,15 @@ class ExchangeServerModel:
 
     # --- trust ------------------------------------------------------------------------------------
 
-    def trust(self, cert: x509.Certificate) -> Trust:
-        """Build the chain from \\CA and \\Root, as CryptoAPI would for Exchange's Status."""
+    def trust(self, cert: x509.Certificate, extra: tuple[x509.Certificate, ...] = ()) -> Trust:
+        """Build the chain from \\CA and \\Root, as CryptoAPI would for Exchange's Status; `extra` are
+        intermediates that came with the certificate (a p7b being imported)."""
         now = self.clock()
         chain = [cert]
         origin = ""
         with self.lock:
             roots = list(self._entries[ROOT].values())
-            intermediates = [e.cert for e in self._entries[CA].values()]
+            intermediates = [e.cert for e in self._entries[CA].values()] + list(extra)
         current = cert
         for _ in range(10):
             root = next((r for r in roots if r.der == pki.der(current)), None)

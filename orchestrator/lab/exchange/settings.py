@@ -25,6 +25,9 @@ class ErrorText:
     exception_type: str
     confirmed: bool
     source: str = ""
+    # Raised by Exchange's certificate service rather than the task: on 2010 with -Server the text comes
+    # wrapped as "A special Rpc error occurs on server <server>: <text>" in an InvalidOperationException.
+    service: bool = False
 
 
 # Keys are stable names used by the cmdlet code; values can be swapped per lab.
@@ -68,16 +71,16 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         confirmed=False,
         source="PowerShell ShouldProcess wording; Exchange's own target text UNCONFIRMED",
     ),
-    # Enable on a certificate without private key. 2010 wording UNCONFIRMED (2013+ text from [S9]);
-    # "{rpc_prefix}" is "A special Rpc error occurs on server X: " when -Server was given.
+    # Enable on a certificate without private key. 2010 wording UNCONFIRMED (2013+ text from [S9]).
     "private_key_missing": ErrorText(
-        "{rpc_prefix}The certificate with thumbprint {thumbprint} was found but is not valid for use with "
+        "The certificate with thumbprint {thumbprint} was found but is not valid for use with "
         "Exchange Server (reason: PrivateKeyMissing).",
         "DA6D9EA1",
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
-        source="reference §3.2 [S9] (2013+ wording)",
+        source="reference §3.2 [S9] (2013+ wording, with the Rpc prefix)",
+        service=True,
     ),
     "thumbprint_not_found": ErrorText(
         "The certificate with thumbprint {thumbprint} was not found.",
@@ -103,29 +106,33 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         source="doc sentence [S1], used as the error text",
     ),
     "already_exists": ErrorText(
-        "The certificate with thumbprint {thumbprint} already exists in the certificate store.",
+        "Cannot import certificate. A certificate with the thumbprint {thumbprint} already exists.",
         "3A2C8D9B",
         ErrorCategory.ResourceExists,
         "System.InvalidOperationException",
         confirmed=False,
+        source="inner text as quoted from servers in issue 16 (Microsoft Q&A threads); 2010 UNCONFIRMED",
+        service=True,
     ),
-    # Windows of that era reports an undecryptable PFX (wrong password, or AES/PBES2 it cannot read)
-    # as a password error; both rows use that text by default but stay separately editable.
+    # A PFX Windows cannot decrypt (wrong password, or AES/PBES2 it cannot read) is reported as a password
+    # error; both rows use that text by default but stay separately editable.
     "pfx_wrong_password": ErrorText(
-        "The specified network password is not correct.",
+        "The source data cannot be imported or the wrong password was specified.",
         "1E4A7B33",
         ErrorCategory.InvalidData,
         "System.Security.Cryptography.CryptographicException",
         confirmed=False,
-        source="Windows CryptographicException text for ERROR_INVALID_PASSWORD; Exchange wrapping UNCONFIRMED",
+        source="inner text as quoted from servers in issue 16 (Microsoft Q&A threads); 2010 UNCONFIRMED",
+        service=True,
     ),
     "pfx_unsupported_encryption": ErrorText(
-        "The specified network password is not correct.",
+        "The source data cannot be imported or the wrong password was specified.",
         "1E4A7B34",
         ErrorCategory.InvalidData,
         "System.Security.Cryptography.CryptographicException",
         confirmed=False,
         source="pre-2016 Windows cannot decrypt PBES2/AES PKCS#12 and reports a password error",
+        service=True,
     ),
     "unknown_format": ErrorText(
         "Cannot find the requested object.",
@@ -136,12 +143,13 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         source="Windows CRYPT_E_NOT_FOUND text for unrecognised certificate data",
     ),
     "export_not_exportable": ErrorText(
-        "The private key of the certificate with thumbprint {thumbprint} couldn't be exported because "
-        "the private key isn't exportable.",
+        "The private key couldn't be exported as PKCS-12. It either couldn't be accessed or isn't exportable.",
         "B3E2F0A4",
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
+        source="inner text as quoted from servers in issue 16 (Microsoft Q&A threads); 2010 UNCONFIRMED",
+        service=True,
     ),
     "export_no_private_key": ErrorText(
         "The certificate with thumbprint {thumbprint} doesn't have a private key, so it can't be exported "
@@ -150,6 +158,31 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
+        service=True,
+    ),
+    # Export of a certificate that has a private key, without -Password: 2013's code refuses rather than
+    # export the bare certificate. Text and 2010 behaviour UNCONFIRMED (setting export_keyed_needs_password).
+    "export_needs_password": ErrorText(
+        "The certificate with thumbprint {thumbprint} has a private key; specify the Password parameter "
+        "to export it.",
+        "B3E2F0A6",
+        ErrorCategory.InvalidArgument,
+        "System.InvalidOperationException",
+        confirmed=False,
+        source="Exchange 2013 certificate code (per issue 16); wording the lab's",
+        service=True,
+    ),
+    # Import of a CA response whose chain ends at a root the server does not trust: Exchange 2013's
+    # certificate code refuses it. Text and 2010 behaviour UNCONFIRMED (setting import_requires_trusted_root).
+    "untrusted_root": ErrorText(
+        "The certificate with thumbprint {thumbprint} can't be imported: its chain doesn't end at a root "
+        "certificate in the Trusted Root Certification Authorities store ({root}).",
+        "C41D7E02",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+        source="Exchange 2013 certificate code refuses it (issue 16); wording the lab's",
+        service=True,
     ),
     "cert_in_use": ErrorText(
         "You can't remove the certificate with thumbprint {thumbprint} because it's being used "
@@ -159,6 +192,7 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         "System.InvalidOperationException",
         confirmed=False,
         source="doc sentence [S1] \"You can't remove the certificate that's being used.\"",
+        service=True,
     ),
     "invalid_domain_name": ErrorText(
         "The domain name '{domain}' isn't valid. Domain names may contain only the characters a through z, "
@@ -268,19 +302,40 @@ class LabSettings:
     exchange_powershell: str = "2.0"
     # PBKDF iteration count of exported PKCS#12 files (3DES/SHA1, readable by Windows 2008).
     pfx_kdf_rounds: int = 2000
+    # Import of a CA response whose chain does not end at a root in \\Root fails (Exchange 2013's certificate
+    # code refuses it; 2010 likely, UNCONFIRMED). On by default: the lab must not be kinder than a server.
+    import_requires_trusted_root: bool = True
+    # Export-ExchangeCertificate of a certificate with a private key and no -Password is an error (2013's
+    # code; 2010 UNCONFIRMED), never the bare certificate.
+    export_keyed_needs_password: bool = True
+    # 2010 certificate-service errors come as "A special Rpc error occurs on server <server>: <inner text>"
+    # when -Server was given (reference §3.2 [S9]; issue 16). 2007 has no -Server and no wrapping.
+    rpc_error_wrapping: bool = True
+    # The server cannot reach the CA's revocation list (no internet access, common for Exchange servers): a
+    # CA-issued certificate whose chain is otherwise good reports Status RevocationCheckFailure. Off by default.
+    revocation_offline: bool = False
     # Time source for certificate validity and Status; tests move it.
     clock: Callable[[], datetime] = _utcnow
     error_texts: dict[str, ErrorText] = field(default_factory=lambda: dict(ERROR_TEXTS))
 
-    def error(self, key: str, command: str, implementing_type: str, **fmt: Any) -> LabError:
-        """Build the LabError of table row `key` raised by `command` (implemented by `implementing_type`)."""
+    def error(self, key: str, command: str, implementing_type: str, rpc_server: str | None = None,
+              **fmt: Any) -> LabError:
+        """Build the LabError of table row `key` raised by `command` (implemented by `implementing_type`).
+
+        `rpc_server`: the -Server a 2010 cmdlet was given; a certificate-service row is then wrapped in
+        the "A special Rpc error occurs on server" text (reference §3.2 [S9]; issue 16)."""
         row = self.error_texts[key]
         error_id = f"{row.error_id},{implementing_type}" if row.error_id else implementing_type
+        message = row.message.format(**fmt)
+        exception_type = row.exception_type
+        if row.service and rpc_server and self.rpc_error_wrapping:
+            message = f"A special Rpc error occurs on server {rpc_server}: {message}"
+            exception_type = "System.InvalidOperationException"
         return LabError(
-            message=row.message.format(**fmt),
+            message=message,
             error_id=error_id,
             category=row.category,
-            exception_type=row.exception_type,
+            exception_type=exception_type,
             target=fmt.get("thumbprint"),
             activity=command,
         )

@@ -1,0 +1,115 @@
+"""Issue 16: where the lab now behaves as real Exchange does, seen as an admin's own pypsrp script sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from pypsrp.powershell import PowerShell, RunspacePool
+from pypsrp.serializer import TaggedValue
+
+from orchestrator.lab.ca import LabCA, thumbprint
+from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector
+from orchestrator.lab.exchange.model import CA, CertEntry
+from orchestrator.lab.server import LabServer
+
+from .conftest import ServerFactory
+from .test_pypsrp import PASSWORD, USER, invoke, pool
+
+SERVER = "EX2010A"
+
+
+@pytest.fixture
+def start(make_server: ServerFactory, settings: LabSettings) -> Iterator[Any]:
+    started: list[LabServer] = []
+
+    def run(name: str = SERVER, **changes: Any) -> tuple[ExchangeServerModel, LabServer]:
+        model, registry = make_server("2010", name=name, lab_settings=replace(settings, **changes))
+        srv = LabServer(model.name, registry, {USER: PASSWORD}, configurations=["Microsoft.Exchange",
+                                                                                 "Microsoft.PowerShell"],
+                        allow_unencrypted=True)
+        srv.start()
+        started.append(srv)
+        return model, srv
+
+    yield run
+    for srv in started:
+        errors = srv.errors
+        srv.stop()
+        assert not errors, errors
+
+
+def failing(rp: RunspacePool, name: str, params: dict[str, Any]) -> str:
+    """Run one command that must fail; its error record as PowerShell prints its message."""
+    ps = PowerShell(rp)
+    ps.add_cmdlet(name)
+    for key, value in params.items():
+        ps.add_parameter(key, value)
+    ps.invoke()
+    assert ps.had_errors, name
+    return str(ps.streams.error[0])
+
+
+def request(ems: RunspacePool) -> str:
+    [csr] = invoke(ems, ("New-ExchangeCertificate", {
+        "GenerateRequest": True, "SubjectName": "C=US, O=My Organization, CN=mail.mitserv.net",
+        "DomainName": ["mail.mitserv.net"], "PrivateKeyExportable": True, "Server": SERVER}))
+    return str(csr)
+
+
+def test_import_of_a_response_whose_root_is_not_trusted_fails(start: Any, lab_ca: LabCA) -> None:
+    model, srv = start(install_third_party_roots=False)
+    with pool(srv, "Microsoft.Exchange") as ems:
+        leaf = lab_ca.sign_csr(request(ems).encode())
+        # The intermediate is in \CA (install-chain's work); the root is not in \Root.
+        model.put(CertEntry(CA, lab_ca.intermediate_cert.public_bytes(Encoding.DER)))
+        message = failing(ems, "Import-ExchangeCertificate", {"FileData": leaf.public_bytes(Encoding.DER),
+                                                              "Server": SERVER})
+    assert message == (
+        f"A special Rpc error occurs on server {SERVER}: The certificate with thumbprint {thumbprint(leaf)} can't be "
+        "imported: its chain doesn't end at a root certificate in the Trusted Root Certification Authorities store "
+        f"({lab_ca.root_cert.subject.rfc4514_string().replace(',', ', ')}).")
+    view = ServerInspector(model)
+    assert len(view.thumbprints("REQUEST")) == 1 and view.certificate(thumbprint(leaf)) is None
+
+
+def test_certificate_service_errors_come_wrapped_with_the_real_inner_texts(start: Any, lab_ca: LabCA) -> None:
+    model, srv = start()
+    model.put(CertEntry(CA, lab_ca.intermediate_cert.public_bytes(Encoding.DER)))
+    with pool(srv, "Microsoft.Exchange") as ems:
+        leaf = lab_ca.sign_csr(request(ems).encode())
+        tp = thumbprint(leaf)
+        ems.exchange_keys()
+        # Export of a certificate with a key needs -Password; then a wrong PFX password; then a second import.
+        [cert] = invoke(ems, ("Import-ExchangeCertificate", {"FileData": leaf.public_bytes(Encoding.DER),
+                                                             "Server": SERVER}))
+        assert cert.adapted_properties["HasPrivateKey"] is True
+        assert failing(ems, "Export-ExchangeCertificate", {"Thumbprint": tp, "BinaryEncoded": True,
+                                                           "Server": SERVER}) == (
+            f"A special Rpc error occurs on server {SERVER}: The certificate with thumbprint {tp} has a private key; "
+            "specify the Password parameter to export it.")
+        [pfx] = invoke(ems, ("Export-ExchangeCertificate", {"Thumbprint": tp, "BinaryEncoded": True, "Server": SERVER,
+                                                            "Password": TaggedValue("SS", "Pfx-Passw0rd!")}))
+        data = pfx.adapted_properties["FileData"]
+        assert failing(ems, "Import-ExchangeCertificate", {"FileData": data, "Server": SERVER,
+                                                           "Password": TaggedValue("SS", "wrong")}) == (
+            f"A special Rpc error occurs on server {SERVER}: The source data cannot be imported or the wrong password "
+            "was specified.")
+        assert failing(ems, "Import-ExchangeCertificate", {"FileData": data, "Server": SERVER,
+                                                           "Password": TaggedValue("SS", "Pfx-Passw0rd!")}) == (
+            f"A special Rpc error occurs on server {SERVER}: Cannot import certificate. A certificate with the "
+            f"thumbprint {tp} already exists.")
+    # Imported without -PrivateKeyExportable, the key cannot leave the second server.
+    _, other = start(name="EX2010B")
+    with pool(other, "Microsoft.Exchange") as ems2:
+        ems2.exchange_keys()
+        invoke(ems2, ("Import-ExchangeCertificate", {"FileData": data, "Server": "EX2010B",
+                                                     "Password": TaggedValue("SS", "Pfx-Passw0rd!")}))
+        assert failing(ems2, "Export-ExchangeCertificate", {"Thumbprint": tp, "BinaryEncoded": True,
+                                                            "Server": "EX2010B",
+                                                            "Password": TaggedValue("SS", "x")}) == (
+            "A special Rpc error occurs on server EX2010B: The private key couldn't be exported as PKCS-12. It either "
+            "couldn't be accessed or isn't exportable.")
