@@ -45,6 +45,14 @@ WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
     help="The lab servers' Windows PowerShell: 2.0 as Windows 2008 R2 ships it, or a later WMF (3.0+ lets "
          "exmig send several commands per request).")]
 
+UntrustedRootOpt = Annotated[bool, typer.Option(
+    "--untrusted-root", help="The lab CA's root is not in the servers' LocalMachine\\Root.")]
+RawDataOnlyOpt = Annotated[bool, typer.Option(
+    "--rawdata-only", help="Certificate objects arrive with RawData only (Exchange types not on the client).")]
+NoServicesOpt = Annotated[bool, typer.Option("--no-services", help="Certificate objects arrive without Services.")]
+RevocationOfflineOpt = Annotated[bool, typer.Option(
+    "--revocation-offline", help="The servers cannot reach the CA's revocation list (RevocationCheckFailure).")]
+
 PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False)]
 ServerOpt = Annotated[list[str] | None, typer.Option("--server", metavar="NAME",
                                                      help="Only this server (repeatable).")]
@@ -91,6 +99,13 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
         from orchestrator.facts import local_facts
 
         facts = local_facts(loaded, certificate or [], chain or [])
+    if loaded.playbook.issuer.install_root:
+        from dataclasses import replace
+
+        from orchestrator.roots import chain_top, root_fact
+
+        files = [*(certificate or []), *(chain or [])]
+        facts = replace(facts, root=root_fact(loaded, chain_top(loaded, None, files), files))
     plan = build_plan(loaded.playbook, facts).select(servers, steps)
     if fmt is PlanFormat.json:
         return render_json(plan)
@@ -307,11 +322,16 @@ def rehearse(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
     keep: Annotated[Path | None, typer.Option("--keep", help="Keep the lab's state in this folder.")] = None,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
+    untrusted_root: UntrustedRootOpt = False,
+    rawdata_only: RawDataOnlyOpt = False,
+    no_services: NoServicesOpt = False,
+    revocation_offline: RevocationOfflineOpt = False,
 ) -> None:
     """Start a lab mirroring the playbook's servers, run the whole migration against it, stop the lab."""
     import tempfile
     from dataclasses import replace
 
+    from orchestrator.lab.options import LabBehaviour
     from orchestrator.lab.rehearsal import rehearsal_playbook
     from orchestrator.lab.site import LabSite
     from orchestrator.playbook import load_playbook
@@ -321,7 +341,8 @@ def rehearse(
         state_dir = keep or Path(tmp)
         lab_loaded = rehearsal_playbook(loaded, state_dir)
         site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False)
-        site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
+        site.settings = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline).apply(
+            replace(site.settings, windows_powershell=windows_powershell.value))
         with site:
             final = site.playbook_for_lab()
             lab_loaded = lab_loaded.model_copy(update={"playbook": final})
@@ -347,6 +368,10 @@ def lab_serve(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per server, once listening.")]
     = False,
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
+    untrusted_root: UntrustedRootOpt = False,
+    rawdata_only: RawDataOnlyOpt = False,
+    no_services: NoServicesOpt = False,
+    revocation_offline: RevocationOfflineOpt = False,
 ) -> None:
     """Serve one emulated Exchange server per playbook server on 127.0.0.1 until Ctrl-C or SIGTERM."""
     import signal
@@ -354,12 +379,14 @@ def lab_serve(
     from dataclasses import replace
 
     from orchestrator.issuance import lab_state_dir
+    from orchestrator.lab.options import LabBehaviour
     from orchestrator.lab.site import LabSite
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
     site = LabSite(loaded, state or lab_state_dir(loaded))
-    site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
+    site.settings = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline).apply(
+        replace(site.settings, windows_powershell=windows_powershell.value))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with site:

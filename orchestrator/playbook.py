@@ -434,13 +434,21 @@ class Server(_Model):
 # --- issuer and PFX password -------------------------------------------------------------------
 
 
-class ManualIssuer(_Model):
+class _IssuerBase(_Model):
+    # Install the CA's root into each server's LocalMachine\Root (certutil -addstore Root) when a server
+    # does not trust it: Exchange refuses to import a certificate whose root it does not trust.
+    install_root: StrictBool = False
+    # The root certificate's file, when the CA's files do not include it (relative to the playbook).
+    root: StrictStr | None = None
+
+
+class ManualIssuer(_IssuerBase):
     type: Literal["manual"]
     # Where the CSR is written for the admin, relative to the playbook.
     csr_file: StrictStr | None = None
 
 
-class FilesIssuer(_Model):
+class FilesIssuer(_IssuerBase):
     type: Literal["files"]
     certificate: StrictStr | None = None
     chain: list[StrictStr] = []
@@ -453,7 +461,7 @@ class FilesIssuer(_Model):
         return self
 
 
-class LabIssuer(_Model):
+class LabIssuer(_IssuerBase):
     type: Literal["lab"]
     ca_dir: StrictStr | None = None
 
@@ -614,16 +622,18 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
 def _check_files(loaded: LoadedPlaybook) -> None:
     """Files the playbook names must exist now, not halfway through a run."""
     issuer = loaded.playbook.issuer
+    named: list[tuple[tuple[str | int, ...], str]] = []
     if isinstance(issuer, FilesIssuer):
-        named: list[tuple[tuple[str | int, ...], str]] = []
         if issuer.certificate:
             named.append((("issuer", "certificate"), issuer.certificate))
         if issuer.bundle:
             named.append((("issuer", "bundle"), issuer.bundle))
         named += [(("issuer", "chain", i), c) for i, c in enumerate(issuer.chain)]
-        for loc, name in named:
-            if not loaded.resolve(name).is_file():
-                raise loaded.source_map.error(loc, f"file '{name}' not found (relative to the playbook's folder)")
+    if issuer.root:
+        named.append((("issuer", "root"), issuer.root))
+    for loc, name in named:
+        if not loaded.resolve(name).is_file():
+            raise loaded.source_map.error(loc, f"file '{name}' not found (relative to the playbook's folder)")
     for index, server in enumerate(loaded.playbook.servers):
         if server.connection.ca_file and not loaded.resolve(server.connection.ca_file).is_file():
             raise loaded.source_map.error(

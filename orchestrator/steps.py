@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator import checks
+from orchestrator import checks, roots
 from orchestrator.certs import IssuedCertificate
 from orchestrator.commands import Command, Param, Shell, Text, Thumbprint
 from orchestrator.dialects import dialect_for, native_failure, remote_path, remove_file
@@ -67,6 +68,8 @@ class StepHandlers:
         def call_batch(self, server: Server, commands: tuple[Command, ...]) -> InvocationResult: ...
         def certificates(self, server: Server) -> list[checks.CertInfo]: ...
         def ca_store(self, server: Server) -> list[str]: ...
+        def root_store(self, server: Server) -> list[x509.Certificate]: ...
+        def _chain_top(self) -> x509.Certificate | None: ...
 
     def _init_step_state(self) -> None:
         # 2007 targets whose PFX file this run wrote: a file from an earlier run carries that run's
@@ -253,12 +256,18 @@ class StepHandlers:
         assert self._issued is not None
         wanted = [checks.sha1_thumbprint(c) for c in self._issued.intermediates]
         decision = checks.ca_store_has(self.ca_store(server), wanted)
+        top = self._chain_top()
+        if decision.done and self.playbook.issuer.install_root and top is not None \
+                and not roots.trusted(self.root_store(server), top):
+            decision = checks.Decision(False, "the CA's root is not in LocalMachine\\Root")
         if decision.done:
             # An earlier attempt whose answer was lost after certutil ran leaves its .cer file behind.
             if self._remove_leftover_files(server, step):
                 return "changed", f"{decision.reason}; removed the intermediate file an interrupted attempt left"
             return "ok", decision.reason
         self._run_commands(server, step)
+        if self.playbook.issuer.install_root:
+            return "changed", "the CA's root added to LocalMachine\\Root, intermediate(s) to LocalMachine\\CA"
         return "changed", "intermediate certificate(s) added to LocalMachine\\CA"
 
     def _remove_leftover_files(self, server: Server, step: Step) -> bool:

@@ -1,0 +1,73 @@
+"""`exmig rehearse` against labs that behave as real servers do where they differ from the lab's default
+(issue 16): the CA's root not trusted, RawData-only objects, no Services, no revocation list."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.lab.exchange import ExchangeServerModel, ServerInspector
+from tests.conftest import ROOT
+
+
+def rehearse(playbook: Path | str, *options: str, keep: Path | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+    args = [sys.executable, "-m", "orchestrator", "rehearse", str(playbook), "--json", *options]
+    if keep is not None:
+        args += ["--keep", str(keep)]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, events, proc.stderr
+
+
+def lab_playbook(tmp_path: Path, install_root: bool) -> Path:
+    text = (ROOT / "playbooks" / "lab.yml").read_text()
+    if install_root:
+        text = text.replace("  type: lab ", "  install_root: true\n  type: lab ", 1)
+        assert "install_root: true" in text
+    path = tmp_path / "lab.yml"
+    path.write_text(text)
+    return path
+
+
+def test_untrusted_root_stops_before_any_change(tmp_path: Path) -> None:
+    keep = tmp_path / "lab"
+    code, events, stderr = rehearse("playbooks/lab.yml", "--untrusted-root", keep=keep)
+    assert code == 1
+    [line] = [x for x in stderr.splitlines() if x.startswith("exmig: error:")]
+    assert line.startswith("exmig: error: EX2010, EX2007: the CA's root 'CN=exmig Lab Root Certificate Authority")
+    assert "is not in LocalMachine\\Root" in line and "issuer.install_root: true" in line
+    # Nothing was sent that changes a server: only reads, and no request on the source.
+    commands = [e for e in events if e["event"] == "command"]
+    assert commands and {e["command"] for e in commands} <= {"Get-ExchangeCertificate", "Get-ChildItem",
+                                                               "Add-PSSnapin"}
+    for name, version in (("EX2010", "2010"), ("EX2007", "2007")):
+        model = ExchangeServerModel.load_or_create(keep / name, name=name, version=version, fqdn="x")
+        view = ServerInspector(model)
+        assert view.thumbprints("REQUEST") == [] and len(view.thumbprints("My")) == 1
+
+
+def test_install_root_completes_and_verifies(tmp_path: Path) -> None:
+    code, events, stderr = rehearse(lab_playbook(tmp_path, install_root=True), "--untrusted-root")
+    assert code == 0, stderr
+    chain = [e for e in events if e["event"] == "step" and e.get("step") == "install-chain"
+             and e.get("outcome") == "changed"]
+    assert {e["server"] for e in chain} == {"EX2010", "EX2007"}
+    certutil = [e for e in events if e["event"] == "command" and e["command"].startswith("certutil")]
+    assert certutil
+    verdicts = [e["verdict"] for e in events if e["event"] == "verify"]
+    assert verdicts and set(verdicts) == {"ok"}
+
+
+def test_install_root_is_shown_in_the_plan(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "plan", str(lab_playbook(tmp_path, True))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    adds = [i for i, line in enumerate(lines) if "certutil.exe -addstore Root 'C:\\Certs\\root-" in line]
+    assert len(adds) == 2  # the source and the 2007 target, each before its CA store's certutil
+    assert all("root.crt" in lines[i - 1] for i in adds)
