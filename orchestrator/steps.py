@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator import checks, roots
+from orchestrator import checks, roots, status
 from orchestrator.certs import IssuedCertificate
 from orchestrator.commands import Command, Param, Shell, Text, Thumbprint
 from orchestrator.dialects import dialect_for, native_failure, remote_path, remove_file
@@ -460,7 +460,7 @@ class StepHandlers:
         problems = []
         if found.has_private_key is False:
             problems.append("no private key")
-        if found.status not in (None, "Valid"):
+        if status.problem(found.status):
             problems.append(f"status {found.status}")
         wanted = {s.value for s in server.services_for(self.playbook.certificate)}
         if found.services is not None and not wanted <= found.services:
@@ -468,4 +468,8 @@ class StepHandlers:
         if problems:
             raise VerifyFailed(f"{server.name}: certificate {thumb}: " + "; ".join(problems))
         services = "services not reported" if found.services is None else "enabled for " + ", ".join(sorted(wanted))
+        caution = status.warning(found.status)
+        if caution:
+            self.events.note(f"{server.name}: warning: certificate {thumb}: {caution}")
+            return "ok", f"certificate {thumb}: private key, {services}; warning: {caution}"
         return "ok", f"certificate {thumb}: private key, status {found.status or 'not reported'}, {services}"

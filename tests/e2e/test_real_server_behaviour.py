@@ -71,3 +71,17 @@ def test_install_root_is_shown_in_the_plan(tmp_path: Path) -> None:
     adds = [i for i, line in enumerate(lines) if "certutil.exe -addstore Root 'C:\\Certs\\root-" in line]
     assert len(adds) == 2  # the source and the 2007 target, each before its CA store's certutil
     assert all("root.crt" in lines[i - 1] for i in adds)
+
+
+def test_revocation_offline_completes_with_a_warning_in_run_and_verify() -> None:
+    code, events, stderr = rehearse("playbooks/lab.yml", "--revocation-offline")
+    assert code == 0, stderr
+    notes = [e["text"] for e in events if e["event"] == "note"]
+    assert {n.split(":")[0] for n in notes if "RevocationCheckFailure" in n} == {"EX2010", "EX2007"}
+    verify_steps = [e for e in events if e["event"] == "step" and e.get("step") == "verify" and e.get("phase") == "end"]
+    assert verify_steps and all(e["outcome"] == "ok" and "revocation list" in e["reason"] for e in verify_steps)
+    findings = [e for e in events if e["event"] == "verify" and e["service"] == "certificate"]
+    assert {f["verdict"] for f in findings} == {"revocation_unchecked"}
+    assert all("CRL" in f["detail"] for f in findings)
+    others = {e["verdict"] for e in events if e["event"] == "verify" and e["service"] != "certificate"}
+    assert others == {"ok"}

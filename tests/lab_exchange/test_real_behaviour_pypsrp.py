@@ -113,3 +113,42 @@ def test_certificate_service_errors_come_wrapped_with_the_real_inner_texts(start
                                                             "Password": TaggedValue("SS", "x")}) == (
             "A special Rpc error occurs on server EX2010B: The private key couldn't be exported as PKCS-12. It either "
             "couldn't be accessed or isn't exportable.")
+
+
+def _enum(value: Any) -> tuple[str, int]:
+    """A deserialized enum as a script sees it: its text and its number."""
+    # pypsrp keeps an unknown enum's number as the object's one property set (<I32> beside <ToString>).
+    return str(value), int(value.property_sets[0])
+
+
+@pytest.mark.parametrize(("changes", "intermediate", "expected"), [
+    ({}, True, ("Valid", "ThirdParty")),
+    ({"install_third_party_roots": False, "import_requires_trusted_root": False}, True, ("Untrusted", "Unknown")),
+    ({"import_requires_trusted_root": False}, False, ("Invalid", "Unknown")),
+    ({"revocation_offline": True}, True, ("RevocationCheckFailure", "ThirdParty")),
+])
+def test_status_and_root_ca_type_as_a_server_computes_them(
+        start: Any, lab_ca: LabCA, changes: dict[str, bool], intermediate: bool, expected: tuple[str, str]) -> None:
+    model, srv = start(**changes)
+    if intermediate:
+        model.put(CertEntry(CA, lab_ca.intermediate_cert.public_bytes(Encoding.DER)))
+    with pool(srv, "Microsoft.Exchange") as ems:
+        leaf = lab_ca.sign_csr(request(ems).encode())
+        invoke(ems, ("Import-ExchangeCertificate", {"FileData": leaf.public_bytes(Encoding.DER), "Server": SERVER}))
+        certs = {c.adapted_properties["Thumbprint"]: c for c in invoke(ems, ("Get-ExchangeCertificate",
+                                                                                {"Server": SERVER}))}
+    ours = certs.pop(thumbprint(leaf)).adapted_properties
+    assert (str(ours["Status"]), str(ours["RootCAType"])) == expected
+    # The setup certificate: self-signed and in \Root, Valid with RootCAType Registry, which is 3 on the wire.
+    [default] = certs.values()
+    assert str(default.adapted_properties["Status"]) == "Valid"
+    assert _enum(default.adapted_properties["RootCAType"]) == ("Registry", 3)
+
+
+def test_a_self_signed_certificate_outside_root_is_valid_with_root_ca_type_none(start: Any) -> None:
+    model, srv = start()
+    [default] = ServerInspector(model).thumbprints("My")
+    model.remove("Root", default)
+    with pool(srv, "Microsoft.Exchange") as ems:
+        [cert] = invoke(ems, ("Get-ExchangeCertificate", {"Thumbprint": default, "Server": SERVER}))
+    assert (str(cert.adapted_properties["Status"]), str(cert.adapted_properties["RootCAType"])) == ("Valid", "None")

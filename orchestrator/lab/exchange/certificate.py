@@ -53,7 +53,9 @@ STATUS_VALUES = {
     "Unknown": 0, "Valid": 1, "Revoked": 2, "DateInvalid": 3, "Untrusted": 4, "Invalid": 5,
     "RevocationCheckFailure": 6, "PendingRequest": 7,
 }
-ROOT_CA_VALUES = {"None": 0, "Registry": 1, "ThirdParty": 2, "Enterprise": 3, "GroupPolicy": 4, "Unknown": 5}
+# The documentation's order (reference §1.5), which puts Registry at 3 as issue 16 reports it; the other
+# numbers are UNCONFIRMED.
+ROOT_CA_VALUES = {"None": 0, "ThirdParty": 1, "Enterprise": 2, "Registry": 3, "GroupPolicy": 4, "Unknown": 5}
 
 
 def services_enum(flags: int) -> LabEnum:
@@ -68,17 +70,29 @@ def services_string_form(flags: int) -> str:
 
 
 def status_of(model: ExchangeServerModel, entry: CertEntry) -> tuple[str, str]:
-    """(Status, RootCAType) the way Exchange reports them for `entry` on `model`."""
+    """(Status, RootCAType) the way Exchange computes them for `entry` on `model` (issue 16; sources in
+    settings.py): a self-signed certificate is Valid whether or not it is in \\Root (RootCAType Registry when it
+    is, None when not); a CA-issued one whose chain ends at a root Windows knows but does not trust is Untrusted
+    (RootCAType Unknown); a chain that cannot be built (an issuer nowhere to be found) is Invalid; a good chain
+    whose revocation lists are out of reach is RevocationCheckFailure."""
     if entry.store == REQUEST:
         return "PendingRequest", "Unknown"
     trust = model.trust(entry.cert)
-    root_type = "None"
+    self_signed = pki.is_self_signed(entry.cert)
     if trust.root_origin:
         root_type = "ThirdParty" if trust.root_origin == ORIGIN_THIRD_PARTY else "Registry"
+    else:
+        root_type = "None" if self_signed else "Unknown"
     if not trust.date_valid:
         return "DateInvalid", root_type
+    if self_signed:
+        return "Valid", root_type
     if not trust.root_origin:
-        return "Untrusted", root_type
+        top = trust.chain[-1]
+        known = pki.is_self_signed(top) or any(pki.issued_by(top, r) for r in model.known_roots)
+        return ("Untrusted" if known else "Invalid"), root_type
+    if model.revocation_offline:
+        return "RevocationCheckFailure", root_type
     return "Valid", root_type
 
 

@@ -117,6 +117,11 @@ class ExchangeServerModel:
     default_smtp: str | None = None
     # IIS's Default Web Site requires SSL once Enable -Services IIS ran without -DoNotRequireSsl.
     iis_require_ssl: bool = False
+    # What the machine's surroundings decide (set from LabSettings by build_registry, not saved): roots Windows
+    # knows of without trusting them (root-program roots not yet in \Root: a chain ending there is Untrusted, not
+    # Invalid), and whether the CA's revocation lists are out of reach.
+    known_roots: tuple[x509.Certificate, ...] = ()
+    revocation_offline: bool = False
     _entries: dict[str, dict[str, CertEntry]] = field(default_factory=lambda: {s: {} for s in STORES})
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 

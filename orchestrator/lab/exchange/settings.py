@@ -3,6 +3,26 @@
 Every error text the Exchange emulation produces that is not a generic PowerShell binding text
 lives in `ERROR_TEXTS`, one row per situation, so a text seen on a real server can be dropped in
 without touching the cmdlet code. `confirmed=False` rows are the lab's own plausible choice.
+
+Where the lab follows real servers (issue 16), and from what:
+* Import of a CA response whose root is not trusted fails: Exchange 2013's certificate code (as issue 16
+  reports it); 2010 UNCONFIRMED -> `import_requires_trusted_root` (on). Wording of the error: the lab's.
+* "A special Rpc error occurs on server <server>: <inner>" wrapping of certificate-service errors: reference
+  §3.2 [S9] (2013+ capture; the prefix appears with -Server); 2010 UNCONFIRMED -> `rpc_error_wrapping` (on).
+* Inner texts "The source data cannot be imported or the wrong password was specified.", "Cannot import
+  certificate. A certificate with the thumbprint <T> already exists.", "The private key couldn't be exported as
+  PKCS-12. It either couldn't be accessed or isn't exportable.": server output quoted in Microsoft Q&A threads
+  (collected in issue 16; the threads are not in the stored references); 2010 UNCONFIRMED.
+* Export of a keyed certificate without -Password is an error: 2013's code (issue 16); 2010 UNCONFIRMED ->
+  `export_keyed_needs_password` (on).
+* Status/RootCAType (certificate.status_of): self-signed outside \\Root Valid/None, untrusted root Untrusted/
+  Unknown, broken chain Invalid, pending request PendingRequest/Unknown (reference §1.5, §1.7 [S1h]); RootCAType
+  numbers in the documentation's order, Registry = 3 (issue 16), others UNCONFIRMED.
+* RevocationCheckFailure when the CA's lists are out of reach (Status value set, reference §1.5 [S1]); when a
+  2010 server reports it instead of Valid is UNCONFIRMED -> `revocation_offline` (off).
+* RawData-only objects: the CSS-Exchange Get-ExchangeCertificate CLIXML captures (2016/2019: Props hold only
+  RawData, MS holds PSComputerName, RunspaceId, PSShowComputerName, SerializationData); 2010 UNCONFIRMED ->
+  `rawdata_only_output` (off).
 """
 
 from __future__ import annotations
