@@ -85,3 +85,26 @@ def test_revocation_offline_completes_with_a_warning_in_run_and_verify() -> None
     assert all("CRL" in f["detail"] for f in findings)
     others = {e["verdict"] for e in events if e["event"] == "verify" and e["service"] != "certificate"}
     assert others == {"ok"}
+
+
+def test_rawdata_only_objects_migrate_and_verify() -> None:
+    code, events, stderr = rehearse("playbooks/lab.yml", "--rawdata-only")
+    assert code == 0, stderr
+    steps = {(e["server"], e["step"]): e for e in events if e["event"] == "step" and e.get("phase") == "end"}
+    assert all(e["outcome"] in ("ok", "changed") for e in steps.values())
+    # Facts computed from RawData: the status and services are not there to report, and exmig says so.
+    assert "status not reported, services not reported" in steps[("EX2007", "verify")]["reason"]
+    tls = {e["verdict"] for e in events if e["event"] == "verify" and e["service"] in ("https", "smtp", "imaps",
+                                                                                       "pop3s")}
+    assert tls == {"ok"}
+
+
+def test_objects_without_services_migrate_and_verify() -> None:
+    code, events, stderr = rehearse("playbooks/lab.yml", "--no-services")
+    assert code == 0, stderr
+    steps = {(e["server"], e["step"]): e for e in events if e["event"] == "step" and e.get("phase") == "end"}
+    assert "status Valid, services not reported" in steps[("EX2010", "verify")]["reason"]
+    services = {e["verdict"] for e in events if e["event"] == "verify" and e["service"] in ("IIS", "SMTP")}
+    assert services == {"not_reported"}
+    tls = {e["verdict"] for e in events if e["event"] == "verify" and e["service"] == "https"}
+    assert tls == {"ok"}

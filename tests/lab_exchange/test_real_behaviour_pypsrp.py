@@ -152,3 +152,18 @@ def test_a_self_signed_certificate_outside_root_is_valid_with_root_ca_type_none(
     with pool(srv, "Microsoft.Exchange") as ems:
         [cert] = invoke(ems, ("Get-ExchangeCertificate", {"Thumbprint": default, "Server": SERVER}))
     assert (str(cert.adapted_properties["Status"]), str(cert.adapted_properties["RootCAType"])) == ("Valid", "None")
+
+
+def test_rawdata_only_and_no_services_shapes(start: Any) -> None:
+    _, srv = start(rawdata_only_output=True)
+    with pool(srv, "Microsoft.Exchange") as ems:
+        [cert] = invoke(ems, ("Get-ExchangeCertificate", {"Server": SERVER}))
+    # As in the CSS-Exchange captures: RawData alone among the properties, SerializationData beside it.
+    assert set(cert.adapted_properties) == {"RawData"}
+    assert set(cert.extended_properties) == {"SerializationData"}
+    assert str(cert).replace("\r", "").startswith("[Subject]\n  CN=EX2010A")
+    _, other = start(name="EX2010B", omit_services_in_remote_output=True)
+    with pool(other, "Microsoft.Exchange") as ems:
+        [cert] = invoke(ems, ("Get-ExchangeCertificate", {"Server": "EX2010B"}))
+    assert "Services" not in cert.adapted_properties and "ServicesStringForm" not in cert.adapted_properties
+    assert str(cert.adapted_properties["Status"]) == "Valid"

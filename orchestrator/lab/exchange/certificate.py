@@ -47,6 +47,8 @@ MULTI_VALUED_DOMAINS = [
     "Microsoft.Exchange.Data.MultiValuedPropertyBase",
     "System.Object",
 ]
+# The first bytes of a BinaryFormatter stream (SerializedStreamHeader record), as the captures' SerializationData.
+SERIALIZATION_DATA_STUB = bytes.fromhex("0001000000ffffffff01000000000000000c02000000")
 BINARY_FILE_DATA_TYPES = ["Microsoft.Exchange.Data.BinaryFileDataObject", "System.Object"]
 
 STATUS_VALUES = {
@@ -134,7 +136,13 @@ def exchange_certificate(
 ) -> LabObject:
     cert = entry.cert
     if settings.rawdata_only_output:
-        return LabObject(list(EXCHANGE_CERTIFICATE_TYPES), adapted={"RawData": entry.der})
+        # The shape of the CSS-Exchange captures (Admin/MonitorExchangeAuthCertificate/DataCollection/Tests/Data/
+        # GetExchangeCertificate.xml): Props hold RawData only, beside ToString and Exchange's SerializationData
+        # note property (a .NET BinaryFormatter blob only a client with the Exchange types can read; the lab's is
+        # an opaque stand-in). PSComputerName/RunspaceId in the captures come from the client's remoting layer.
+        return LabObject(list(EXCHANGE_CERTIFICATE_TYPES), adapted={"RawData": entry.der},
+                         extended={"SerializationData": SERIALIZATION_DATA_STUB + entry.der[:16]},
+                         to_string=_to_string(entry))
     status, root_type = status_of(model, entry)
     public = cert.public_key()
     key_size = public.key_size if isinstance(public, rsa.RSAPublicKey) else 0
