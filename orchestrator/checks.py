@@ -9,6 +9,7 @@ remoting, and some omit Services; in that case services are "not reported" (None
 from __future__ import annotations
 
 import base64
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,12 @@ def cert_info(obj: Any) -> CertInfo | None:
     if cert is not None:
         key_der = cert.public_key().public_bytes(serialization.Encoding.DER,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-        subject = subject or cert.subject.rfc4514_string()
+        if subject is None:
+            with warnings.catch_warnings():
+                # Real subjects break X.520 rules (C=Germany in a CSS-Exchange capture); cryptography warns on
+                # each read, which would reach the admin's terminal as a Python warning.
+                warnings.simplefilter("ignore", UserWarning)
+                subject = cert.subject.rfc4514_string()
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             domains = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
