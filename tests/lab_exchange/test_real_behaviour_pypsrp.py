@@ -167,3 +167,27 @@ def test_rawdata_only_and_no_services_shapes(start: Any) -> None:
         [cert] = invoke(ems, ("Get-ExchangeCertificate", {"Server": "EX2010B"}))
     assert "Services" not in cert.adapted_properties and "ServicesStringForm" not in cert.adapted_properties
     assert str(cert.adapted_properties["Status"]) == "Valid"
+
+
+def test_enable_without_force_half_applies_and_remove_as_real(start: Any, lab_ca: LabCA) -> None:
+    model, srv = start()
+    model.put(CertEntry(CA, lab_ca.intermediate_cert.public_bytes(Encoding.DER)))
+    view = ServerInspector(model)
+    [default] = view.thumbprints("My")
+    with pool(srv, "Microsoft.Exchange") as ems:
+        leaf = lab_ca.sign_csr(request(ems).encode())
+        tp = thumbprint(leaf)
+        invoke(ems, ("Import-ExchangeCertificate", {"FileData": leaf.public_bytes(Encoding.DER), "Server": SERVER}))
+        message = failing(ems, "Enable-ExchangeCertificate", {"Thumbprint": tp, "Services": "IIS,POP,SMTP",
+                                                              "Server": SERVER})
+        assert "Overwrite the existing default SMTP certificate?" in message
+        # IIS and POP went to the new certificate before the question; SMTP stayed where it was.
+        assert view.serving() == {"https": tp, "pop3s": tp, "smtp": default, "imaps": default}
+        # The IIS/POP-bound certificate can be removed (-Confirm:$false); the default SMTP one cannot.
+        assert "it's being used (services: SMTP)" in failing(ems, "Remove-ExchangeCertificate", {
+            "Thumbprint": default, "Confirm": False, "Server": SERVER})
+        assert "Removing certificate with thumbprint" in failing(ems, "Remove-ExchangeCertificate", {
+            "Thumbprint": tp, "Server": SERVER})
+        invoke(ems, ("Remove-ExchangeCertificate", {"Thumbprint": tp, "Confirm": False, "Server": SERVER}))
+    assert view.thumbprints("My") == [default]
+    assert view.serving()["https"] is None and view.serving()["pop3s"] is None

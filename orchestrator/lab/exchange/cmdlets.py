@@ -139,6 +139,11 @@ class ExchangeCertificateCmdlets:
             raise self._error(call, "private_key_missing", thumbprint=entry.thumbprint)
         current = model.find(MY, model.default_smtp) if model.default_smtp else None
         if flags & Services.SMTP and current is not None and current is not entry and not force:
+            if self.settings.enable_applies_before_smtp_prompt:
+                # IIS, POP and IMAP are bound before the SMTP question is asked: without a host that can answer
+                # it, the server is left half-changed (issue 16). Saved now: the prompt's failure ends the command.
+                self._bind(call, entry, flags & ~int(Services.SMTP))
+                model.save()
             self._confirm(
                 call,
                 self.settings.text(
@@ -149,6 +154,10 @@ class ExchangeCertificateCmdlets:
                     new_expiry=expiry(entry.cert.not_valid_after_utc),
                 ),
             )
+        self._bind(call, entry, flags)
+
+    def _bind(self, call: CommandCall, entry: CertEntry, flags: int) -> None:
+        model = self.model
         for other in model.entries(MY):
             if other is entry:
                 continue
@@ -443,14 +452,12 @@ class ExchangeCertificateCmdlets:
             entry = self._lookup(call.params["Thumbprint"])
             if entry is None:
                 raise self._error(call, "thumbprint_not_found", thumbprint=call.params["Thumbprint"].upper())
-            if entry.store == MY:
-                in_use = entry.services & sum(int(s) for s in SINGLE_OWNER)
-                if self.model.default_smtp == entry.thumbprint:
-                    in_use |= int(Services.SMTP)
-                if in_use:
-                    raise self._error(
-                        call, "cert_in_use", thumbprint=entry.thumbprint, services=services_text(in_use)
-                    )
+            # Only the default SMTP certificate (internal transport) is refused; an IIS/POP/IMAP-bound one goes,
+            # and the clients of those services break (issue 16; the lab refused them before).
+            if entry.store == MY and self.model.default_smtp == entry.thumbprint:
+                raise self._error(
+                    call, "cert_in_use", thumbprint=entry.thumbprint, services=services_text(int(Services.SMTP))
+                )
             if call.params.get("WhatIf") is True:
                 return
             # Remove-* has ConfirmImpact High: it prompts unless -Confirm:$false.

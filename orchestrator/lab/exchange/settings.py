@@ -211,7 +211,8 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
-        source="doc sentence [S1] \"You can't remove the certificate that's being used.\"",
+        source="doc sentence [S1] \"You can't remove the certificate that's being used.\"; real servers refuse only "
+        "the default SMTP (internal transport) certificate (issue 16)",
         service=True,
     ),
     "invalid_domain_name": ErrorText(
@@ -334,6 +335,9 @@ class LabSettings:
     # The server cannot reach the CA's revocation list (no internet access, common for Exchange servers): a
     # CA-issued certificate whose chain is otherwise good reports Status RevocationCheckFailure. Off by default.
     revocation_offline: bool = False
+    # Enable-ExchangeCertificate without -Force binds IIS/POP/IMAP before it asks the SMTP overwrite question, so
+    # a session that cannot answer is left half-changed (issue 16; 2010 UNCONFIRMED).
+    enable_applies_before_smtp_prompt: bool = True
     # Time source for certificate validity and Status; tests move it.
     clock: Callable[[], datetime] = _utcnow
     error_texts: dict[str, ErrorText] = field(default_factory=lambda: dict(ERROR_TEXTS))
