@@ -140,6 +140,10 @@ def services_enabled(certs: list[CertInfo], thumb: str | None, wanted: Iterable[
     missing = sorted(want - found.services)
     if missing:
         return Decision(False, "not enabled for " + ", ".join(missing))
+    if Service.SMTP.value in want and not journal_says_done:
+        # Services is computed: SMTP shows on any certificate whose key the transport can read (one enabled for
+        # POP or IMAP too), not only on the default SMTP certificate; Enable -Force is the only way to be sure.
+        return Decision(False, "SMTP is shown, which does not make it the default SMTP certificate")
     return Decision(True, "enabled for " + ", ".join(sorted(want)))
 
 

@@ -108,3 +108,28 @@ def test_objects_without_services_migrate_and_verify() -> None:
     assert services == {"not_reported"}
     tls = {e["verdict"] for e in events if e["event"] == "verify" and e["service"] == "https"}
     assert tls == {"ok"}
+
+
+def test_smtp_shown_is_not_taken_for_the_default_smtp_certificate(tmp_path: Path) -> None:
+    """An admin enabled IIS, POP and IMAP by hand: Services then shows SMTP too (computed view), yet the server's
+    default SMTP certificate is the old one. exmig still sends Enable, and SMTP moves."""
+    from tests.e2e.conftest import build_lab, raw_invoke, raw_pool
+
+    lab = build_lab(tmp_path)
+    try:
+        first, _ = lab.run_json("--step", "request", "--step", "issue", "--step", "install-chain", "--step",
+                                "complete")
+        assert first.returncode == 0, first.stderr
+        source = lab.server("EX2010")
+        [ours] = [t for t in source.inspector.thumbprints("My") if t != source.inspector.serving()["smtp"]]
+        with raw_pool(source, "Microsoft.Exchange") as ems:
+            raw_invoke(ems, "Enable-ExchangeCertificate", Thumbprint=ours, Services="IIS,POP,IMAP", Server="EX2010")
+        assert source.inspector.services()[ours] == "IMAP, POP, IIS, SMTP"
+        assert source.inspector.serving()["smtp"] != ours
+        proc, events = lab.run_json("--server", "EX2010", "--step", "enable")
+        assert proc.returncode == 0, proc.stderr
+        [enable] = [e for e in events if e["event"] == "step" and e.get("phase") == "end"]
+        assert enable["outcome"] == "changed"
+        assert source.inspector.serving()["smtp"] == ours
+    finally:
+        lab.site.stop()

@@ -157,7 +157,7 @@ def exchange_certificate(
         "PublicKeySize": key_size,
         "RootCAType": LabEnum([ROOT_CA_TYPE, *ENUM_BASES], ROOT_CA_VALUES[root_type], root_type),
         "SerialNumber": serial_number(entry),
-        "Services": services_enum(entry.services),
+        "Services": services_enum(model.services_of(entry)),
         "Status": LabEnum([STATUS_TYPE, *ENUM_BASES], STATUS_VALUES[status], status),
         "Subject": format_name(cert.subject),
         "Archived": False,
@@ -168,7 +168,7 @@ def exchange_certificate(
         "Identity": f"{model.fqdn}\\{entry.thumbprint}",
         "PrivateKeyExportable": entry.exportable if entry.has_key else False,
         "RawData": entry.der,
-        "ServicesStringForm": services_string_form(entry.services),
+        "ServicesStringForm": services_string_form(model.services_of(entry)),
         "Thumbprint": entry.thumbprint,
         "Version": cert.version.value + 1,
     }

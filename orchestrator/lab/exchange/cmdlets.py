@@ -35,7 +35,7 @@ from orchestrator.lab.exchange.model import (
 )
 from orchestrator.lab.exchange.settings import LabSettings
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
-from orchestrator.lab.exchange.x500 import DNParseError, format_name, parse_dn, valid_domain
+from orchestrator.lab.exchange.x500 import DNParseError, common_name, format_name, parse_dn, valid_domain
 from orchestrator.lab.objects import LabObject, Secret
 from orchestrator.lab.registry import CommandCall, CommandSpec, LabError, Registry
 
@@ -43,7 +43,6 @@ TASKS = "Microsoft.Exchange.Management.SystemConfigurationTasks."
 EMS_2007_SNAPIN = "Microsoft.Exchange.Management.PowerShell.Admin"
 EXCHANGE_CONFIGURATION = "Microsoft.Exchange"
 KEY_SIZES = (1024, 2048, 4096)
-SINGLE_OWNER = (Services.IIS, Services.POP, Services.IMAP)
 
 
 def implementing_type(command: str) -> str:
@@ -157,20 +156,21 @@ class ExchangeCertificateCmdlets:
         self._bind(call, entry, flags)
 
     def _bind(self, call: CommandCall, entry: CertEntry, flags: int) -> None:
+        """Enable's effect: bindings and configured names change; Services is computed from them
+        (ExchangeServerModel.services_of). `entry.services` keeps what was ever enabled on the certificate."""
         model = self.model
-        for other in model.entries(MY):
-            if other is entry:
-                continue
-            for service in SINGLE_OWNER:
-                if flags & service:
-                    other.services &= ~int(service)
-            # 2007 binds SMTP to a single certificate; 2010 keeps SMTP on the others and moves the default.
-            if flags & Services.SMTP and model.version == "2007":
-                other.services &= ~int(Services.SMTP)
+        cn = common_name(entry.cert.subject) or model.fqdn
         if flags & Services.SMTP:
             model.default_smtp = entry.thumbprint
         if flags & Services.IIS:
+            model.iis_binding = entry.thumbprint
             model.iis_require_ssl = not call.params.get("DoNotRequireSsl", False)
+        # POP/IMAP present the certificate matching their configured name; Enable points the name at this
+        # certificate's subject (lab choice, UNCONFIRMED how 2010 records it).
+        if flags & Services.POP:
+            model.pop_name, model.pop_binding = cn, entry.thumbprint
+        if flags & Services.IMAP:
+            model.imap_name, model.imap_binding = cn, entry.thumbprint
         entry.services |= flags
 
     def enable(self, call: CommandCall) -> None:

@@ -20,6 +20,9 @@ Where the lab follows real servers (issue 16), and from what:
   numbers in the documentation's order, Registry = 3 (issue 16), others UNCONFIRMED.
 * RevocationCheckFailure when the CA's lists are out of reach (Status value set, reference §1.5 [S1]); when a
   2010 server reports it instead of Valid is UNCONFIRMED -> `revocation_offline` (off).
+* Services as a computed view (model.services_of), Enable without -Force binding IIS/POP/IMAP before the SMTP
+  prompt, Remove-ExchangeCertificate refusing only the default SMTP certificate: issue 16's account of real
+  servers; which configured name 2010's POP/IMAP use after Enable is UNCONFIRMED (the lab uses the CN).
 * RawData-only objects: the CSS-Exchange Get-ExchangeCertificate CLIXML captures (2016/2019: Props hold only
   RawData, MS holds PSComputerName, RunspaceId, PSShowComputerName, SerializationData); 2010 UNCONFIRMED ->
   `rawdata_only_output` (off).
