@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from pypsrp.host import PSHost, PSHostUserInterface
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.serializer import TaggedValue
 
@@ -191,3 +192,44 @@ def test_enable_without_force_half_applies_and_remove_as_real(start: Any, lab_ca
         invoke(ems, ("Remove-ExchangeCertificate", {"Thumbprint": tp, "Confirm": False, "Server": SERVER}))
     assert view.thumbprints("My") == [default]
     assert view.serving()["https"] is None and view.serving()["pop3s"] is None
+
+
+class _Answers(PSHostUserInterface):
+    """An admin at a console: answers each PromptForChoice with the next of `answers`, noting what was asked."""
+
+    def __init__(self, answers: list[int]) -> None:
+        super().__init__()
+        self.answers = answers
+        self.asked: list[tuple[str, str, list[str]]] = []
+
+    def PromptForChoice(self, runspace: Any, pipeline: Any, caption: str, message: str, choices: list[Any],
+                        default_choice: int) -> int:
+        labels = [str(c.extended_properties["label"]) for c in choices]  # ChoiceDescription as remoting sends it
+        self.asked.append((caption, message, labels))
+        return self.answers.pop(0)
+
+
+def test_smtp_prompt_is_a_real_host_call_when_the_client_offers_a_host(start: Any, lab_ca: LabCA) -> None:
+    from pypsrp.wsman import WSMan
+
+    model, srv = start()
+    model.put(CertEntry(CA, lab_ca.intermediate_cert.public_bytes(Encoding.DER)))
+    view = ServerInspector(model)
+    [default] = view.thumbprints("My")
+    ui = _Answers([1, 0])  # "No" first, then "Yes"
+    host = PSHost(None, None, False, "admin console", None, ui, "1.0")
+    wsman = WSMan("127.0.0.1", port=srv.port, path="PowerShell", auth="basic", username=USER, password=PASSWORD,
+                  ssl=False, encryption="never", operation_timeout=5, read_timeout=10)
+    with RunspacePool(wsman, configuration_name="Microsoft.Exchange", host=host) as ems:
+        leaf = lab_ca.sign_csr(request(ems).encode())
+        tp = thumbprint(leaf)
+        invoke(ems, ("Import-ExchangeCertificate", {"FileData": leaf.public_bytes(Encoding.DER), "Server": SERVER}))
+        # Answered "No": IIS moved, the default SMTP certificate stayed, and no error.
+        invoke(ems, ("Enable-ExchangeCertificate", {"Thumbprint": tp, "Services": "IIS,SMTP", "Server": SERVER}))
+        assert view.serving()["https"] == tp and view.serving()["smtp"] == default
+        invoke(ems, ("Enable-ExchangeCertificate", {"Thumbprint": tp, "Services": "SMTP", "Server": SERVER}))
+        assert view.serving()["smtp"] == tp
+    assert len(ui.asked) == 2
+    caption, message, labels = ui.asked[0]
+    assert message.startswith("Overwrite the existing default SMTP certificate?") and tp in message
+    assert labels == ["&Yes", "&No"]

@@ -62,11 +62,18 @@ class ExchangeCertificateCmdlets:
         server = call.params.get("Server") if self.model.version == "2010" else None
         return self.settings.error(key, call.name, implementing_type(call.name), rpc_server=server, **fmt)
 
-    def _confirm(self, call: CommandCall, prompt: str) -> None:
-        """A ShouldContinue/ShouldProcess prompt. The lab's shells cannot relay host prompts, so a
-        session that can prompt gets the prompt's default answer ("Y"); one that cannot fails."""
+    def _confirm(self, call: CommandCall, prompt: str) -> bool:
+        """A ShouldContinue/ShouldProcess prompt. A PSRP client with a host UI gets a real PromptForChoice host
+        call (issue 16) and its answer; a session that can prompt but cannot relay host calls (the lab's WinRS
+        shells) gets the prompt's default answer (Y); one that cannot prompt fails as PowerShell does."""
+        if call.session.ask is not None:
+            answer = call.session.ask("Confirm", prompt, [("&Yes", "Continue with the operation."),
+                                                         ("&No", "Do not continue with the operation.")], 0)
+            if answer is None:
+                raise self._error(call, "prompt_unsupported", prompt=prompt)
+            return answer == 0
         if call.session.can_prompt:
-            return
+            return True
         raise self._error(call, "prompt_unsupported", prompt=prompt)
 
     def _should_process(self, call: CommandCall, target: str) -> bool:
@@ -74,7 +81,7 @@ class ExchangeCertificateCmdlets:
         if call.params.get("WhatIf") is True:
             return False
         if call.params.get("Confirm") is True:
-            self._confirm(
+            return self._confirm(
                 call, self.settings.text("should_process_prompt", command=call.name, target=target)
             )
         return True
@@ -143,7 +150,7 @@ class ExchangeCertificateCmdlets:
                 # it, the server is left half-changed (issue 16). Saved now: the prompt's failure ends the command.
                 self._bind(call, entry, flags & ~int(Services.SMTP))
                 model.save()
-            self._confirm(
+            if not self._confirm(
                 call,
                 self.settings.text(
                     "smtp_overwrite_prompt",
@@ -152,7 +159,8 @@ class ExchangeCertificateCmdlets:
                     new=entry.thumbprint,
                     new_expiry=expiry(entry.cert.not_valid_after_utc),
                 ),
-            )
+            ):
+                flags &= ~int(Services.SMTP)  # "No": the default SMTP certificate stays
         self._bind(call, entry, flags)
 
     def _bind(self, call: CommandCall, entry: CertEntry, flags: int) -> None:
@@ -461,8 +469,9 @@ class ExchangeCertificateCmdlets:
             if call.params.get("WhatIf") is True:
                 return
             # Remove-* has ConfirmImpact High: it prompts unless -Confirm:$false.
-            if call.params.get("Confirm") is not False:
-                self._confirm(call, self.settings.text("remove_prompt", thumbprint=entry.thumbprint))
+            if call.params.get("Confirm") is not False and not self._confirm(
+                    call, self.settings.text("remove_prompt", thumbprint=entry.thumbprint)):
+                return
             self.model.remove(entry.store, entry.thumbprint)
 
     # --- registration --------------------------------------------------------------------------------
