@@ -133,3 +133,40 @@ def test_smtp_shown_is_not_taken_for_the_default_smtp_certificate(tmp_path: Path
         assert source.inspector.serving()["smtp"] == ours
     finally:
         lab.site.stop()
+
+
+def test_lab_serve_takes_the_switches(tmp_path: Path) -> None:
+    """`exmig lab serve --untrusted-root --rawdata-only`: the emulated servers' \\Root lacks the lab CA's root,
+    and their certificate objects carry RawData only, as an admin's own pypsrp script sees them."""
+    import signal
+
+    from pypsrp.powershell import PowerShell, RunspacePool
+    from pypsrp.wsman import WSMan
+
+    from tests.e2e.test_lab_serve import lab_playbook_on_free_ports, pool_for
+
+    playbook = lab_playbook_on_free_ports(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "lab", "serve", str(playbook), "--state",
+                             str(tmp_path / "state"), "--json", "--untrusted-root", "--rawdata-only"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        endpoint = json.loads(proc.stdout.readline())
+        assert endpoint["name"] == "EX2010"
+        with pool_for(endpoint) as ems:
+            ps = PowerShell(ems)
+            ps.add_cmdlet("Get-ExchangeCertificate").add_parameter("Server", "EX2010")
+            [cert] = ps.invoke()
+        assert set(cert.adapted_properties) == {"RawData"}
+        port = int(endpoint["wsman_url"].split(":")[2].split("/")[0])
+        wsman = WSMan("127.0.0.1", port=port, path="wsman", ssl=False, auth="ntlm", username=endpoint["username"],
+                      password=endpoint["password"], encryption="always")
+        with RunspacePool(wsman) as system:
+            ps = PowerShell(system)
+            ps.add_cmdlet("Get-ChildItem").add_parameter("Path", "Cert:\\LocalMachine\\Root")
+            roots = [str(r.adapted_properties["Subject"]) for r in ps.invoke()]
+        assert roots == ["CN=EX2010"]  # the setup certificate only; no lab CA root
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
