@@ -170,3 +170,48 @@ def test_lab_serve_takes_the_switches(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_manual_issuer_stops_before_the_first_import_then_installs_the_named_root(tmp_path: Path) -> None:
+    """The CA's answer is unknown when the request is made; exmig checks \\Root once it has the answer, before
+    install-chain changes anything. With issuer.install_root and issuer.root naming the root's file, it goes on."""
+    from orchestrator.playbook import LAB_DEFAULT_PASSWORD, ManualIssuer, SecretRef
+    from tests.e2e.conftest import build_lab, ca_store, write_playbook
+
+    lab = build_lab(tmp_path, install_third_party_roots=False)
+    try:
+        password = SecretRef(env="EX_LAB_PASSWORD")
+        servers = [s.model_copy(update={"credentials": s.credentials.model_copy(update={"password": password})})
+                   for s in lab.playbook.servers]
+        manual = lab.playbook.model_copy(update={"issuer": ManualIssuer(type="manual", csr_file="x.csr"),
+                                                 "servers": servers})
+        write_playbook(manual, lab.playbook_path)
+        env = {"EX_LAB_PASSWORD": LAB_DEFAULT_PASSWORD}
+        assert lab.exmig("run", str(lab.playbook_path), "--yes", env_extra=env).returncode == 3
+        signed = lab.exmig("lab", "sign", str(tmp_path / "x.csr"), "--out", str(tmp_path / "answer"),
+                           "--ca", str(lab.site.state_dir / "ca"))
+        assert signed.returncode == 0, signed.stderr
+        answer = next((tmp_path / "answer").glob("*.zip"))
+        before = {name: ca_store(lab, name) for name in ("EX2010", "EX2007")}
+
+        stopped = lab.exmig("run", str(lab.playbook_path), "--yes", "--certificate", str(answer), env_extra=env)
+        assert stopped.returncode == 1
+        [line] = stopped.stderr.strip().splitlines()
+        assert "EX2010, EX2007: the CA's root 'CN=exmig Lab Root Certificate Authority" in line
+        assert {name: ca_store(lab, name) for name in ("EX2010", "EX2007")} == before
+        assert len(lab.server("EX2010").inspector.thumbprints("REQUEST")) == 1  # still pending, nothing imported
+
+        write_playbook(manual.model_copy(update={"issuer": ManualIssuer(
+            type="manual", csr_file="x.csr", install_root=True, root=str(lab.site.ca_file))}), lab.playbook_path)
+        done = lab.exmig("run", str(lab.playbook_path), "--yes", "--no-verify", "--certificate", str(answer),
+                         env_extra=env)
+        assert done.returncode == 0, done.stderr + done.stdout
+        thumb = signed.stdout.split()[1]
+        for name in ("EX2010", "EX2007"):
+            view = lab.server(name).inspector
+            cert = view.certificate(thumb)
+            # The root went in with certutil -addstore Root: a registry root, and the certificate is Valid.
+            assert cert is not None and (cert.status, cert.root_ca_type) == ("Valid", "Registry"), (name, cert)
+            assert view.serving()["https"] == thumb
+    finally:
+        lab.site.stop()
