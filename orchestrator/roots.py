@@ -37,7 +37,8 @@ def chain_top(loaded: LoadedPlaybook, issued: IssuedCertificate | None, files: S
         elif isinstance(issuer, FilesIssuer):
             issued = load_delivery(issued_files(loaded))
         elif isinstance(issuer, LabIssuer):
-            return _lab_ca(loaded).intermediate_cert
+            ca = _lab_ca(loaded)
+            return ca.intermediate_cert if ca is not None else None
         else:
             return None
     return issued.intermediates[-1] if issued.intermediates else issued.leaf
@@ -84,7 +85,8 @@ def find_root(loaded: LoadedPlaybook, top: x509.Certificate, files: Sequence[Pat
         candidates += issued_files(loaded)
     if isinstance(issuer, LabIssuer):
         ca = _lab_ca(loaded)
-        candidates.append(ca.directory / "root.crt")
+        if ca is not None:
+            candidates.append(ca.directory / "root.crt")
     for path in candidates:
         if not path.is_file():
             continue
@@ -127,7 +129,11 @@ def missing_root_file(top: x509.Certificate) -> ExmigError:
 
 
 def _lab_ca(loaded: LoadedPlaybook) -> Any:
+    """The lab CA when it exists (the lab or the issue step creates it; a plan must not)."""
     from orchestrator.issuance import lab_ca_dir
-    from orchestrator.lab.ca import LabCA
+    from orchestrator.lab.ca import ROOT_CRT, LabCA
 
-    return LabCA.load_or_create(lab_ca_dir(loaded))
+    directory = lab_ca_dir(loaded)
+    if not (directory / ROOT_CRT).is_file():
+        return None
+    return LabCA.load_or_create(directory)
