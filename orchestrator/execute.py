@@ -26,7 +26,7 @@ from tenacity.wait import wait_exponential, wait_random
 
 from orchestrator import checks, roots
 from orchestrator.certs import IssuedCertificate, der
-from orchestrator.commands import Command, Param, Shell, Text
+from orchestrator.commands import Command, Param, Shell, Text, TextList
 from orchestrator.dialects import dialect_for
 from orchestrator.errors import ExmigError
 from orchestrator.events import Events
@@ -270,10 +270,24 @@ class Executor(StepHandlers):
     def root_store(self, server: Server) -> list[x509.Certificate]:
         k = self.known(server)
         if k.root_store is None:
-            command = Command("Get-ChildItem", (Param("Path", Text("Cert:\\LocalMachine\\Root")),),
-                              shell=Shell.SYSTEM, changes=False)
-            k.root_store = roots.store_certificates(self.call(server, command).output)
+            self._read_stores(server)
+            assert k.root_store is not None
         return k.root_store
+
+    def _read_stores(self, server: Server) -> None:
+        """LocalMachine\\CA and \\Root in one Get-ChildItem (two paths; told apart by PSParentPath): the root
+        check costs no request where install-chain reads the CA store anyway."""
+        k = self.known(server)
+        both = Command("Get-ChildItem", (Param("Path", TextList(("Cert:\\LocalMachine\\CA",
+                                                                  "Cert:\\LocalMachine\\Root"))),),
+                       shell=Shell.SYSTEM, changes=False)
+        split = roots.split_stores(self.call(server, both).output)
+        if split is None:  # a server that does not say which store an object is from: one read per store
+            split = {name: self.call(server, Command(
+                "Get-ChildItem", (Param("Path", Text(f"Cert:\\LocalMachine\\{name}")),), shell=Shell.SYSTEM,
+                changes=False)).output for name in ("CA", "Root")}
+        k.ca_store = checks.store_thumbprints(split["CA"])
+        k.root_store = roots.store_certificates(split["Root"])
 
     def known(self, server: Server) -> ServerKnowledge:
         return self._knowledge.setdefault(server.name, ServerKnowledge())
@@ -288,9 +302,8 @@ class Executor(StepHandlers):
     def ca_store(self, server: Server) -> list[str]:
         k = self.known(server)
         if k.ca_store is None:
-            command = Command("Get-ChildItem", (Param("Path", Text("Cert:\\LocalMachine\\CA")),),
-                              shell=Shell.SYSTEM, changes=False)
-            k.ca_store = checks.store_thumbprints(self.call(server, command).output)
+            self._read_stores(server)
+            assert k.ca_store is not None
         return k.ca_store
 
     # -- the run ----------------------------------------------------------------------------------

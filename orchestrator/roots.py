@@ -73,6 +73,23 @@ def store_certificates(objects: Iterable[Any]) -> list[x509.Certificate]:
     return out
 
 
+def split_stores(objects: Iterable[Any]) -> dict[str, list[Any]] | None:
+    """Get-ChildItem Cert:\\LocalMachine\\CA, Cert:\\LocalMachine\\Root output -> {"CA": [...], "Root": [...]}
+    by each object's PSParentPath (...Certificate::LocalMachine\\CA); None when an object does not carry it."""
+    out: dict[str, list[Any]] = {"CA": [], "Root": []}
+    for obj in objects:
+        getter = getattr(obj, "get", None)
+        parent = str(getter("PSParentPath") or "") if callable(getter) else ""
+        store = parent.replace("/", "\\").rsplit("\\", 1)[-1].lower()
+        if store == "ca":
+            out["CA"].append(obj)
+        elif store == "root":
+            out["Root"].append(obj)
+        else:
+            return None
+    return out
+
+
 def find_root(loaded: LoadedPlaybook, top: x509.Certificate, files: Sequence[Path]) -> tuple[x509.Certificate, Path] | None:
     """The root that signed `top`, from issuer.root, the CA's files or the lab CA."""
     issuer = loaded.playbook.issuer
