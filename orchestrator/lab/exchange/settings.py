@@ -23,6 +23,9 @@ Where the lab follows real servers (issue 16), and from what:
 * Services as a computed view (model.services_of), Enable without -Force binding IIS/POP/IMAP before the SMTP
   prompt, Remove-ExchangeCertificate refusing only the default SMTP certificate: issue 16's account of real
   servers; which configured name 2010's POP/IMAP use after Enable is UNCONFIRMED (the lab uses the CN).
+* A prompt meeting a client that offers a host UI is a PromptForChoice host call (reference §3.1's emulator rule;
+  pypsrp's PSHostUserInterface.PromptForChoice [S13]); the caption "Confirm" and the Yes/No choices of
+  ShouldContinue are the lab's rendering, UNCONFIRMED for Exchange 2010.
 * RawData-only objects: the CSS-Exchange Get-ExchangeCertificate CLIXML captures (2016/2019: Props hold only
   RawData, MS holds PSComputerName, RunspaceId, PSShowComputerName, SerializationData); 2010 UNCONFIRMED ->
   `rawdata_only_output` (off).
