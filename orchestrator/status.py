@@ -19,7 +19,19 @@ def warning(status: str | None) -> str | None:
     return None
 
 
+# What the other statuses mean on a server a migration just touched, and the fix.
+_CAUSES = {
+    "Untrusted": "the server does not trust the CA's root: add it to LocalMachine\\Root (issuer.install_root: true)",
+    "Invalid": "the chain does not build on the server: an intermediate is missing from LocalMachine\\CA "
+               "(run the install-chain step)",
+    "DateInvalid": "the certificate or a CA certificate is outside its validity period (check the server's clock)",
+    "Revoked": "the CA has revoked the certificate: ask it for a new one",
+}
+
+
 def problem(status: str | None) -> str | None:
+    """None when the status is fine (or only a warning); else `status X: cause; fix`."""
     if status in (None, "Valid") or warning(status) is not None:
         return None
-    return f"status {status}"
+    cause = _CAUSES.get(status)
+    return f"status {status}: {cause}" if cause else f"status {status}"

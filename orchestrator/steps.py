@@ -460,8 +460,9 @@ class StepHandlers:
         problems = []
         if found.has_private_key is False:
             problems.append("no private key")
-        if status.problem(found.status):
-            problems.append(f"status {found.status}")
+        trouble = status.problem(found.status)
+        if trouble:
+            problems.append(trouble)
         wanted = {s.value for s in server.services_for(self.playbook.certificate)}
         if found.services is not None and not wanted <= found.services:
             problems.append("not enabled for " + ", ".join(sorted(wanted - found.services)))

@@ -55,8 +55,9 @@ def management_findings(server: Server, session: ServerSession, playbook: Playbo
     problems = []
     if found.has_private_key is False:
         problems.append("no private key")
-    if status.problem(found.status):
-        problems.append(f"status {found.status}")
+    trouble = status.problem(found.status)
+    if trouble:
+        problems.append(trouble)
     caution = status.warning(found.status)
     if problems:
         findings.append(Finding(server.name, "certificate", None, Verdict.WRONG_CERTIFICATE,

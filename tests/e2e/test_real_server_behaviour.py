@@ -217,3 +217,25 @@ def test_manual_issuer_stops_before_the_first_import_then_installs_the_named_roo
             assert view.serving()["https"] == thumb
     finally:
         lab.site.stop()
+
+
+def test_verify_names_the_cause_of_an_untrusted_status(tmp_path: Path) -> None:
+    """After the migration someone removes the CA's root from a server's \\Root: the status a real server then
+    reports (Untrusted) reaches the admin with its cause and fix."""
+    from orchestrator.certs import thumbprint
+    from tests.e2e.conftest import build_lab
+
+    lab = build_lab(tmp_path)
+    try:
+        proc, _ = lab.run_json("--no-verify")
+        assert proc.returncode == 0, proc.stderr
+        lab.server("EX2007").model.remove("Root", thumbprint(lab.site.ca.root_cert))
+        checked = lab.exmig("verify", str(lab.playbook_path), "--json", "--ca-file", str(lab.site.ca_file))
+        assert checked.returncode == 4
+        findings = [json.loads(line) for line in checked.stdout.splitlines() if line.startswith("{")]
+        [bad] = [f for f in findings if f["server"] == "EX2007" and f["service"] == "certificate"]
+        assert "status Untrusted: the server does not trust the CA's root" in bad["detail"]
+        assert "issuer.install_root: true" in bad["detail"]
+        assert {f["verdict"] for f in findings if f["server"] == "EX2010"} == {"ok"}
+    finally:
+        lab.site.stop()
