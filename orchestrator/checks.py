@@ -9,6 +9,7 @@ remoting, and some omit Services; in that case services are "not reported" (None
 from __future__ import annotations
 
 import base64
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +80,12 @@ def cert_info(obj: Any) -> CertInfo | None:
     if cert is not None:
         key_der = cert.public_key().public_bytes(serialization.Encoding.DER,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-        subject = subject or cert.subject.rfc4514_string()
+        if subject is None:
+            with warnings.catch_warnings():
+                # Real subjects break X.520 rules (C=Germany in a CSS-Exchange capture); cryptography warns on
+                # each read, which would reach the admin's terminal as a Python warning.
+                warnings.simplefilter("ignore", UserWarning)
+                subject = cert.subject.rfc4514_string()
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             domains = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
@@ -173,6 +179,10 @@ def services_enabled(certs: list[CertInfo], thumb: str | None, wanted: Iterable[
     missing = sorted(want - found.services)
     if missing:
         return Decision(False, "not enabled for " + ", ".join(missing))
+    if Service.SMTP.value in want and not journal_says_done:
+        # Services is computed: SMTP shows on any certificate whose key the transport can read (one enabled for
+        # POP or IMAP too), not only on the default SMTP certificate; Enable -Force is the only way to be sure.
+        return Decision(False, "SMTP is shown, which does not make it the default SMTP certificate")
     return Decision(True, "enabled for " + ", ".join(sorted(want)))
 
 

@@ -117,6 +117,14 @@ WindowsPowerShellOpt = Annotated[WindowsPowerShell, typer.Option(
     help="The lab servers' Windows PowerShell: 2.0 as Windows 2008 R2 ships it, or a later WMF (3.0+ lets "
          "exmig send several commands per request).")]
 
+UntrustedRootOpt = Annotated[bool, typer.Option(
+    "--untrusted-root", help="The lab CA's root is not in the servers' LocalMachine\\Root.")]
+RawDataOnlyOpt = Annotated[bool, typer.Option(
+    "--rawdata-only", help="Certificate objects arrive with RawData only (Exchange types not on the client).")]
+NoServicesOpt = Annotated[bool, typer.Option("--no-services", help="Certificate objects arrive without Services.")]
+RevocationOfflineOpt = Annotated[bool, typer.Option(
+    "--revocation-offline", help="The servers cannot reach the CA's revocation list (RevocationCheckFailure).")]
+
 PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False,
                                              metavar="PLAYBOOK")]
 ServerOpt = Annotated[list[str] | None, typer.Option("--server", metavar="NAME",
@@ -176,6 +184,13 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
         from orchestrator.facts import local_facts
 
         facts = local_facts(loaded, certificate or [], chain or [])
+    if loaded.playbook.issuer.install_root:
+        from dataclasses import replace
+
+        from orchestrator.roots import chain_top, root_fact
+
+        files = [*(certificate or []), *(chain or [])]
+        facts = replace(facts, root=root_fact(loaded, chain_top(loaded, None, files), files))
     plan = build_plan(loaded.playbook, facts).select(servers, steps)
     if fmt is PlanFormat.json:
         return render_json(plan, loaded.playbook)
@@ -512,6 +527,10 @@ def rehearse(
         "its realm); ntlm: NTLM everywhere (where the KDC programs are missing).")] = RehearseAuth.playbook,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
+    untrusted_root: UntrustedRootOpt = False,
+    rawdata_only: RawDataOnlyOpt = False,
+    no_services: NoServicesOpt = False,
+    revocation_offline: RevocationOfflineOpt = False,
 ) -> None:
     """Rehearse the migration against a lab mirroring the servers.
 
@@ -523,6 +542,7 @@ def rehearse(
     from dataclasses import replace
 
     from orchestrator.lab.kdc import require_kerberos
+    from orchestrator.lab.options import LabBehaviour
     from orchestrator.lab.rehearsal import rehearsal_playbook
     from orchestrator.lab.site import LabSite, playbook_realm
     from orchestrator.playbook import load_playbook
@@ -537,7 +557,8 @@ def rehearse(
                              f"or rehearse with NTLM: exmig rehearse {playbook} --auth ntlm")
         site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False,
                        costs=_lab_costs(costs, cost_scale))
-        site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
+        site.settings = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline).apply(
+            replace(site.settings, windows_powershell=windows_powershell.value))
         with site, (site.realm.client_environment() if site.realm else contextlib.nullcontext()):
             final = site.playbook_for_lab()
             lab_loaded = lab_loaded.model_copy(update={"playbook": final})
@@ -577,6 +598,10 @@ def lab_serve(
     windows_powershell: WindowsPowerShellOpt = WindowsPowerShell.v2,
     costs: CostsOpt = CostProfile.none,
     cost_scale: CostScaleOpt = 1.0,
+    untrusted_root: UntrustedRootOpt = False,
+    rawdata_only: RawDataOnlyOpt = False,
+    no_services: NoServicesOpt = False,
+    revocation_offline: RevocationOfflineOpt = False,
 ) -> None:
     """Serve the playbook's servers, emulated, on 127.0.0.1.
 
@@ -587,6 +612,7 @@ def lab_serve(
 
     from orchestrator.issuance import announce_served_lab, lab_state_dir, withdraw_served_lab
     from orchestrator.lab.kdc import require_kerberos
+    from orchestrator.lab.options import LabBehaviour
     from orchestrator.lab.site import LabSite, playbook_realm
     from orchestrator.playbook import load_playbook
 
@@ -596,7 +622,8 @@ def lab_serve(
         require_kerberos(f"serving {playbook} with Kerberos (realm {realm})",
                          "or serve a playbook whose servers use auth: ntlm")
     site = LabSite(loaded, state or lab_state_dir(loaded), costs=_lab_costs(costs, cost_scale))
-    site.settings = replace(site.settings, windows_powershell=windows_powershell.value)
+    site.settings = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline).apply(
+        replace(site.settings, windows_powershell=windows_powershell.value))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with site, _announced(lambda: announce_served_lab(loaded, site.state_dir), lambda: withdraw_served_lab(loaded)):

@@ -44,6 +44,7 @@ PFX_PASSWORD = Secret("pfx-password", "the PFX password")
 FILES_ONLY: frozenset[str] = frozenset()
 CA_STORE = frozenset({"ca_store"})
 CERTIFICATES = frozenset({"certificates"})
+ROOT_STORE = frozenset({"root_store"})
 
 
 def remote_path(server: Server, file_name: str) -> str:
@@ -82,6 +83,12 @@ def add_to_ca_store(server: Server, path: str) -> Command:
     """certutil -addstore CA: Import-Certificate does not exist before Windows 2012 (§6)."""
     return Command("certutil.exe", (arg("-addstore"), arg("CA"), arg(path)), shell=Shell.SYSTEM, native=True,
                    affects=CA_STORE)
+
+
+def add_to_root_store(server: Server, path: str) -> Command:
+    """certutil -addstore Root: LocalMachine\\Root, which Exchange's import needs to trust the CA (roots.py)."""
+    return Command("certutil.exe", (arg("-addstore"), arg("Root"), arg(path)), shell=Shell.SYSTEM, native=True,
+                   affects=ROOT_STORE)
 
 
 def native_failure(output: list[Any]) -> str | None:
@@ -192,6 +199,7 @@ def exported_pfx(file_name: str) -> Blob:
 
 
 __all__ = [
-    "Dialect", "PFX_PASSWORD", "Text", "add_snapin", "ensure_folder", "add_to_ca_store", "dialect_for", "exported_pfx",
+    "Dialect", "PFX_PASSWORD", "Text", "add_snapin", "ensure_folder", "add_to_ca_store", "add_to_root_store",
+    "dialect_for", "exported_pfx",
     "read_file", "remote_path", "remove_file", "write_file",
 ]

@@ -17,15 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cryptography import x509
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks, troubleshoot
+from orchestrator import checks, roots, troubleshoot
 from orchestrator.certs import IssuedCertificate, der
-from orchestrator.commands import Command, Param, Shell, Text
+from orchestrator.commands import Command, Param, Shell, Text, TextList
 from orchestrator.dialects import dialect_for
 from orchestrator.errors import ExitCode, ExmigError, UsageError
 from orchestrator.events import Events
@@ -48,6 +49,7 @@ class ServerKnowledge:
 
     certificates: list[checks.CertInfo] | None = None
     ca_store: list[str] | None = None
+    root_store: list[x509.Certificate] | None = None
 
 
 @dataclass
@@ -117,6 +119,8 @@ class Executor(StepHandlers):
         self._sessions_lock = threading.Lock()
         self._preflight_lock = threading.Lock()
         self._preflight_done = False
+        self._roots_checked = False
+        self._top: tuple[str | None, x509.Certificate | None] | None = None
         # Steps finished by earlier runs (read before this run marks them running again).
         self._previously_done = {key for key in journal.steps if journal.done(key)}
         # Steps an earlier run was killed in: what they sent may still be landing on the server.
@@ -157,6 +161,11 @@ class Executor(StepHandlers):
             else:
                 facts = facts_from_delivery(self._issued, self.options.certificate_files, self.journal.csr_pem,
                                             held_in="the CA's certificate (journal)")
+            if self.playbook.issuer.install_root:
+                root = roots.root_fact(self.loaded, self._chain_top(), self.options.certificate_files)
+                if root is not None:
+                    self._blobs[f"root:{root.thumbprint}"] = root.der
+                    facts = replace(facts, root=root)
             self._facts = (key, facts)
         return self._facts[1]
 
@@ -196,6 +205,8 @@ class Executor(StepHandlers):
         changes = any(c.changes for c in commands)
         if changes and not self._preflight_done:
             self._preflight()
+        if changes and not self._roots_checked:
+            self._check_roots()
         start = time.monotonic()
         outcome = "ok"
         session = self.session(server)
@@ -222,6 +233,8 @@ class Executor(StepHandlers):
                         known.certificates = None
                     if "ca_store" in affected:
                         known.ca_store = None
+                    if "root_store" in affected:
+                        known.root_store = None
                 if outcome == "transient-error":
                     self._local.maybe_changed = True
             self.events.command(server.name, getattr(self._local, "step", ""),
@@ -249,12 +262,15 @@ class Executor(StepHandlers):
             self._local.in_preflight = True
             try:
                 names = {s.server for s in self._selected(self.plan()).steps} - {WORKSTATION}
+                root_check = self._root_check_servers() if self._chain_top() is not None else set()
 
                 def read(server: Server) -> None:
                     self._local.in_preflight = True
                     self.certificates(server)
                     if server.system_endpoint != server.exchange_endpoint:
                         self.ca_store(server)  # 2010: files and certutil go to another endpoint
+                    if server.name in root_check:
+                        self.root_store(server)  # side by side here; _check_roots then decides
 
                 servers = [s for s in self.playbook.servers if s.name in names]
                 with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers) or 1)),
@@ -263,6 +279,56 @@ class Executor(StepHandlers):
                 self._preflight_done = True
             finally:
                 self._local.in_preflight = False
+
+    def _chain_top(self) -> x509.Certificate | None:
+        """Cached per issued thumbprint: for lab and files issuers it means reading the CA's files."""
+        if self._top is None or self._top[0] != self.thumbprint:
+            self._top = (self.thumbprint, roots.chain_top(self.loaded, self._issued, self.options.certificate_files))
+        return self._top[1]
+
+    def _check_roots(self) -> None:
+        """Before the run's first change (or, while the CA's answer is unknown, the first change after it):
+        every server that will import the certificate trusts the CA's root, or the run stops here."""
+        with self._preflight_lock:
+            if self._roots_checked:
+                return
+            top = self._chain_top()
+            if top is None:
+                return  # the manual issuer before the CA answered: checked before install-chain/complete
+            importing = self._root_check_servers()
+            root = self.facts().root
+            lacking = [s.name for s in self.playbook.servers
+                       if s.name in importing and not roots.trusted(self.root_store(s), top)]
+            if lacking and not self.playbook.issuer.install_root:
+                raise roots.untrusted(lacking, top, root)
+            if lacking and root is None:
+                raise roots.missing_root_file(top)
+            self._roots_checked = True
+
+    def _root_check_servers(self) -> set[str]:
+        return {s.server for s in self._selected(self.plan()).steps if s.name in (StepName.COMPLETE, StepName.IMPORT)}
+
+    def root_store(self, server: Server) -> list[x509.Certificate]:
+        k = self.known(server)
+        if k.root_store is None:
+            self._read_stores(server)
+            assert k.root_store is not None
+        return k.root_store
+
+    def _read_stores(self, server: Server) -> None:
+        """LocalMachine\\CA and \\Root in one Get-ChildItem (two paths; told apart by PSParentPath): the root
+        check costs no request where install-chain reads the CA store anyway."""
+        k = self.known(server)
+        both = Command("Get-ChildItem", (Param("Path", TextList(("Cert:\\LocalMachine\\CA",
+                                                                  "Cert:\\LocalMachine\\Root"))),),
+                       shell=Shell.SYSTEM, changes=False)
+        split = roots.split_stores(self.call(server, both).output)
+        if split is None:  # a server that does not say which store an object is from: one read per store
+            split = {name: self.call(server, Command(
+                "Get-ChildItem", (Param("Path", Text(f"Cert:\\LocalMachine\\{name}")),), shell=Shell.SYSTEM,
+                changes=False)).output for name in ("CA", "Root")}
+        k.ca_store = checks.store_thumbprints(split["CA"])
+        k.root_store = roots.store_certificates(split["Root"])
 
     def known(self, server: Server) -> ServerKnowledge:
         return self._knowledge.setdefault(server.name, ServerKnowledge())
@@ -277,9 +343,8 @@ class Executor(StepHandlers):
     def ca_store(self, server: Server) -> list[str]:
         k = self.known(server)
         if k.ca_store is None:
-            command = Command("Get-ChildItem", (Param("Path", Text("Cert:\\LocalMachine\\CA")),),
-                              shell=Shell.SYSTEM, changes=False)
-            k.ca_store = checks.store_thumbprints(self.call(server, command).output)
+            self._read_stores(server)
+            assert k.ca_store is not None
         return k.ca_store
 
     # -- the run ----------------------------------------------------------------------------------

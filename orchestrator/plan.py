@@ -14,6 +14,7 @@ from enum import Enum
 from orchestrator.commands import Blob, Command, LocalFile, Pending, Thumbprint
 from orchestrator.dialects import (
     add_to_ca_store,
+    add_to_root_store,
     dialect_for,
     ensure_folder,
     exported_pfx,
@@ -43,7 +44,7 @@ STEP_DESCRIPTIONS: dict[StepName, str] = {
     StepName.ISSUE: "workstation: the CA signs the CSR (manual: you submit it; files: read from disk; "
                     "lab: the rehearsal CA)",
     StepName.INSTALL_CHAIN: "every server: the CA's intermediate certificate(s) into LocalMachine\\CA "
-                            "(certutil -addstore CA)",
+                            "(certutil -addstore CA); with issuer.install_root its root into LocalMachine\\Root",
     StepName.COMPLETE: "source: Import-ExchangeCertificate with the CA's certificate completes the pending request",
     StepName.ENABLE: "every server: Enable-ExchangeCertificate -Services ... -Force (the SMTP overwrite answered)",
     StepName.EXPORT: "source: Export-ExchangeCertificate -BinaryEncoded -Password gives the PFX (kept in memory)",
@@ -66,6 +67,16 @@ class IntermediateFact:
 
 
 @dataclass(frozen=True)
+class RootFact:
+    """The CA's root as the admin holds it, when the playbook says issuer.install_root (orchestrator/roots.py)."""
+
+    thumbprint: str
+    subject: str
+    file: str
+    der: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Facts:
     """What is known before planning. Bytes are carried so the executor can send them; the plan
     only refers to them by key."""
@@ -77,6 +88,7 @@ class Facts:
     issued_file: str | None = None
     issued_member: str | None = None
     intermediates: tuple[IntermediateFact, ...] = ()
+    root: RootFact | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +164,20 @@ def _chain_blobs(facts: Facts) -> list[tuple[str, Blob]]:
     ]
 
 
-def _install_chain(server: Server, facts: Facts) -> Step | None:
+def _root_blob(facts: Facts) -> tuple[str, Blob]:
+    if facts.root is None:
+        return "root.cer", Blob("root", Pending("the CA's root certificate (issuer.root: FILE)"))
+    return f"root-{facts.root.thumbprint[:8].lower()}.cer", Blob(f"root:{facts.root.thumbprint}",
+                                                                 LocalFile(facts.root.file))
+
+
+def _install_chain(server: Server, facts: Facts, install_root: bool = False) -> Step | None:
     commands: list[Command] = [ensure_folder(server)]
+    if install_root:
+        # Exchange imports only a certificate whose root the server trusts (orchestrator/roots.py).
+        file_name, blob = _root_blob(facts)
+        path = remote_path(server, file_name)
+        commands += [write_file(server, path, blob), add_to_root_store(server, path), remove_file(server, path)]
     for file_name, blob in _chain_blobs(facts):
         path = remote_path(server, file_name)
         commands += [write_file(server, path, blob), add_to_ca_store(server, path), remove_file(server, path)]
@@ -197,7 +221,7 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
 
     issued_name = f"{cert.subject.CN}.cer"
     source_steps = [
-        _install_chain(source, facts),
+        _install_chain(source, facts, playbook.issuer.install_root),
         Step(StepName.COMPLETE, source.name,
              "Importing the CA's answer on the server that holds the pending request joins it with its private key.",
              tuple(src.import_response(source, _issued_blob(facts), issued_name))),
@@ -214,7 +238,7 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
     for target in playbook.targets:
         assert target.role is Role.TARGET
         dialect = dialect_for(target)
-        chain = _install_chain(target, facts)
+        chain = _install_chain(target, facts, playbook.issuer.install_root)
         if chain is not None:
             steps.append(chain)
         if target.version == 2007:

@@ -517,14 +517,22 @@ class Server(_Model):
 # --- issuer and PFX password -------------------------------------------------------------------
 
 
-class ManualIssuer(_Model):
+class _IssuerBase(_Model):
+    # Exchange refuses to import a certificate whose root it does not trust.
+    install_root: StrictBool = Field(False, description="Install the CA's root into each server's LocalMachine\\Root "
+                                     "(certutil -addstore Root) where a server does not trust it.")
+    root: StrictStr | None = Field(None, description="The CA's root certificate file, relative to the playbook, "
+                                   "when the CA's files do not include it.")
+
+
+class ManualIssuer(_IssuerBase):
     type: Literal["manual"] = Field(description="manual: exmig writes the CSR; run again with --certificate FILE.")
     # Where the CSR is written for the admin, relative to the playbook.
     csr_file: StrictStr | None = Field(None, description="Where the CSR is written, relative to the playbook; "
                                        "default <CN>.csr.")
 
 
-class FilesIssuer(_Model):
+class FilesIssuer(_IssuerBase):
     type: Literal["files"] = Field(description="files: the CA's answer is on disk already.")
     certificate: StrictStr | None = Field(None, description="The CA's certificate, relative to the playbook.")
     chain: list[StrictStr] = Field([], description="The CA's intermediate certificate(s), relative to the playbook.")
@@ -537,7 +545,7 @@ class FilesIssuer(_Model):
         return self
 
 
-class LabIssuer(_Model):
+class LabIssuer(_IssuerBase):
     type: Literal["lab"] = Field(description="lab: the rehearsal lab's CA signs the request.")
     ca_dir: StrictStr | None = Field(None, description="The lab CA's folder; default .exmig/<playbook>.lab/ca beside "
                                      "the playbook.")
@@ -706,16 +714,18 @@ def load_playbook(path: Path | str) -> LoadedPlaybook:
 def _check_files(loaded: LoadedPlaybook) -> None:
     """Files the playbook names must exist now, not halfway through a run."""
     issuer = loaded.playbook.issuer
+    named: list[tuple[tuple[str | int, ...], str]] = []
     if isinstance(issuer, FilesIssuer):
-        named: list[tuple[tuple[str | int, ...], str]] = []
         if issuer.certificate:
             named.append((("issuer", "certificate"), issuer.certificate))
         if issuer.bundle:
             named.append((("issuer", "bundle"), issuer.bundle))
         named += [(("issuer", "chain", i), c) for i, c in enumerate(issuer.chain)]
-        for loc, name in named:
-            if not loaded.resolve(name).is_file():
-                raise loaded.source_map.error(loc, f"file '{name}' not found (relative to the playbook's folder)")
+    if issuer.root:
+        named.append((("issuer", "root"), issuer.root))
+    for loc, name in named:
+        if not loaded.resolve(name).is_file():
+            raise loaded.source_map.error(loc, f"file '{name}' not found (relative to the playbook's folder)")
     for index, server in enumerate(loaded.playbook.servers):
         if server.connection.ca_file and not loaded.resolve(server.connection.ca_file).is_file():
             raise loaded.source_map.error(

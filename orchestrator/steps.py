@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator import checks
+from orchestrator import checks, roots, status
 from orchestrator.certs import IssuedCertificate
 from orchestrator.commands import Command, Param, Shell, Text, Thumbprint
 from orchestrator.dialects import dialect_for, native_failure, remote_path, remove_file
@@ -67,6 +68,8 @@ class StepHandlers:
         def call_batch(self, server: Server, commands: tuple[Command, ...]) -> InvocationResult: ...
         def certificates(self, server: Server) -> list[checks.CertInfo]: ...
         def ca_store(self, server: Server) -> list[str]: ...
+        def root_store(self, server: Server) -> list[x509.Certificate]: ...
+        def _chain_top(self) -> x509.Certificate | None: ...
 
     def _init_step_state(self) -> None:
         # 2007 targets whose PFX file this run wrote: a file from an earlier run carries that run's
@@ -260,12 +263,18 @@ class StepHandlers:
         assert self._issued is not None
         wanted = [checks.sha1_thumbprint(c) for c in self._issued.intermediates]
         decision = checks.ca_store_has(self.ca_store(server), wanted)
+        top = self._chain_top()
+        if decision.done and self.playbook.issuer.install_root and top is not None \
+                and not roots.trusted(self.root_store(server), top):
+            decision = checks.Decision(False, "the CA's root is not in LocalMachine\\Root")
         if decision.done:
             # An earlier attempt whose answer was lost after certutil ran leaves its .cer file behind.
             if self._remove_leftover_files(server, step):
                 return "changed", f"{decision.reason}; removed the intermediate file an interrupted attempt left"
             return "ok", decision.reason
         self._run_commands(server, step)
+        if self.playbook.issuer.install_root:
+            return "changed", "the CA's root added to LocalMachine\\Root, intermediate(s) to LocalMachine\\CA"
         return "changed", "intermediate certificate(s) added to LocalMachine\\CA"
 
     def _remove_leftover_files(self, server: Server, step: Step) -> bool:
@@ -466,12 +475,17 @@ class StepHandlers:
         problems = []
         if found.has_private_key is False:
             problems.append("no private key")
-        if found.status not in (None, "Valid"):
-            problems.append(f"status {found.status}")
+        trouble = status.problem(found.status)
+        if trouble:
+            problems.append(trouble)
         wanted = {s.value for s in server.services_for(self.playbook.certificate)}
         if found.services is not None and not wanted <= found.services:
             problems.append("not enabled for " + ", ".join(sorted(wanted - found.services)))
         if problems:
             raise VerifyFailed(f"{server.name}: certificate {thumb}: " + "; ".join(problems))
         services = "services not reported" if found.services is None else "enabled for " + ", ".join(sorted(wanted))
+        caution = status.warning(found.status)
+        if caution:
+            self.events.note(f"{server.name}: warning: certificate {thumb}: {caution}")
+            return "ok", f"certificate {thumb}: private key, {services}; warning: {caution}"
         return "ok", f"certificate {thumb}: private key, status {found.status or 'not reported'}, {services}"

@@ -18,12 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from psrpcore import ServerPipeline, ServerRunspacePool
+from psrpcore import ServerHostRequestor, ServerPipeline, ServerRunspacePool
 from psrpcore._payload import PSRPPayload, StreamType
 from psrpcore.types import (
-    ErrorCategory as PSErrorCategory,
-)
-from psrpcore.types import (
+    ChoiceDescription,
     ErrorCategoryInfo,
     ErrorRecord,
     NETException,
@@ -34,6 +32,9 @@ from psrpcore.types import (
     RunspacePoolState,
     RunspacePoolStateMsg,
     SessionCapability,
+)
+from psrpcore.types import (
+    ErrorCategory as PSErrorCategory,
 )
 
 from orchestrator.lab import engine, serialize
@@ -107,11 +108,15 @@ class _Pipeline:
     finished: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
     worker: threading.Thread | None = None
+    host_answers: dict[int, Any] = field(default_factory=dict)  # PipelineHostResponse results by call id
 
 
 class ShellClosed(Exception):
     pass
 
+
+# How long a prompt waits for the client's host to answer (a person at a console may take a while).
+HOST_ANSWER_SECONDS = 120.0
 
 # PSRP protocol version per Windows PowerShell version (MS-PSRP SESSION_CAPABILITY, psrpcore ProtocolVersion).
 PROTOCOL_FOR_POWERSHELL = {"2.0": "2.1", "3.0": "2.2", "4.0": "2.2", "5.1": "2.3"}
@@ -211,6 +216,7 @@ class PsrpShell:
         self._pool = _runspace_pool(powershell)
         self._queues: dict[uuid.UUID | None, deque[bytes]] = {None: deque()}
         self._pipes: dict[uuid.UUID, _Pipeline] = {}
+        self._worker_pipe = threading.local()  # the pipeline a worker thread runs (for its host calls)
         self._closed = False
         self.worker_errors: list[str] = []
         self.powershell = powershell
@@ -250,6 +256,12 @@ class PsrpShell:
             host = self._pool.host
             # pypsrp's default host=None sends IsHostNull: nothing can answer a prompt.
             self.session.can_prompt = bool(host is not None and not host.IsHostNull and not host.IsHostUINull)
+            # A host with a UI gets real PromptForChoice host calls (issue 16), not an automatic yes.
+            self.session.ask = self._ask if self.session.can_prompt else None
+        elif name == "PipelineHostResponseEvent":
+            pipe = self._pipes.get(event.pipeline_id)
+            if pipe is not None:
+                pipe.host_answers[event.ci] = event.result
         elif name == "CreatePipelineEvent":
             pipe = self._pipes.get(event.pipeline_id)
             if pipe is not None and event.pipeline.no_input:
@@ -375,6 +387,28 @@ class PsrpShell:
         pipe.finished = True
         self._drain()
 
+    # --- host calls ------------------------------------------------------------------------------
+
+    def _ask(self, caption: str, message: str, choices: list[tuple[str, str]], default: int) -> int | None:
+        """PromptForChoice on the client's host, from the worker of the pipeline that prompts; waits (bounded)
+        for the PipelineHostResponse. None when the pipeline stops or no answer comes."""
+        pipe: _Pipeline | None = getattr(self._worker_pipe, "pipe", None)
+        if pipe is None:
+            return None
+        requestor = ServerHostRequestor(pipe.pipeline)
+        deadline = time.monotonic() + HOST_ANSWER_SECONDS
+        with self._cond:
+            ci = requestor.prompt_for_choice(caption, message, [ChoiceDescription(label, help_text)
+                                                                for label, help_text in choices], default)
+            self._drain()
+            while ci not in pipe.host_answers:
+                remaining = deadline - time.monotonic()
+                if self._closed or pipe.stop.is_set() or remaining <= 0:
+                    return None
+                self._cond.wait(min(remaining, 0.5))
+            answer = pipe.host_answers.pop(ci)
+        return int(answer) if isinstance(answer, int) else None
+
     # --- worker ------------------------------------------------------------------------------
 
     def _run(self, pipe: _Pipeline, statements: list[engine.Statement], input_objects: list[Any] | None) -> None:
@@ -405,6 +439,7 @@ class PsrpShell:
                     shell._drain()
 
         failure: LabError | None = None
+        self._worker_pipe.pipe = pipe
         try:
             engine.run_pipeline(self.registry, self.session, statements, _Sink(), self.language,
                                 input_objects, pipe.stop)

@@ -111,6 +111,10 @@ class Session:
     snapins: set[str] = field(default_factory=set)
     # False when the client declared no host: a prompt must then fail the way PowerShell fails.
     can_prompt: bool = False
+    # With a host that has a UI (PSRP): ask(caption, message, [(label, help)], default) sends a PromptForChoice
+    # host call and returns the chosen index (None: no answer). None where the shell cannot relay host calls.
+    ask: Callable[[str, str, list[tuple[str, str]], int], int | None] | None = field(default=None, repr=False,
+                                                                                     compare=False)
 
 
 @dataclass

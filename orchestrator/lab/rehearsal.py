@@ -31,7 +31,9 @@ def rehearsal_playbook(loaded: LoadedPlaybook, state_dir: Path, force_ntlm: bool
             "password": SecretRef(env="EXMIG_LAB_PASSWORD", lab_default=True)})
         servers.append(server.model_copy(update={"connection": connection, "credentials": credentials}))
     playbook = loaded.playbook.model_copy(update={
-        "servers": servers, "issuer": LabIssuer(type="lab", ca_dir=str(state_dir / "ca"))})
+        "servers": servers, "issuer": LabIssuer(
+        type="lab", ca_dir=str(state_dir / "ca"), install_root=loaded.playbook.issuer.install_root,
+        root=None)})
     return loaded.model_copy(update={"playbook": playbook, "path": state_dir / loaded.path.name})
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from orchestrator import server_errors
 from orchestrator.commands import Command, Shell
 from orchestrator.errors import ExmigError
 from orchestrator.kerberos import KerberosTarget, classify_kerberos
@@ -15,11 +16,14 @@ class RemoteError(ExmigError):
     """The server ran the command and reported an error: permanent, shown with the server's text."""
 
     def __init__(self, server: str, command: str, message: str, error_id: str | None = None) -> None:
-        super().__init__(f"{server}: {command}: {message}")
+        # One line: the inner text (2010's RPC wrapping removed) and, for errors exmig knows, the fix.
+        super().__init__(server_errors.one_line(server, command, message))
         self.server = server
         self.command = command
         self.remote_message = message
         self.error_id = error_id
+        known = server_errors.classify(message)
+        self.kind = known.kind if known else None
 
 
 class TransientError(ExmigError):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from orchestrator import checks
+from orchestrator import checks, status
 from orchestrator.certs import IssuedCertificate, thumbprint
 from orchestrator.commands import Command, Param, Shell, Text
 from orchestrator.dialects import dialect_for
@@ -55,11 +55,16 @@ def management_findings(server: Server, session: ServerSession, playbook: Playbo
     problems = []
     if found.has_private_key is False:
         problems.append("no private key")
-    if found.status not in (None, "Valid"):
-        problems.append(f"status {found.status}")
+    trouble = status.problem(found.status)
+    if trouble:
+        problems.append(trouble)
+    caution = status.warning(found.status)
     if problems:
         findings.append(Finding(server.name, "certificate", None, Verdict.WRONG_CERTIFICATE,
                                 f"certificate {expected}: " + "; ".join(problems), expected))
+    elif caution:
+        findings.append(Finding(server.name, "certificate", None, Verdict.REVOCATION_UNCHECKED,
+                                f"certificate {expected}: private key, {caution}", expected))
     else:
         findings.append(Finding(server.name, "certificate", None, Verdict.OK,
                                 f"certificate {expected}: private key, status {found.status or 'not reported'}",

@@ -8,7 +8,7 @@ earlier one stands):
     unreachable > wrong_certificate > expired > name_mismatch > untrusted (self-signed)
     > missing_intermediate > untrusted (other) > expires_soon > ok
 
-Severity: `expires_soon` and `not_reported` are warnings -- shown, but the exit status stays 0. An
+Severity: `expires_soon`, `not_reported` and `revocation_unchecked` are warnings -- shown, but the exit status stays 0. An
 expiring certificate is correct today, and blocking a DNS change on it helps no one. `not_reported` is for
 the management-session checks where a server's remote output simply omits a field (some Exchange builds
 leave Services out); it is not evidence of a problem, and the TLS checks on the same server are the proof
@@ -55,12 +55,14 @@ class Verdict(str, Enum):
     EXPIRES_SOON = "expires_soon"
     UNREACHABLE = "unreachable"
     NOT_REPORTED = "not_reported"
+    # Status RevocationCheckFailure: the server cannot reach the CA's revocation list (orchestrator/status.py).
+    REVOCATION_UNCHECKED = "revocation_unchecked"
 
     @property
     def severity(self) -> Severity:
         if self is Verdict.OK:
             return "ok"
-        if self in (Verdict.EXPIRES_SOON, Verdict.NOT_REPORTED):
+        if self in (Verdict.EXPIRES_SOON, Verdict.NOT_REPORTED, Verdict.REVOCATION_UNCHECKED):
             return "warning"
         return "error"
 

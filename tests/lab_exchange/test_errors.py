@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from orchestrator.lab.ca import LabCA, thumbprint
-from orchestrator.lab.exchange import EMS_2007_SNAPIN, ServerInspector
+from orchestrator.lab.exchange import EMS_2007_SNAPIN, LabSettings, ServerInspector
 from orchestrator.lab.exchange.certificate import windows_datetime
+from orchestrator.lab.exchange.model import CA, CertEntry
 from orchestrator.lab.objects import Secret
 from orchestrator.lab.registry import LabError
 
@@ -118,12 +119,16 @@ def test_smtp_without_force_fails_with_the_overwrite_prompt(make_server: ServerF
         f"Replace it with certificate: '{tp}' (expires {windows_datetime(leaf.not_valid_after_utc)})"
     )
     assert err.error_id == f"HostFunctionNotImplemented,{TASKS}EnableExchangeCertificate"
-    # Nothing changed: the prompt comes before any service moves.
-    assert ServerInspector(model).services()[tp] == "None"
+    # Half-changed, as a real server leaves it: IIS moved before the SMTP question (enable_applies_before_smtp_prompt).
+    assert ServerInspector(model).services()[tp] == "IIS"
+    assert ServerInspector(model).serving()["https"] == tp and ServerInspector(model).serving()["smtp"] != tp
     # Without SMTP no prompt; IIS/POP/IMAP move off the self-signed certificate (the Hoffman transcript).
     ems.run(("Enable-ExchangeCertificate", [(None, tp), ("Services", ["IIS", "POP", "IMAP"]),
                                             ("DoNotRequireSsl", None)]))
-    assert ServerInspector(model).services() == {default.thumbprint: "SMTP", tp: "IMAP, POP, IIS"}
+    # Services is computed: SMTP shows on the new certificate too (enabled for POP/IMAP, the transport can read its
+    # key) while the default SMTP certificate is still the old one.
+    assert ServerInspector(model).services() == {default.thumbprint: "SMTP", tp: "IMAP, POP, IIS, SMTP"}
+    assert ServerInspector(model).serving()["smtp"] == default.thumbprint
     assert ServerInspector(model).iis_require_ssl() is False
     ems.run(("Enable-ExchangeCertificate", [(None, tp), ("Services", "SMTP"), ("Force", None)]))
     # 2010 keeps SMTP on the old certificate but the default SMTP certificate moves.
@@ -149,7 +154,9 @@ def test_smtp_moves_completely_on_2007(make_server: ServerFactory, lab_ca: LabCA
 
 
 def test_private_key_missing(make_server: ServerFactory, lab_ca: LabCA) -> None:
-    _, reg = make_server("2010")
+    model, reg = make_server("2010")
+    # The chain must build (import_requires_trusted_root): the intermediate is in \\CA, as install-chain leaves it.
+    model.put(CertEntry(CA, lab_ca.intermediate_cert.public_bytes(serialization.Encoding.DER)))
     ems = Shell(reg, "Microsoft.Exchange")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     from cryptography import x509
@@ -265,11 +272,17 @@ def test_pfx_errors(make_server: ServerFactory) -> None:
               .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(hashes.SHA1()).build(b"right"))
     pfx = _self_signed_pfx(legacy)
     err = fails(ems, ("Import-ExchangeCertificate", [("FileData", pfx), ("Password", Secret("wrong"))]))
-    assert (err.message, err.error_id) == ("The specified network password is not correct.",
+    assert (err.message, err.error_id) == ("The source data cannot be imported or the wrong password was specified.",
                                            f"1E4A7B33,{TASKS}ImportExchangeCertificate")
+    # With -Server (as exmig sends it on 2010) the certificate service's text comes wrapped.
+    err = fails(ems, ("Import-ExchangeCertificate", [("FileData", pfx), ("Password", Secret("wrong")),
+                                                     ("Server", "EX2010A")]))
+    assert err.message == ("A special Rpc error occurs on server EX2010A: The source data cannot be imported or "
+                           "the wrong password was specified.")
+    assert err.exception_type == "System.InvalidOperationException"
     aes = _self_signed_pfx(serialization.BestAvailableEncryption(b"right"))
     err = fails(ems, ("Import-ExchangeCertificate", [("FileData", aes), ("Password", Secret("right"))]))
-    assert (err.message, err.error_id) == ("The specified network password is not correct.",
+    assert (err.message, err.error_id) == ("The source data cannot be imported or the wrong password was specified.",
                                            f"1E4A7B34,{TASKS}ImportExchangeCertificate")
     err = fails(ems, ("Import-ExchangeCertificate", [("FileData", os.urandom(300))]))
     assert (err.message, err.error_id) == ("Cannot find the requested object.",
@@ -277,21 +290,23 @@ def test_pfx_errors(make_server: ServerFactory) -> None:
     ok = ems.one("Import-ExchangeCertificate", ("FileData", pfx), ("Password", Secret("right")),
                  ("PrivateKeyExportable", True))
     assert ok.get("PrivateKeyExportable") is True and ok.get("HasPrivateKey") is True
-    assert str(ok.get("Status")) == "Untrusted"  # self-signed, not in this server's \Root
+    # Self-signed and not in this server's \Root: a real server still says Valid, with RootCAType None.
+    assert (str(ok.get("Status")), str(ok.get("RootCAType"))) == ("Valid", "None")
     err = fails(ems, ("Import-ExchangeCertificate", [("FileData", pfx), ("Password", Secret("right"))]))
-    assert err.message == f"The certificate with thumbprint {ok.get('Thumbprint')} already exists in the " \
-        "certificate store."
+    assert err.message == f"Cannot import certificate. A certificate with the thumbprint {ok.get('Thumbprint')} " \
+        "already exists."
 
 
 def test_non_exportable_key_cannot_be_exported(make_server: ServerFactory, lab_ca: LabCA) -> None:
     _, _, ems, tp, _ = issued_2010(make_server, lab_ca, exportable=False)
     err = fails(ems, ("Export-ExchangeCertificate", [(None, tp), ("BinaryEncoded", None), ("Password", PASSWORD)]))
-    assert err.message == (f"The private key of the certificate with thumbprint {tp} couldn't be exported because "
-                           "the private key isn't exportable.")
+    assert err.message == ("The private key couldn't be exported as PKCS-12. It either couldn't be accessed or "
+                           "isn't exportable.")
     assert err.error_id == f"B3E2F0A4,{TASKS}ExportExchangeCertificate"
-    # Without -Password only the certificate comes out (lab choice).
-    text = ems.one("Export-ExchangeCertificate", (None, tp))
-    assert text.startswith("-----BEGIN CERTIFICATE-----")
+    # Without -Password a certificate with a key is an error (export_keyed_needs_password), not a bare certificate.
+    err = fails(ems, ("Export-ExchangeCertificate", [(None, tp)]))
+    assert err.message == (f"The certificate with thumbprint {tp} has a private key; specify the Password "
+                           "parameter to export it.")
 
 
 def test_exported_pfx_is_legacy_3des(make_server: ServerFactory, lab_ca: LabCA) -> None:
@@ -308,18 +323,21 @@ def test_exported_pfx_is_legacy_3des(make_server: ServerFactory, lab_ca: LabCA) 
 
 # --- Remove ---------------------------------------------------------------------------------------------
 
-def test_remove_needs_confirm_false_and_refuses_cert_in_use(make_server: ServerFactory, lab_ca: LabCA) -> None:
+def test_remove_needs_confirm_false_and_refuses_only_the_default_smtp_cert(make_server: ServerFactory,
+                                                                            lab_ca: LabCA) -> None:
     model, _, ems, tp, _ = issued_2010(make_server, lab_ca)
     err = fails(ems, ("Remove-ExchangeCertificate", [(None, tp)]))
     assert err.message.startswith("A command that prompts the user failed because the host program")
     assert f'Removing certificate with thumbprint "{tp}".' in err.message
-    ems.run(("Enable-ExchangeCertificate", [(None, tp), ("Services", "IIS")]))
-    err = fails(ems, ("Remove-ExchangeCertificate", [(None, tp), ("Confirm", False)]))
-    assert err.message == (f"You can't remove the certificate with thumbprint {tp} because it's being used "
-                           "(services: IIS).")
     old = next(t for t in ServerInspector(model).thumbprints("My") if t != tp)
     err = fails(ems, ("Remove-ExchangeCertificate", [(None, old), ("Confirm", False)]))
-    assert "(services: IMAP, POP, SMTP)" in err.message
+    assert err.message == (f"You can't remove the certificate with thumbprint {old} because it's being used "
+                           "(services: SMTP).")
+    # An IIS-bound certificate can be removed, and HTTPS then has no certificate: its clients break.
+    ems.run(("Enable-ExchangeCertificate", [(None, tp), ("Services", "IIS")]))
+    ems.run(("Remove-ExchangeCertificate", [(None, tp), ("Confirm", False)]))
+    assert tp not in ServerInspector(model).thumbprints("My")
+    assert ServerInspector(model).serving()["https"] is None
 
 
 # --- Windows commands -------------------------------------------------------------------------------------
@@ -353,7 +371,7 @@ def test_file_and_certutil_errors(make_server: ServerFactory) -> None:
 
 # --- more cmdlet behaviour ------------------------------------------------------------------------------
 
-def test_2007_export_path_and_request_export(make_server: ServerFactory, lab_ca: LabCA) -> None:
+def test_2007_export_path_and_request_export(make_server: ServerFactory, lab_ca: LabCA, settings: LabSettings) -> None:
     from cryptography import x509
 
     _, reg10, ems, tp, _ = issued_2010(make_server, lab_ca)
@@ -370,7 +388,11 @@ def test_2007_export_path_and_request_export(make_server: ServerFactory, lab_ca:
     err = fails(ps, ("Export-ExchangeCertificate", [("Thumbprint", tp), ("Password", PASSWORD),
                                                     ("Path", "C:\\Windows\\Temp\\out.pfx")]))
     assert err.error_id == f"B3E2F0A4,{TASKS}ExportExchangeCertificate"
-    # ...while the certificate alone is written as Base64 text; a second write needs -Force.
+    # ...and so does one without -Password (export_keyed_needs_password); with that setting off the certificate
+    # alone is written as Base64 text, and a second write needs -Force.
+    err = fails(ps, ("Export-ExchangeCertificate", [("Thumbprint", tp), ("Path", "C:\\Windows\\Temp\\out.cer")]))
+    assert "has a private key; specify the Password parameter" in err.message
+    settings.export_keyed_needs_password = False
     ps.one("Export-ExchangeCertificate", ("Thumbprint", tp), ("Path", "C:\\Windows\\Temp\\out.cer"))
     written = ServerInspector(model07).file("C:\\Windows\\Temp\\out.cer")
     assert written is not None and x509.load_pem_x509_certificate(written)

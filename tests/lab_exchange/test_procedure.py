@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import NameOID
@@ -147,15 +148,17 @@ def test_second_2010_server_imports_pfx_with_filedata(make_server: ServerFactory
     model_b, reg_b = make_server("2010", name="EX2010B")
     ems_a, ems_b = Shell(reg_a, "Microsoft.Exchange"), Shell(reg_b, "Microsoft.Exchange")
     leaf = lab_ca.sign_csr(request_on_2010(ems_a).encode())
-    # Without the intermediate in \CA the chain does not build: Untrusted.
-    bare = ems_a.one("Import-ExchangeCertificate", ("FileData", leaf.public_bytes(Encoding.DER)))
-    assert str(bare.get("Status")) == "Untrusted"
-    assert str(bare.get("RootCAType")) == "None"
+    # Without the intermediate in \CA the chain does not reach a trusted root: the import is refused
+    # (import_requires_trusted_root) and the request stays pending.
+    with pytest.raises(LabError, match="can't be imported: its chain doesn't end at a root"):
+        ems_a.one("Import-ExchangeCertificate", ("FileData", leaf.public_bytes(Encoding.DER)))
+    assert len(ServerInspector(model_a).thumbprints("REQUEST")) == 1
     ps_a = Shell(reg_a, "Microsoft.PowerShell")
     ps_a.one("Set-Content", ("Path", "C:\\Windows\\Temp\\inter.cer"), ("Value", lab_ca.intermediate_pem),
              ("Encoding", "Byte"))
     assert certutil(reg_a, ps_a, "-addstore", "-f", "CA", "C:\\Windows\\Temp\\inter.cer").exit_code == 0
-    assert str(ems_a.one("Get-ExchangeCertificate", (None, thumbprint(leaf))).get("Status")) == "Valid"
+    completed = ems_a.one("Import-ExchangeCertificate", ("FileData", leaf.public_bytes(Encoding.DER)))
+    assert (str(completed.get("Status")), completed.get("HasPrivateKey")) == ("Valid", True)
     tp = thumbprint(leaf)
     pfx = ems_a.one("Export-ExchangeCertificate", (None, tp), ("BinaryEncoded", True),
                     ("Password", PASSWORD)).get("FileData")

@@ -377,7 +377,9 @@ def test_a_pfx_password_that_is_wrong(lab: InProcessLab) -> None:
         executor.run()
     message = str(caught.value)
     assert len(message.splitlines()) == 1
-    assert "EX2007: Import-ExchangeCertificate: The specified network password is not correct." in message
+    # The real inner text (issue 16) and exmig's fix for it, on the one line.
+    assert ("EX2007: Import-ExchangeCertificate: The source data cannot be imported or the wrong password was "
+            "specified; the PFX password does not open this PFX") in message
     assert int(getattr(caught.value, "exit_code", 0)) == 1
     after = lab.state()[TARGET]
     assert events.target_before is not None

@@ -41,7 +41,8 @@ def test_warnings_do_not_fail_the_run_problems_do() -> None:
     assert exit_code(findings[:3]) == ExitCode.OK
     assert exit_code(findings) == ExitCode.VERIFY_FAILED == 4
     assert exit_code([]) == ExitCode.OK
-    assert {v for v in Verdict if v.severity == "warning"} == {Verdict.EXPIRES_SOON, Verdict.NOT_REPORTED}
+    assert {v for v in Verdict if v.severity == "warning"} == {Verdict.EXPIRES_SOON, Verdict.NOT_REPORTED,
+                                                               Verdict.REVOCATION_UNCHECKED}
     assert {v for v in Verdict if v.severity == "ok"} == {Verdict.OK}
 
 

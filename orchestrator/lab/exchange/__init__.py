@@ -10,6 +10,8 @@ Public API:
 
 from __future__ import annotations
 
+from cryptography import x509
+
 from orchestrator.lab.exchange.certutil import CERTUTIL_TEXTS
 from orchestrator.lab.exchange.cmdlets import EMS_2007_SNAPIN, EXCHANGE_CONFIGURATION, ExchangeCertificateCmdlets
 from orchestrator.lab.exchange.inspect import TLS_SERVICES, CertView, ServerInspector
@@ -33,6 +35,8 @@ def build_registry(server: ExchangeServerModel, settings: LabSettings) -> Regist
     """
     if settings.install_third_party_roots and settings.third_party_roots:
         server.trust_third_party_roots(settings.third_party_roots)
+    server.known_roots = tuple(c for pem in settings.third_party_roots for c in x509.load_pem_x509_certificates(pem))
+    server.revocation_offline = settings.revocation_offline
     registry = Registry()
     ExchangeCertificateCmdlets(server, settings).register(registry)
     WindowsCommands(server, settings).register(registry)

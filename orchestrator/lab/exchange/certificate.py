@@ -47,13 +47,17 @@ MULTI_VALUED_DOMAINS = [
     "Microsoft.Exchange.Data.MultiValuedPropertyBase",
     "System.Object",
 ]
+# The first bytes of a BinaryFormatter stream (SerializedStreamHeader record), as the captures' SerializationData.
+SERIALIZATION_DATA_STUB = bytes.fromhex("0001000000ffffffff01000000000000000c02000000")
 BINARY_FILE_DATA_TYPES = ["Microsoft.Exchange.Data.BinaryFileDataObject", "System.Object"]
 
 STATUS_VALUES = {
     "Unknown": 0, "Valid": 1, "Revoked": 2, "DateInvalid": 3, "Untrusted": 4, "Invalid": 5,
     "RevocationCheckFailure": 6, "PendingRequest": 7,
 }
-ROOT_CA_VALUES = {"None": 0, "Registry": 1, "ThirdParty": 2, "Enterprise": 3, "GroupPolicy": 4, "Unknown": 5}
+# The documentation's order (reference §1.5), which puts Registry at 3 as issue 16 reports it; the other
+# numbers are UNCONFIRMED.
+ROOT_CA_VALUES = {"None": 0, "ThirdParty": 1, "Enterprise": 2, "Registry": 3, "GroupPolicy": 4, "Unknown": 5}
 
 
 def services_enum(flags: int) -> LabEnum:
@@ -68,17 +72,29 @@ def services_string_form(flags: int) -> str:
 
 
 def status_of(model: ExchangeServerModel, entry: CertEntry) -> tuple[str, str]:
-    """(Status, RootCAType) the way Exchange reports them for `entry` on `model`."""
+    """(Status, RootCAType) the way Exchange computes them for `entry` on `model` (issue 16; sources in
+    settings.py): a self-signed certificate is Valid whether or not it is in \\Root (RootCAType Registry when it
+    is, None when not); a CA-issued one whose chain ends at a root Windows knows but does not trust is Untrusted
+    (RootCAType Unknown); a chain that cannot be built (an issuer nowhere to be found) is Invalid; a good chain
+    whose revocation lists are out of reach is RevocationCheckFailure."""
     if entry.store == REQUEST:
         return "PendingRequest", "Unknown"
     trust = model.trust(entry.cert)
-    root_type = "None"
+    self_signed = pki.is_self_signed(entry.cert)
     if trust.root_origin:
         root_type = "ThirdParty" if trust.root_origin == ORIGIN_THIRD_PARTY else "Registry"
+    else:
+        root_type = "None" if self_signed else "Unknown"
     if not trust.date_valid:
         return "DateInvalid", root_type
+    if self_signed:
+        return "Valid", root_type
     if not trust.root_origin:
-        return "Untrusted", root_type
+        top = trust.chain[-1]
+        known = pki.is_self_signed(top) or any(pki.issued_by(top, r) for r in model.known_roots)
+        return ("Untrusted" if known else "Invalid"), root_type
+    if model.revocation_offline:
+        return "RevocationCheckFailure", root_type
     return "Valid", root_type
 
 
@@ -120,7 +136,13 @@ def exchange_certificate(
 ) -> LabObject:
     cert = entry.cert
     if settings.rawdata_only_output:
-        return LabObject(list(EXCHANGE_CERTIFICATE_TYPES), adapted={"RawData": entry.der})
+        # The shape of the CSS-Exchange captures (Admin/MonitorExchangeAuthCertificate/DataCollection/Tests/Data/
+        # GetExchangeCertificate.xml): Props hold RawData only, beside ToString and Exchange's SerializationData
+        # note property (a .NET BinaryFormatter blob only a client with the Exchange types can read; the lab's is
+        # an opaque stand-in). PSComputerName/RunspaceId in the captures come from the client's remoting layer.
+        return LabObject(list(EXCHANGE_CERTIFICATE_TYPES), adapted={"RawData": entry.der},
+                         extended={"SerializationData": SERIALIZATION_DATA_STUB + entry.der[:16]},
+                         to_string=_to_string(entry))
     status, root_type = status_of(model, entry)
     public = cert.public_key()
     key_size = public.key_size if isinstance(public, rsa.RSAPublicKey) else 0
@@ -135,7 +157,7 @@ def exchange_certificate(
         "PublicKeySize": key_size,
         "RootCAType": LabEnum([ROOT_CA_TYPE, *ENUM_BASES], ROOT_CA_VALUES[root_type], root_type),
         "SerialNumber": serial_number(entry),
-        "Services": services_enum(entry.services),
+        "Services": services_enum(model.services_of(entry)),
         "Status": LabEnum([STATUS_TYPE, *ENUM_BASES], STATUS_VALUES[status], status),
         "Subject": format_name(cert.subject),
         "Archived": False,
@@ -146,7 +168,7 @@ def exchange_certificate(
         "Identity": f"{model.fqdn}\\{entry.thumbprint}",
         "PrivateKeyExportable": entry.exportable if entry.has_key else False,
         "RawData": entry.der,
-        "ServicesStringForm": services_string_form(entry.services),
+        "ServicesStringForm": services_string_form(model.services_of(entry)),
         "Thumbprint": entry.thumbprint,
         "Version": cert.version.value + 1,
     }

@@ -35,7 +35,7 @@ from orchestrator.lab.exchange.model import (
 )
 from orchestrator.lab.exchange.settings import LabSettings
 from orchestrator.lab.exchange.winfs import PathError, normalize, parent
-from orchestrator.lab.exchange.x500 import DNParseError, parse_dn, valid_domain
+from orchestrator.lab.exchange.x500 import DNParseError, common_name, format_name, parse_dn, valid_domain
 from orchestrator.lab.objects import LabObject, Secret
 from orchestrator.lab.registry import CommandCall, CommandSpec, LabError, Registry
 
@@ -43,7 +43,6 @@ TASKS = "Microsoft.Exchange.Management.SystemConfigurationTasks."
 EMS_2007_SNAPIN = "Microsoft.Exchange.Management.PowerShell.Admin"
 EXCHANGE_CONFIGURATION = "Microsoft.Exchange"
 KEY_SIZES = (1024, 2048, 4096)
-SINGLE_OWNER = (Services.IIS, Services.POP, Services.IMAP)
 
 
 def implementing_type(command: str) -> str:
@@ -60,13 +59,21 @@ class ExchangeCertificateCmdlets:
     # --- helpers --------------------------------------------------------------------------------
 
     def _error(self, call: CommandCall, key: str, **fmt: object) -> LabError:
-        return self.settings.error(key, call.name, implementing_type(call.name), **fmt)
+        server = call.params.get("Server") if self.model.version == "2010" else None
+        return self.settings.error(key, call.name, implementing_type(call.name), rpc_server=server, **fmt)
 
-    def _confirm(self, call: CommandCall, prompt: str) -> None:
-        """A ShouldContinue/ShouldProcess prompt. The lab's shells cannot relay host prompts, so a
-        session that can prompt gets the prompt's default answer ("Y"); one that cannot fails."""
+    def _confirm(self, call: CommandCall, prompt: str) -> bool:
+        """A ShouldContinue/ShouldProcess prompt. A PSRP client with a host UI gets a real PromptForChoice host
+        call (issue 16) and its answer; a session that can prompt but cannot relay host calls (the lab's WinRS
+        shells) gets the prompt's default answer (Y); one that cannot prompt fails as PowerShell does."""
+        if call.session.ask is not None:
+            answer = call.session.ask("Confirm", prompt, [("&Yes", "Continue with the operation."),
+                                                         ("&No", "Do not continue with the operation.")], 0)
+            if answer is None:
+                raise self._error(call, "prompt_unsupported", prompt=prompt)
+            return answer == 0
         if call.session.can_prompt:
-            return
+            return True
         raise self._error(call, "prompt_unsupported", prompt=prompt)
 
     def _should_process(self, call: CommandCall, target: str) -> bool:
@@ -74,7 +81,7 @@ class ExchangeCertificateCmdlets:
         if call.params.get("WhatIf") is True:
             return False
         if call.params.get("Confirm") is True:
-            self._confirm(
+            return self._confirm(
                 call, self.settings.text("should_process_prompt", command=call.name, target=target)
             )
         return True
@@ -135,12 +142,15 @@ class ExchangeCertificateCmdlets:
         if flags & Services.FEDERATION:
             raise self._error(call, "federation_not_allowed")
         if not entry.has_key:
-            server = call.params.get("Server")
-            prefix = f"A special Rpc error occurs on server {server}: " if server else ""
-            raise self._error(call, "private_key_missing", thumbprint=entry.thumbprint, rpc_prefix=prefix)
+            raise self._error(call, "private_key_missing", thumbprint=entry.thumbprint)
         current = model.find(MY, model.default_smtp) if model.default_smtp else None
         if flags & Services.SMTP and current is not None and current is not entry and not force:
-            self._confirm(
+            if self.settings.enable_applies_before_smtp_prompt:
+                # IIS, POP and IMAP are bound before the SMTP question is asked: without a host that can answer
+                # it, the server is left half-changed (issue 16). Saved now: the prompt's failure ends the command.
+                self._bind(call, entry, flags & ~int(Services.SMTP))
+                model.save()
+            if not self._confirm(
                 call,
                 self.settings.text(
                     "smtp_overwrite_prompt",
@@ -149,20 +159,26 @@ class ExchangeCertificateCmdlets:
                     new=entry.thumbprint,
                     new_expiry=expiry(entry.cert.not_valid_after_utc),
                 ),
-            )
-        for other in model.entries(MY):
-            if other is entry:
-                continue
-            for service in SINGLE_OWNER:
-                if flags & service:
-                    other.services &= ~int(service)
-            # 2007 binds SMTP to a single certificate; 2010 keeps SMTP on the others and moves the default.
-            if flags & Services.SMTP and model.version == "2007":
-                other.services &= ~int(Services.SMTP)
+            ):
+                flags &= ~int(Services.SMTP)  # "No": the default SMTP certificate stays
+        self._bind(call, entry, flags)
+
+    def _bind(self, call: CommandCall, entry: CertEntry, flags: int) -> None:
+        """Enable's effect: bindings and configured names change; Services is computed from them
+        (ExchangeServerModel.services_of). `entry.services` keeps what was ever enabled on the certificate."""
+        model = self.model
+        cn = common_name(entry.cert.subject) or model.fqdn
         if flags & Services.SMTP:
             model.default_smtp = entry.thumbprint
         if flags & Services.IIS:
+            model.iis_binding = entry.thumbprint
             model.iis_require_ssl = not call.params.get("DoNotRequireSsl", False)
+        # POP/IMAP present the certificate matching their configured name; Enable points the name at this
+        # certificate's subject (lab choice, UNCONFIRMED how 2010 records it).
+        if flags & Services.POP:
+            model.pop_name, model.pop_binding = cn, entry.thumbprint
+        if flags & Services.IMAP:
+            model.imap_name, model.imap_binding = cn, entry.thumbprint
         entry.services |= flags
 
     def enable(self, call: CommandCall) -> None:
@@ -364,6 +380,7 @@ class ExchangeCertificateCmdlets:
                     friendly_name=friendly or parsed.friendly_name or DEFAULT_FRIENDLY_NAME,
                 )
             else:
+                self._check_root(call, leaf, parsed.certs)
                 entry = self._complete_request(leaf, friendly)
             self.model.put(entry)
             # Intermediates that came along (p7b chain, PFX bag) go to \CA, as CryptoAPI's import does;
@@ -374,6 +391,17 @@ class ExchangeCertificateCmdlets:
                 if self.model.find(CA, pki.thumbprint(other)) is None:
                     self.model.put(CertEntry(CA, pki.der(other)))
             call.write(self._output(entry))
+
+    def _check_root(self, call: CommandCall, leaf: x509.Certificate, delivered: list[x509.Certificate]) -> None:
+        """A CA response must chain to a root this server trusts (setting import_requires_trusted_root)."""
+        if not self.settings.import_requires_trusted_root or pki.is_self_signed(leaf):
+            return
+        extra = tuple(c for c in delivered if c is not leaf and not pki.is_self_signed(c))
+        trust = self.model.trust(leaf, extra)
+        if not trust.root_origin:
+            top = trust.chain[-1]
+            raise self._error(call, "untrusted_root", thumbprint=pki.thumbprint(leaf),
+                              root=format_name(top.issuer))
 
     def _complete_request(self, leaf: x509.Certificate, friendly: str | None) -> CertEntry:
         """A CA response: takes over the private key of the pending request with the same public key."""
@@ -413,8 +441,10 @@ class ExchangeCertificateCmdlets:
                     self.settings.pfx_kdf_rounds,
                 )
                 text = pki.base64_lines(data)
+            elif entry.has_key and self.settings.export_keyed_needs_password:
+                raise self._error(call, "export_needs_password", thumbprint=entry.thumbprint)
             else:
-                # Without a password only the certificate leaves the server (lab choice, UNCONFIRMED).
+                # A certificate without a key (or the setting off): the certificate alone.
                 data, text = entry.der, pki.armour(entry.der, "CERTIFICATE")
             binary = bool(p.get("BinaryEncoded"))
             if self.model.version == "2007" and call.has("Path"):
@@ -430,19 +460,18 @@ class ExchangeCertificateCmdlets:
             entry = self._lookup(call.params["Thumbprint"])
             if entry is None:
                 raise self._error(call, "thumbprint_not_found", thumbprint=call.params["Thumbprint"].upper())
-            if entry.store == MY:
-                in_use = entry.services & sum(int(s) for s in SINGLE_OWNER)
-                if self.model.default_smtp == entry.thumbprint:
-                    in_use |= int(Services.SMTP)
-                if in_use:
-                    raise self._error(
-                        call, "cert_in_use", thumbprint=entry.thumbprint, services=services_text(in_use)
-                    )
+            # Only the default SMTP certificate (internal transport) is refused; an IIS/POP/IMAP-bound one goes,
+            # and the clients of those services break (issue 16; the lab refused them before).
+            if entry.store == MY and self.model.default_smtp == entry.thumbprint:
+                raise self._error(
+                    call, "cert_in_use", thumbprint=entry.thumbprint, services=services_text(int(Services.SMTP))
+                )
             if call.params.get("WhatIf") is True:
                 return
             # Remove-* has ConfirmImpact High: it prompts unless -Confirm:$false.
-            if call.params.get("Confirm") is not False:
-                self._confirm(call, self.settings.text("remove_prompt", thumbprint=entry.thumbprint))
+            if call.params.get("Confirm") is not False and not self._confirm(
+                    call, self.settings.text("remove_prompt", thumbprint=entry.thumbprint)):
+                return
             self.model.remove(entry.store, entry.thumbprint)
 
     # --- registration --------------------------------------------------------------------------------

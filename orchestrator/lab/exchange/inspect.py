@@ -58,14 +58,14 @@ class ServerInspector:
                 subject=format_name(entry.cert.subject),
                 has_private_key=entry.has_key,
                 private_key_exportable=entry.exportable and entry.has_key,
-                services=services_text(entry.services),
+                services=services_text(self.model.services_of(entry)),
                 status=status,
                 root_ca_type=root_type,
             )
 
     def services(self) -> dict[str, str]:
         """Thumbprint of each certificate in \\My -> its Services text."""
-        return {e.thumbprint: services_text(e.services) for e in self.model.entries(MY)}
+        return {e.thumbprint: services_text(self.model.services_of(e)) for e in self.model.entries(MY)}
 
     def serving(self) -> dict[str, str | None]:
         """TLS service name ('https', 'smtp', 'imaps', 'pop3s') -> thumbprint of the certificate serving it."""

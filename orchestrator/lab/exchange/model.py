@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from orchestrator.lab.exchange import pki, store
 from orchestrator.lab.exchange.winfs import WindowsFileSystem
-from orchestrator.lab.exchange.x500 import parse_dn
+from orchestrator.lab.exchange.x500 import common_name, parse_dn
 
 MY, CA, ROOT, REQUEST = "My", "CA", "Root", "REQUEST"
 STORES = (MY, CA, ROOT, REQUEST)
@@ -117,6 +117,19 @@ class ExchangeServerModel:
     default_smtp: str | None = None
     # IIS's Default Web Site requires SSL once Enable -Services IIS ran without -DoNotRequireSsl.
     iis_require_ssl: bool = False
+    # Services are a computed view (issue 16), from these: the certificate bound to the Default Web Site; the
+    # names POP and IMAP are configured to present (Set-POPSettings/Set-IMAPSettings -X509CertificateName; None:
+    # the server's FQDN) and the certificate each was last enabled with.
+    iis_binding: str | None = None
+    pop_name: str | None = None
+    imap_name: str | None = None
+    pop_binding: str | None = None
+    imap_binding: str | None = None
+    # What the machine's surroundings decide (set from LabSettings by build_registry, not saved): roots Windows
+    # knows of without trusting them (root-program roots not yet in \Root: a chain ending there is Untrusted, not
+    # Invalid), and whether the CA's revocation lists are out of reach.
+    known_roots: tuple[x509.Certificate, ...] = ()
+    revocation_offline: bool = False
     _entries: dict[str, dict[str, CertEntry]] = field(default_factory=lambda: {s: {} for s in STORES})
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -171,7 +184,7 @@ class ExchangeServerModel:
         )
         self.put(entry)
         self.put(CertEntry(ROOT, pki.der(cert), root_origin=ORIGIN_REGISTRY))
-        self.default_smtp = entry.thumbprint
+        self.default_smtp = self.iis_binding = self.pop_binding = self.imap_binding = entry.thumbprint
 
     # --- transactions and persistence ----------------------------------------------------------
 
@@ -211,6 +224,8 @@ class ExchangeServerModel:
                 "server": {"name": self.name, "version": self.version, "fqdn": self.fqdn},
                 "default_smtp": self.default_smtp,
                 "iis_require_ssl": self.iis_require_ssl,
+                "bindings": {"iis": self.iis_binding, "pop": self.pop_binding, "imap": self.imap_binding,
+                             "pop_name": self.pop_name, "imap_name": self.imap_name},
                 "entries": entries,
                 "directories": sorted(self.fs.dirs.values(), key=str.lower),
                 "files": files,
@@ -241,6 +256,14 @@ class ExchangeServerModel:
                 csr_der=store.read_blob(self.state_dir, row["csr"]) if row.get("csr") else None,
             )
             self._entries[entry.store][entry.thumbprint] = entry
+        bindings = saved.get("bindings")
+        if bindings is None:  # a state directory from before the computed view: the owners its flags name
+            def first(flag: Services) -> str | None:
+                return next((e.thumbprint for e in self._entries[MY].values() if e.services & flag), None)
+
+            bindings = {"iis": first(Services.IIS), "pop": first(Services.POP), "imap": first(Services.IMAP)}
+        self.iis_binding, self.pop_binding, self.imap_binding = bindings["iis"], bindings["pop"], bindings["imap"]
+        self.pop_name, self.imap_name = bindings.get("pop_name"), bindings.get("imap_name")
         for directory in saved["directories"]:
             self.fs.dirs[directory.lower()] = directory
         for item in saved["files"]:
@@ -264,8 +287,10 @@ class ExchangeServerModel:
     def remove(self, store_name: str, thumbprint: str) -> None:
         with self.lock:
             self._entries[store_name].pop(thumbprint.upper(), None)
-            if store_name == MY and self.default_smtp == thumbprint.upper():
-                self.default_smtp = None
+            if store_name == MY:
+                for attr in ("default_smtp", "iis_binding", "pop_binding", "imap_binding"):
+                    if getattr(self, attr) == thumbprint.upper():
+                        setattr(self, attr, None)
 
     def trust_third_party_roots(self, pems: tuple[bytes, ...]) -> None:
         """Install root-program roots (the lab CA's root) into \\Root, marked third-party."""
@@ -278,14 +303,15 @@ class ExchangeServerModel:
 
     # --- trust ------------------------------------------------------------------------------------
 
-    def trust(self, cert: x509.Certificate) -> Trust:
-        """Build the chain from \\CA and \\Root, as CryptoAPI would for Exchange's Status."""
+    def trust(self, cert: x509.Certificate, extra: tuple[x509.Certificate, ...] = ()) -> Trust:
+        """Build the chain from \\CA and \\Root, as CryptoAPI would for Exchange's Status; `extra` are
+        intermediates that came with the certificate (a p7b being imported)."""
         now = self.clock()
         chain = [cert]
         origin = ""
         with self.lock:
             roots = list(self._entries[ROOT].values())
-            intermediates = [e.cert for e in self._entries[CA].values()]
+            intermediates = [e.cert for e in self._entries[CA].values()] + list(extra)
         current = cert
         for _ in range(10):
             root = next((r for r in roots if r.der == pki.der(current)), None)
@@ -307,8 +333,47 @@ class ExchangeServerModel:
     # --- services --------------------------------------------------------------------------------
 
     def owner(self, service: Services) -> CertEntry | None:
-        """The certificate that currently serves `service` (SMTP: the default SMTP certificate)."""
+        """The certificate that currently serves `service` (SMTP: the default SMTP certificate; POP/IMAP: the one
+        last enabled while its names match the configured name, else any matching one with a key)."""
         with self.lock:
+            my = self._entries[MY]
             if service == Services.SMTP:
-                return self._entries[MY].get(self.default_smtp or "")
-            return next((e for e in self._entries[MY].values() if e.services & service), None)
+                return my.get(self.default_smtp or "")
+            if service == Services.IIS:
+                return my.get(self.iis_binding or "")
+            if service in (Services.POP, Services.IMAP):
+                chosen = my.get((self.pop_binding if service == Services.POP else self.imap_binding) or "")
+                if chosen is not None and chosen.has_key and self.services_of(chosen) & service:
+                    return chosen
+                return next((e for e in my.values() if e.has_key and self.services_of(e) & service), None)
+            return next((e for e in my.values() if e.services & service), None)
+
+    def services_of(self, entry: CertEntry) -> int:
+        """What Get-ExchangeCertificate shows in Services (issue 16): computed, not a stored owner. IIS on the
+        certificate bound to the site; POP/IMAP on every certificate whose names match the service's configured
+        name; SMTP on 2010 on any certificate whose key the transport can read (one ever enabled for SMTP, POP or
+        IMAP: Enable grants it), on 2007 on the default SMTP certificate (lab choice, UNCONFIRMED); UM and
+        Federation as enabled."""
+        if entry.store != MY:
+            return 0
+        flags = entry.services & int(Services.UM | Services.FEDERATION)
+        if entry.thumbprint == self.iis_binding:
+            flags |= int(Services.IIS)
+        names = [n.lower() for n in pki.dns_names(entry.cert)]
+        cn = common_name(entry.cert.subject)
+        if cn:
+            names.append(cn.lower())
+        for service, configured in ((Services.POP, self.pop_name), (Services.IMAP, self.imap_name)):
+            if _matches(names, (configured or self.fqdn).lower()):
+                flags |= int(service)
+        if self.version == "2007":
+            if entry.thumbprint == self.default_smtp:
+                flags |= int(Services.SMTP)
+        elif entry.has_key and entry.services & int(Services.SMTP | Services.POP | Services.IMAP):
+            flags |= int(Services.SMTP)
+        return flags
+
+
+def _matches(names: list[str], wanted: str) -> bool:
+    return any(n == wanted or (n.startswith("*.") and wanted.endswith(n[1:]) and wanted.count(".") == n.count("."))
+               for n in names)

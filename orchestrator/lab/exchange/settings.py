@@ -3,6 +3,32 @@
 Every error text the Exchange emulation produces that is not a generic PowerShell binding text
 lives in `ERROR_TEXTS`, one row per situation, so a text seen on a real server can be dropped in
 without touching the cmdlet code. `confirmed=False` rows are the lab's own plausible choice.
+
+Where the lab follows real servers (issue 16), and from what:
+* Import of a CA response whose root is not trusted fails: Exchange 2013's certificate code (as issue 16
+  reports it); 2010 UNCONFIRMED -> `import_requires_trusted_root` (on). Wording of the error: the lab's.
+* "A special Rpc error occurs on server <server>: <inner>" wrapping of certificate-service errors: reference
+  §3.2 [S9] (2013+ capture; the prefix appears with -Server); 2010 UNCONFIRMED -> `rpc_error_wrapping` (on).
+* Inner texts "The source data cannot be imported or the wrong password was specified.", "Cannot import
+  certificate. A certificate with the thumbprint <T> already exists.", "The private key couldn't be exported as
+  PKCS-12. It either couldn't be accessed or isn't exportable.": server output quoted in Microsoft Q&A threads
+  (collected in issue 16; the threads are not in the stored references); 2010 UNCONFIRMED.
+* Export of a keyed certificate without -Password is an error: 2013's code (issue 16); 2010 UNCONFIRMED ->
+  `export_keyed_needs_password` (on).
+* Status/RootCAType (certificate.status_of): self-signed outside \\Root Valid/None, untrusted root Untrusted/
+  Unknown, broken chain Invalid, pending request PendingRequest/Unknown (reference §1.5, §1.7 [S1h]); RootCAType
+  numbers in the documentation's order, Registry = 3 (issue 16), others UNCONFIRMED.
+* RevocationCheckFailure when the CA's lists are out of reach (Status value set, reference §1.5 [S1]); when a
+  2010 server reports it instead of Valid is UNCONFIRMED -> `revocation_offline` (off).
+* Services as a computed view (model.services_of), Enable without -Force binding IIS/POP/IMAP before the SMTP
+  prompt, Remove-ExchangeCertificate refusing only the default SMTP certificate: issue 16's account of real
+  servers; which configured name 2010's POP/IMAP use after Enable is UNCONFIRMED (the lab uses the CN).
+* A prompt meeting a client that offers a host UI is a PromptForChoice host call (reference §3.1's emulator rule;
+  pypsrp's PSHostUserInterface.PromptForChoice [S13]); the caption "Confirm" and the Yes/No choices of
+  ShouldContinue are the lab's rendering, UNCONFIRMED for Exchange 2010.
+* RawData-only objects: the CSS-Exchange Get-ExchangeCertificate CLIXML captures (2016/2019: Props hold only
+  RawData, MS holds PSComputerName, RunspaceId, PSShowComputerName, SerializationData); 2010 UNCONFIRMED ->
+  `rawdata_only_output` (off).
 """
 
 from __future__ import annotations
@@ -25,6 +51,9 @@ class ErrorText:
     exception_type: str
     confirmed: bool
     source: str = ""
+    # Raised by Exchange's certificate service rather than the task: on 2010 with -Server the text comes
+    # wrapped as "A special Rpc error occurs on server <server>: <text>" in an InvalidOperationException.
+    service: bool = False
 
 
 # Keys are stable names used by the cmdlet code; values can be swapped per lab.
@@ -68,16 +97,16 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         confirmed=False,
         source="PowerShell ShouldProcess wording; Exchange's own target text UNCONFIRMED",
     ),
-    # Enable on a certificate without private key. 2010 wording UNCONFIRMED (2013+ text from [S9]);
-    # "{rpc_prefix}" is "A special Rpc error occurs on server X: " when -Server was given.
+    # Enable on a certificate without private key. 2010 wording UNCONFIRMED (2013+ text from [S9]).
     "private_key_missing": ErrorText(
-        "{rpc_prefix}The certificate with thumbprint {thumbprint} was found but is not valid for use with "
+        "The certificate with thumbprint {thumbprint} was found but is not valid for use with "
         "Exchange Server (reason: PrivateKeyMissing).",
         "DA6D9EA1",
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
-        source="reference §3.2 [S9] (2013+ wording)",
+        source="reference §3.2 [S9] (2013+ wording, with the Rpc prefix)",
+        service=True,
     ),
     "thumbprint_not_found": ErrorText(
         "The certificate with thumbprint {thumbprint} was not found.",
@@ -103,29 +132,33 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         source="doc sentence [S1], used as the error text",
     ),
     "already_exists": ErrorText(
-        "The certificate with thumbprint {thumbprint} already exists in the certificate store.",
+        "Cannot import certificate. A certificate with the thumbprint {thumbprint} already exists.",
         "3A2C8D9B",
         ErrorCategory.ResourceExists,
         "System.InvalidOperationException",
         confirmed=False,
+        source="inner text as quoted from servers in issue 16 (Microsoft Q&A threads); 2010 UNCONFIRMED",
+        service=True,
     ),
-    # Windows of that era reports an undecryptable PFX (wrong password, or AES/PBES2 it cannot read)
-    # as a password error; both rows use that text by default but stay separately editable.
+    # A PFX Windows cannot decrypt (wrong password, or AES/PBES2 it cannot read) is reported as a password
+    # error; both rows use that text by default but stay separately editable.
     "pfx_wrong_password": ErrorText(
-        "The specified network password is not correct.",
+        "The source data cannot be imported or the wrong password was specified.",
         "1E4A7B33",
         ErrorCategory.InvalidData,
         "System.Security.Cryptography.CryptographicException",
         confirmed=False,
-        source="Windows CryptographicException text for ERROR_INVALID_PASSWORD; Exchange wrapping UNCONFIRMED",
+        source="inner text as quoted from servers in issue 16 (Microsoft Q&A threads); 2010 UNCONFIRMED",
+        service=True,
     ),
     "pfx_unsupported_encryption": ErrorText(
-        "The specified network password is not correct.",
+        "The source data cannot be imported or the wrong password was specified.",
         "1E4A7B34",
         ErrorCategory.InvalidData,
         "System.Security.Cryptography.CryptographicException",
         confirmed=False,
         source="pre-2016 Windows cannot decrypt PBES2/AES PKCS#12 and reports a password error",
+        service=True,
     ),
     "unknown_format": ErrorText(
         "Cannot find the requested object.",
@@ -136,12 +169,13 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         source="Windows CRYPT_E_NOT_FOUND text for unrecognised certificate data",
     ),
     "export_not_exportable": ErrorText(
-        "The private key of the certificate with thumbprint {thumbprint} couldn't be exported because "
-        "the private key isn't exportable.",
+        "The private key couldn't be exported as PKCS-12. It either couldn't be accessed or isn't exportable.",
         "B3E2F0A4",
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
+        source="inner text as quoted from servers in issue 16 (Microsoft Q&A threads); 2010 UNCONFIRMED",
+        service=True,
     ),
     "export_no_private_key": ErrorText(
         "The certificate with thumbprint {thumbprint} doesn't have a private key, so it can't be exported "
@@ -150,6 +184,31 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
+        service=True,
+    ),
+    # Export of a certificate that has a private key, without -Password: 2013's code refuses rather than
+    # export the bare certificate. Text and 2010 behaviour UNCONFIRMED (setting export_keyed_needs_password).
+    "export_needs_password": ErrorText(
+        "The certificate with thumbprint {thumbprint} has a private key; specify the Password parameter "
+        "to export it.",
+        "B3E2F0A6",
+        ErrorCategory.InvalidArgument,
+        "System.InvalidOperationException",
+        confirmed=False,
+        source="Exchange 2013 certificate code (per issue 16); wording the lab's",
+        service=True,
+    ),
+    # Import of a CA response whose chain ends at a root the server does not trust: Exchange 2013's
+    # certificate code refuses it. Text and 2010 behaviour UNCONFIRMED (setting import_requires_trusted_root).
+    "untrusted_root": ErrorText(
+        "The certificate with thumbprint {thumbprint} can't be imported: its chain doesn't end at a root "
+        "certificate in the Trusted Root Certification Authorities store ({root}).",
+        "C41D7E02",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+        source="Exchange 2013 certificate code refuses it (issue 16); wording the lab's",
+        service=True,
     ),
     "cert_in_use": ErrorText(
         "You can't remove the certificate with thumbprint {thumbprint} because it's being used "
@@ -158,7 +217,9 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         ErrorCategory.InvalidOperation,
         "System.InvalidOperationException",
         confirmed=False,
-        source="doc sentence [S1] \"You can't remove the certificate that's being used.\"",
+        source="doc sentence [S1] \"You can't remove the certificate that's being used.\"; real servers refuse only "
+        "the default SMTP (internal transport) certificate (issue 16)",
+        service=True,
     ),
     "invalid_domain_name": ErrorText(
         "The domain name '{domain}' isn't valid. Domain names may contain only the characters a through z, "
@@ -274,19 +335,43 @@ class LabSettings:
     exchange_kerberos_only: bool = True
     # PBKDF iteration count of exported PKCS#12 files (3DES/SHA1, readable by Windows 2008).
     pfx_kdf_rounds: int = 2000
+    # Import of a CA response whose chain does not end at a root in \\Root fails (Exchange 2013's certificate
+    # code refuses it; 2010 likely, UNCONFIRMED). On by default: the lab must not be kinder than a server.
+    import_requires_trusted_root: bool = True
+    # Export-ExchangeCertificate of a certificate with a private key and no -Password is an error (2013's
+    # code; 2010 UNCONFIRMED), never the bare certificate.
+    export_keyed_needs_password: bool = True
+    # 2010 certificate-service errors come as "A special Rpc error occurs on server <server>: <inner text>"
+    # when -Server was given (reference §3.2 [S9]; issue 16). 2007 has no -Server and no wrapping.
+    rpc_error_wrapping: bool = True
+    # The server cannot reach the CA's revocation list (no internet access, common for Exchange servers): a
+    # CA-issued certificate whose chain is otherwise good reports Status RevocationCheckFailure. Off by default.
+    revocation_offline: bool = False
+    # Enable-ExchangeCertificate without -Force binds IIS/POP/IMAP before it asks the SMTP overwrite question, so
+    # a session that cannot answer is left half-changed (issue 16; 2010 UNCONFIRMED).
+    enable_applies_before_smtp_prompt: bool = True
     # Time source for certificate validity and Status; tests move it.
     clock: Callable[[], datetime] = _utcnow
     error_texts: dict[str, ErrorText] = field(default_factory=lambda: dict(ERROR_TEXTS))
 
-    def error(self, key: str, command: str, implementing_type: str, **fmt: Any) -> LabError:
-        """Build the LabError of table row `key` raised by `command` (implemented by `implementing_type`)."""
+    def error(self, key: str, command: str, implementing_type: str, rpc_server: str | None = None,
+              **fmt: Any) -> LabError:
+        """Build the LabError of table row `key` raised by `command` (implemented by `implementing_type`).
+
+        `rpc_server`: the -Server a 2010 cmdlet was given; a certificate-service row is then wrapped in
+        the "A special Rpc error occurs on server" text (reference §3.2 [S9]; issue 16)."""
         row = self.error_texts[key]
         error_id = f"{row.error_id},{implementing_type}" if row.error_id else implementing_type
+        message = row.message.format(**fmt)
+        exception_type = row.exception_type
+        if row.service and rpc_server and self.rpc_error_wrapping:
+            message = f"A special Rpc error occurs on server {rpc_server}: {message}"
+            exception_type = "System.InvalidOperationException"
         return LabError(
-            message=row.message.format(**fmt),
+            message=message,
             error_id=error_id,
             category=row.category,
-            exception_type=row.exception_type,
+            exception_type=exception_type,
             target=fmt.get("thumbprint"),
             activity=command,
         )
