@@ -30,12 +30,6 @@ def rehearsal_playbook(loaded: LoadedPlaybook, state_dir: Path, force_ntlm: bool
         credentials = server.credentials.model_copy(update={
             "password": SecretRef(env="EXMIG_LAB_PASSWORD", lab_default=True)})
         servers.append(server.model_copy(update={"connection": connection, "credentials": credentials}))
-    playbook = loaded.playbook.model_copy(update={
-        "servers": servers, "issuer": LabIssuer(
-        type="lab", ca_dir=str(state_dir / "ca"), install_root=loaded.playbook.issuer.install_root,
-        root=None)})
+    issuer = LabIssuer(type="lab", ca_dir=str(state_dir / "ca"), install_root=loaded.playbook.issuer.install_root)
+    playbook = loaded.playbook.model_copy(update={"servers": servers, "issuer": issuer})
     return loaded.model_copy(update={"playbook": playbook, "path": state_dir / loaded.path.name})
-
-
-def uses_kerberos(loaded: LoadedPlaybook) -> bool:
-    return any(s.auth in KERBEROS_AUTHS for s in loaded.playbook.servers)
