@@ -52,4 +52,5 @@ def test_multiple_matches_are_told_apart_by_thumbprint() -> None:
     assert checks.find(infos, made[2].thumbprint) is infos[2]
     assert checks.find(infos, made[0].thumbprint) is infos[0]
     # Not pending requests (no Status says so): never adopted as this playbook's request.
-    assert checks.matching_requests(infos, "localhost") == []
+    found = checks.matching_requests(infos, "localhost", ["localhost"])
+    assert found.mine == () and found.ambiguous == ()
