@@ -22,11 +22,15 @@ from psrpcore import ServerHostRequestor, ServerPipeline, ServerRunspacePool
 from psrpcore._payload import PSRPPayload, StreamType
 from psrpcore.types import (
     ChoiceDescription,
+    CommandOrigin,
     ErrorCategoryInfo,
     ErrorRecord,
+    InvocationInfo,
     NETException,
     PSInvocationState,
+    PSList,
     PSObject,
+    PSType,
     PSVersion,
     RunspacePoolInitData,
     RunspacePoolState,
@@ -68,13 +72,23 @@ def _exception(err: LabError) -> NETException:
     return exc
 
 
+class _CategoryInfo(ErrorCategoryInfo):
+    """ErrorCategoryInfo whose text is PowerShell's: "Category: (Target:Type) [Activity], Reason", with the colon
+    after the category ("NotSpecified: (:) [Write-Error], WriteErrorException" in pypsrp's recording
+    test_psrp_error_failed.yml; psrpcore writes it without the colon)."""
+
+    def __str__(self) -> str:
+        return (f"{self.Category.name}: ({self.TargetName or ''}:{self.TargetType or ''}) "
+                f"[{self.Activity or ''}], {self.Reason or ''}")
+
+
 def _category(err: LabError) -> ErrorCategoryInfo:
     reason = err.exception_type.rsplit(".", 1)[-1]
     target_name = "" if err.target is None else str(err.target)
     target_type = "" if err.target is None else {str: "String", int: "Int32", bool: "Boolean"}.get(
         type(err.target), type(err.target).__name__
     )
-    return ErrorCategoryInfo(
+    return _CategoryInfo(
         Category=PSErrorCategory(err.category.value),
         Activity=err.activity or "",
         Reason=reason,
@@ -90,13 +104,55 @@ def _target(err: LabError) -> Any:
         return str(err.target)
 
 
+def _invocation(err: LabError) -> InvocationInfo | None:
+    """Where the error arose, as a real server fills InvocationInfo for a cmdlet run through AddCommand: the
+    command's name, no script line or position (the recording test_psrp_error_failed.yml shows the script
+    case; for a command the Line and PositionMessage are empty and it is the pipeline's only element)."""
+    if not err.activity:
+        return None
+    return InvocationInfo(
+        MyCommand=err.activity, BoundParameters={}, UnboundArguments=[], ScriptLineNumber=0, OffsetInLine=0,
+        HistoryId=1, ScriptName="", Line="", PositionMessage="", PSScriptRoot="", PSCommandPath=None,
+        InvocationName=err.activity, PipelineLength=1, PipelinePosition=1, ExpectingInput=False,
+        CommandOrigin=CommandOrigin.Runspace, DisplayScriptPosition=None,
+    )
+
+
 def error_record(err: LabError) -> ErrorRecord:
     return ErrorRecord(
         Exception=_exception(err),
         CategoryInfo=_category(err),
         TargetObject=_target(err),
         FullyQualifiedErrorId=err.error_id,
+        InvocationInfo=_invocation(err),
     )
+
+
+@PSType(type_names=["System.Version[]", "System.Array", "System.Object"], skip_inheritance=True)
+class _VersionArray(PSList):
+    """PSCompatibleVersions as PowerShell types it."""
+
+
+def _version_table(powershell: str, protocol: str) -> dict[str, Any]:
+    """$PSVersionTable as the host sends it in APPLICATION_PRIVATE_DATA. PowerShell 2.0: the values of a Windows
+    2008 R2 SP1 host (pypsrp's recording test_psrp_run_protocol_version_2.1.yml); 5.1: Windows 2016's
+    (test_psrp_run_protocol_version_2.3.yml); 3.0/4.0 (no recording): 2.0's keys with their versions."""
+    if powershell == "5.1":
+        return {"PSVersion": PSVersion("5.1.14393.2248"), "PSEdition": "Desktop",
+                "PSCompatibleVersions": _VersionArray([PSVersion(v) for v in
+                                                       ("1.0", "2.0", "3.0", "4.0", "5.0", "5.1.14393.2248")]),
+                "CLRVersion": PSVersion("4.0.30319.42000"), "BuildVersion": PSVersion("10.0.14393.2248"),
+                "WSManStackVersion": PSVersion("3.0"), "PSRemotingProtocolVersion": PSVersion(protocol),
+                "SerializationVersion": PSVersion("1.1.0.1")}
+    compatible = [v for v in ("1.0", "2.0", "3.0", "4.0") if float(v) <= float(powershell)]
+    legacy = powershell == "2.0"
+    return {"WSManStackVersion": PSVersion("2.0" if legacy else "3.0"),
+            "PSCompatibleVersions": _VersionArray([PSVersion(v) for v in compatible]),
+            "SerializationVersion": PSVersion("1.1.0.1"),
+            "BuildVersion": PSVersion("6.1.7601.17514" if legacy else "6.2.9200.16398"),
+            "PSVersion": PSVersion(powershell),
+            "CLRVersion": PSVersion("2.0.50727.5420" if legacy else "4.0.30319.18444"),
+            "PSRemotingProtocolVersion": PSVersion(protocol)}
 
 
 @dataclass
@@ -188,8 +244,7 @@ def _runspace_pool(powershell: str) -> ServerRunspacePool:
     except KeyError:
         raise ValueError(f"unknown PowerShell version {powershell!r}; one of "
                          f"{', '.join(PROTOCOL_FOR_POWERSHELL)}") from None
-    pool = _LabRunspacePool(application_private_data={"PSVersionTable": {
-        "PSVersion": PSVersion(powershell), "PSRemotingProtocolVersion": PSVersion(protocol)}})
+    pool = _LabRunspacePool(application_private_data={"PSVersionTable": _version_table(powershell, protocol)})
     pool.our_capability = SessionCapability(PSVersion=PSVersion("2.0"), protocolversion=PSVersion(protocol),
                                             SerializationVersion=pool.our_capability.SerializationVersion)
     return pool

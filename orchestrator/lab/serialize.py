@@ -65,12 +65,39 @@ def _enum_member(value: LabEnum) -> Any:
     return member
 
 
+class _ServerLocalTime(datetime.tzinfo):
+    """The lab host's local zone, written with its offset even where that is +00:00: psrpcore writes "Z" for
+    datetime.timezone.utc and for anything equal to it, which is .NET's UTC kind, not a server's local time."""
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        moment = (dt or datetime.datetime.now()).replace(tzinfo=None)
+        return moment.astimezone().utcoffset() or datetime.timedelta(0)
+
+    def dst(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        return datetime.timedelta(0)
+
+    def tzname(self, dt: datetime.datetime | None) -> str:
+        return "server local time"
+
+    def fromutc(self, dt: datetime.datetime) -> datetime.datetime:
+        offset = dt.replace(tzinfo=datetime.UTC).astimezone().utcoffset() or datetime.timedelta(0)
+        return dt + offset
+
+
+_SERVER_LOCAL = _ServerLocalTime()
+
+
 def to_ps(value: Any) -> Any:
     """Neutral value -> what psrpcore serializes the way a Windows server would."""
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
-    if isinstance(value, (datetime.datetime, datetime.timedelta)):
-        return value  # <DT> / <TS>; pypsrp hands DT back as the raw string (notes §4.6)
+    if isinstance(value, datetime.datetime):
+        # <DT>; pypsrp hands it back as the raw string (notes §4.6). A Windows server serializes its DateTimes
+        # (NotBefore, NotAfter...) as local time with the UTC offset, "2027-12-01T14:49:00-08:00" (.NET's
+        # round-trip form for DateTimeKind.Local), never as "Z": the lab's local time is the lab host's.
+        return value.astimezone(_SERVER_LOCAL) if value.tzinfo is not None else value
+    if isinstance(value, datetime.timedelta):
+        return value  # <TS>
     if isinstance(value, bytearray):
         return bytes(value)
     if isinstance(value, Secret):

@@ -592,7 +592,10 @@ class LabServer:
         address = self.url(http.path)
         return wsman.response(
             req, *wsman.shell_created(address, req.resource_uri, shell_id, user, streams[0], streams[1],
-                                      idle_timeout)
+                                      idle_timeout,
+                                      # The recorded PowerShell 2.0 host leaves its PowerShell shells undescribed;
+                                      # cmd shells are described in every WinRS recording (test_winrs_standard.yml).
+                                      describe_shell=isinstance(shell, WinrsShell) or self.winrm_version >= (3, 0))
         )
 
     def _expire_idle_shells(self) -> None:

@@ -349,6 +349,9 @@ def parse_duration(text: str | None) -> float | None:
     )
 
 
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+
 def _q(prefix: str, tag: str) -> str:
     return f"{{{NS[prefix]}}}{tag}"
 
@@ -388,6 +391,9 @@ def parse_request(data: bytes) -> WSManRequest:
 
 def _envelope(action: str, relates_to: str | None) -> tuple[ET.Element, ET.Element]:
     env = ET.Element(_q("s", "Envelope"))
+    # Every envelope of every recorded Windows host carries xml:lang on s:Envelope
+    # (jborean93/pypsrp tests/tests_pypsrp/responses/*.yml, e.g. test_psrp_run_protocol_version_2.1.yml).
+    env.set(f"{{{XML_NS}}}lang", "en-US")
     header = ET.SubElement(env, _q("s", "Header"))
     ET.SubElement(header, _q("a", "Action")).text = action
     ET.SubElement(header, _q("a", "MessageID")).text = f"uuid:{str(uuid.uuid4()).upper()}"
@@ -509,15 +515,20 @@ def shell_description(info: ShellInfo, full: bool = True) -> ET.Element:
 
 def shell_created(
     address: str, resource_uri: str, shell_id: str, owner: str, input_streams: str, output_streams: str,
-    idle_timeout: float = 7200.0,
+    idle_timeout: float = 7200.0, describe_shell: bool = True,
 ) -> list[ET.Element]:
-    """Create response: ResourceCreated (what both clients need) plus the rsp:Shell description."""
+    """Create response: ResourceCreated (what both clients need) plus, where the host sends it, the rsp:Shell
+    description. A PowerShell 2.0 / WinRM 2.0 host (Windows 2008 R2 SP1, pypsrp's recording
+    test_psrp_run_protocol_version_2.1.yml) answers with ResourceCreated alone; later hosts add rsp:Shell
+    (test_psrp_is_alive_state_disconnected.yml)."""
     rc = ET.Element(_q("x", "ResourceCreated"))
     ET.SubElement(rc, _q("a", "Address")).text = address
     ref = ET.SubElement(rc, _q("a", "ReferenceParameters"))
     ET.SubElement(ref, _q("w", "ResourceURI")).text = resource_uri
     sel = ET.SubElement(ref, _q("w", "SelectorSet"))
     ET.SubElement(sel, _q("w", "Selector"), Name="ShellId").text = shell_id
+    if not describe_shell:
+        return [rc]
     info = ShellInfo(shell_id, resource_uri, owner, input_streams, output_streams, idle_timeout)
     return [rc, shell_description(info, full=False)]
 
