@@ -355,6 +355,8 @@ class LabServer:
                fault: wsman.WSManFault | None) -> HttpResponse:
         if fault is not None:
             record.wsman_fault = fault.code
+        if self.winrm_version >= (3, 0):
+            body = wsman.with_activity_id(body)
         headers = list(auth.headers)
         if auth.encrypted:
             # The connection's context unwrapped the request; it wraps the reply too.

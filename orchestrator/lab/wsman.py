@@ -441,6 +441,23 @@ def fault_envelope(fault: WSManFault, relates_to: str | None, machine: str) -> b
     return ET.tostring(env, encoding="utf-8", xml_declaration=False)
 
 
+# Whatever prefix the addressing namespace has: ElementTree's registry is process-wide, and pypsrp (in the same
+# process for rehearsals and tests) registers its own ("wsa").
+_MESSAGE_ID_END = re.compile(rb"</[A-Za-z][\w.-]*:MessageID>")
+
+
+def with_activity_id(body: bytes) -> bytes:
+    """The reply with a p:ActivityId after its MessageID, as WinRM 3.0+ hosts send in every response header
+    (a bare GUID: pypsrp's recordings of newer hosts, e.g. test_psrp_receive_failure.yml,
+    test_psrp_clear_commands.yml). The recorded WinRM 2.0 host sends none (test_psrp_run_protocol_version_2.1.yml)."""
+    found = _MESSAGE_ID_END.search(body, 0, 2048)  # in the header, near the start
+    if found is None:
+        return body
+    at = found.end()
+    activity = f'<p:ActivityId xmlns:p="{NS["p"]}">{str(uuid.uuid4()).upper()}</p:ActivityId>'.encode()
+    return body[:at] + activity + body[at:]
+
+
 def empty_fault_envelope() -> bytes:
     """A SOAP fault with neither code nor text (what a refusal without details looks like to a client)."""
     env, body = _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", None)

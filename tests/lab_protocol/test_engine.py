@@ -126,7 +126,10 @@ def test_serialized_layout() -> None:
     assert "<T>A.MVP</T><T>System.Object</T></TN><LST><S>a</S></LST>" in _xml(LabList(["A.MVP"], ["a"]))
     assert "<T>System.Object[]</T>" in _xml([1])
     assert _xml(b"\x00\x01") == "<BA>AAE=</BA>"
-    assert _xml(datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)) == "<DT>2030-01-01T00:00:00Z</DT>"
+    # A server's local time with its offset (test_wire_shape.py): on a UTC host "+00:00", never .NET UTC's "Z".
+    offset = datetime.datetime(2030, 1, 1).astimezone().strftime("%z")
+    local = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC).astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+    assert _xml(datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)) == f"<DT>{local}{offset[:3]}:{offset[3:]}</DT>"
 
 
 def test_from_ps_plain_values() -> None:

@@ -192,3 +192,31 @@ def test_datetimes_are_local_time_with_an_offset(ps2_host: tuple[LabServer, list
         time.tzset()
     # .NET's round-trip form of a DateTimeKind.Local value, not UTC's "Z".
     assert str(out[0]) == "2027-12-01T13:49:00-08:00"
+
+
+def test_a_winrm_3_host_names_an_activity_in_every_response() -> None:
+    """WinRM 3.0+ (a host with WMF 3.0 or later) puts p:ActivityId in every response header (pypsrp's recordings of
+    newer hosts, e.g. test_psrp_receive_failure.yml); the PowerShell 2.0 host above sends none."""
+    srv = LabServer("EX2010", make_registry(), {USER: PASSWORD}, allow_unencrypted=True,
+                    configurations=[Endpoint(POWERSHELL.configuration, POWERSHELL.path, POWERSHELL.language, "5.1")])
+    replies: list[bytes] = []
+    inner = srv._reply
+
+    def keep(auth: Any, body: bytes, status: int, record: Any, fault: Any) -> Any:
+        response = inner(auth, body, status, record, fault)
+        replies.append(response.body)
+        return response
+
+    srv._reply = keep  # type: ignore[method-assign]
+    srv.start()
+    try:
+        with RunspacePool(_wsman(srv)) as pool:
+            ps = PowerShell(pool)
+            ps.add_cmdlet("Get-LabThing")
+            ps.invoke()
+    finally:
+        srv.stop()
+    assert replies
+    for body in replies:
+        found = paths(ET.fromstring(body))
+        assert "/s:Envelope/s:Header/p:ActivityId" in found and "/s:Envelope@xml:lang" in found
