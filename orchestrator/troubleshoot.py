@@ -20,6 +20,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 log = logging.getLogger("exmig.wire")
@@ -134,17 +135,22 @@ def watch_wsman(wsman: T, server: str) -> T:
     original = wsman.invoke  # type: ignore[attr-defined]
 
     def invoke(action: str, *args: Any, **kwargs: Any) -> Any:
-        start = time.monotonic()
-        try:
-            result = original(action, *args, **kwargs)
-        except BaseException as exc:
-            _request(server, action, start, _outcome(exc))
-            raise
-        _request(server, action, start, "HTTP 200")
-        return result
+        return _timed(server, action, lambda: original(action, *args, **kwargs))
 
     wsman.invoke = invoke  # type: ignore[attr-defined]
     return wsman
+
+
+def _timed(server: str, action: str, call: Callable[[], Any]) -> Any:
+    """One request line for `call`: its action, outcome and milliseconds, whether it returns or raises."""
+    start = time.monotonic()
+    try:
+        result = call()
+    except BaseException as exc:
+        _request(server, action, start, _outcome(exc))
+        raise
+    _request(server, action, start, "HTTP 200")
+    return result
 
 
 def watch_protocol(protocol: T, server: str) -> T:
@@ -155,15 +161,7 @@ def watch_protocol(protocol: T, server: str) -> T:
 
     def send_message(message: str) -> Any:
         found = _ACTION.search(message)
-        action = found.group(1) if found else "request"
-        start = time.monotonic()
-        try:
-            result = original(message)
-        except BaseException as exc:
-            _request(server, action, start, _outcome(exc))
-            raise
-        _request(server, action, start, "HTTP 200")
-        return result
+        return _timed(server, found.group(1) if found else "request", lambda: original(message))
 
     protocol.send_message = send_message  # type: ignore[attr-defined]
     return protocol

@@ -171,40 +171,35 @@ def action_not_supported_fault(action: str) -> WSManFault:
 CODE_QUOTA_LIMIT = 2150859173  # ERROR_WSMAN_QUOTA_MAX_SHELLS (0x803381A5)
 
 
+def _quota_fault(message: str, reason: str | None = None) -> WSManFault:
+    return WSManFault(CODE_QUOTA_LIMIT, message, subcode="w:QuotaLimit", reason=reason)
+
+
 def shells_quota_fault(limit: int) -> WSManFault:
     """WinRM's MaxShellsPerUser refusal of a Create: subcode w:QuotaLimit (MS-WSMV 3.1.4.5.2.1), code and texts as
     a WinRM 2.0 server sends them (the fault quoted in the Cerebrum project's WinRM client; the f:Message also in
     the PowerShell team's "Configuring WSMAN Limits", 2010)."""
-    return WSManFault(
-        CODE_QUOTA_LIMIT,
+    return _quota_fault(
         f"The WS-Management service cannot process the request. This user is allowed a maximum number of {limit} "
         "concurrent shells, which has been exceeded. Close existing shells or raise the quota for this user. ",
-        subcode="w:QuotaLimit",
         reason="The WS-Management service cannot process the request. The maximum number of concurrent shells for "
-               "this user has been exceeded. Close existing shells or raise the quota for this user. ",
-    )
+               "this user has been exceeded. Close existing shells or raise the quota for this user. ")
 
 
 def exchange_sessions_quota_fault(limit: int) -> WSManFault:
     """Exchange 2010's throttling (PowerShellMaxConcurrency) refusal, text as an Exchange 2010 server shows it
     (quoted at cloudiffic.com); the fault code and subcode around it are UNCONFIRMED (WinRM's quota fault)."""
-    return WSManFault(
-        CODE_QUOTA_LIMIT,
+    return _quota_fault(
         f"The WS-Management service cannot process the request. This user is allowed a maximum of {limit} "
-        "concurrent shells, which has been exceeded. Close existing shells or raise the quota for this user. ",
-        subcode="w:QuotaLimit",
-    )
+        "concurrent shells, which has been exceeded. Close existing shells or raise the quota for this user. ")
 
 
 def operations_quota_fault(limit: int) -> WSManFault:
     """MaxConcurrentOperationsPerUser exceeded. The text follows the shells fault's pattern: UNCONFIRMED wording."""
-    return WSManFault(
-        CODE_QUOTA_LIMIT,
+    return _quota_fault(
         f"The WS-Management service cannot process the request. This user is allowed a maximum number of {limit} "
         "concurrent operations, which has been exceeded. Close existing operations for this user, or raise the "
-        "quota for this user. ",
-        subcode="w:QuotaLimit",
-    )
+        "quota for this user. ")
 
 
 def internal_error_fault(detail: str) -> WSManFault:
