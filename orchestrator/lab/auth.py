@@ -125,7 +125,7 @@ class UserFile:
         with _ENV_LOCK:
             if not self._finalizer.alive:
                 raise RuntimeError("the lab server's NTLM users were released (server stopped)")
-            with overridden({"NTLM_USER_FILE": self.path, **(extra or {})}):
+            with overridden({"NTLM_USER_FILE": self.path, **(extra or {})}, keep_keys=True):
                 yield
 
 
@@ -145,8 +145,9 @@ class KerberosKeys:
     rcache_dir: Path
 
     def environment(self) -> dict[str, str]:
-        return {"KRB5_KTNAME": f"FILE:{self.keytab}", "KRB5_CONFIG": str(self.krb5_config),
-                "KRB5RCACHEDIR": str(self.rcache_dir)}
+        # Not KRB5_CONFIG: accepting with a keytab needs no realm configuration, and the clients' own
+        # KRB5_CONFIG must not be switched under them (environ.py).
+        return {"KRB5_KTNAME": f"FILE:{self.keytab}", "KRB5RCACHEDIR": str(self.rcache_dir)}
 
 
 def tls_server_end_point(cert_pem: bytes) -> bytes:
