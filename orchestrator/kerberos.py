@@ -35,7 +35,6 @@ KRB5_REALM_UNKNOWN = -1765328230
 KRB5_KDC_UNREACH = -1765328228
 KRB5_CC_NOTFOUND = -1765328189
 KG_CCACHE_NOMATCH = -1765328243  # "Can't find client principal ... in cache collection"
-_GSS_NO_CRED = 458752  # GSS_S_NO_CRED major status
 
 
 def realm_of(principal: str) -> str | None:

@@ -22,7 +22,7 @@ process-wide lock with the variable pointing at that file, so several lab server
 users can live in one process. The file is an anonymous in-memory file (memfd) where Linux has
 them: nothing on disk, and it vanishes with the process however the process ends; elsewhere a
 0600 file in a private 0700 temporary directory, removed when the server stops (or at exit).
-MIT's acceptor likewise reads its keytab (KRB5_KTNAME), configuration (KRB5_CONFIG) and replay
+MIT's acceptor likewise reads its keytab (KRB5_KTNAME) and replay
 cache folder (KRB5RCACHEDIR) from the environment; they are set under the same lock.
 """
 
@@ -138,15 +138,15 @@ def _remove(fd: int | None, directory: str | None) -> None:
 
 @dataclass(frozen=True)
 class KerberosKeys:
-    """What one emulated server needs to accept Kerberos: its keytab and the realm's files."""
+    """What one emulated server needs to accept Kerberos: its keytab and the realm's replay cache folder.
+
+    Not the realm's krb5.conf: accepting with a keytab needs no realm configuration, and the clients'
+    KRB5_CONFIG must not be switched under them (environ.py)."""
 
     keytab: Path
-    krb5_config: Path
     rcache_dir: Path
 
     def environment(self) -> dict[str, str]:
-        # Not KRB5_CONFIG: accepting with a keytab needs no realm configuration, and the clients' own
-        # KRB5_CONFIG must not be switched under them (environ.py).
         return {"KRB5_KTNAME": f"FILE:{self.keytab}", "KRB5RCACHEDIR": str(self.rcache_dir)}
 
 

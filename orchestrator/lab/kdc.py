@@ -5,7 +5,7 @@ tests something production never does. Instead of imitating Kerberos, the lab ru
 (packages krb5-kdc, krb5-admin-server) for the playbook's realm:
 
 - everything lives in one private folder: `kdc.conf` (KRB5_KDC_PROFILE), `krb5.conf` (KRB5_CONFIG
-  for the lab's acceptors and the clients it serves), the database and its stash, one keytab per
+  for the clients it serves; the acceptors need only their keytab), the database and its stash, one keytab per
   emulated server, the replay cache (KRB5RCACHEDIR) and the KDC's log; nothing global changes and
   no root is needed;
 - `kdb5_util create` makes the database, `kadmin.local` adds the users (with pre-authentication
@@ -71,10 +71,6 @@ def missing_programs() -> list[str]:
     return [p for p in KDC_PROGRAMS if find_program(p) is None]
 
 
-def kdc_available() -> bool:
-    return not missing_programs()
-
-
 def gssapi_available() -> bool:
     try:
         import gssapi  # noqa: F401
@@ -83,11 +79,16 @@ def gssapi_available() -> bool:
     return True
 
 
-def require_kerberos(what: str, otherwise: str) -> None:
-    """One line naming the install command when a Kerberos lab cannot run here."""
+def _require_programs(what: str, otherwise: str = "") -> None:
     missing = missing_programs()
     if missing:
-        raise KdcUnavailable(f"{what} needs the MIT KDC ({', '.join(missing)} not found): {INSTALL_HINT}, {otherwise}")
+        raise KdcUnavailable(f"{what} needs the MIT KDC ({', '.join(missing)} not found): {INSTALL_HINT}"
+                             + (f", {otherwise}" if otherwise else ""))
+
+
+def require_kerberos(what: str, otherwise: str) -> None:
+    """One line naming the install command when a Kerberos lab cannot run here."""
+    _require_programs(what, otherwise)
     if not gssapi_available():
         raise KdcUnavailable(f"{what} needs GSSAPI in exmig's Python: pip install 'exmig[kerberos]' (on Debian "
                              f"first apt-get install libkrb5-dev), {otherwise}")
@@ -124,11 +125,10 @@ def _free_port(host: str) -> int:
 
 @dataclass
 class ServicePrincipals:
-    """One emulated server's Kerberos identity: its host name, the SPNs and the keytab holding their keys."""
+    """One emulated server's Kerberos identity: its host name and the keytab holding its SPNs' keys."""
 
     hostname: str
     keytab: Path
-    principals: tuple[str, ...]
 
 
 @dataclass
@@ -257,15 +257,12 @@ class LabRealm:
             self._kadmin(*(f"addprinc -randkey {p}" for p in principals))
             self._kadmin(f"ktadd -k {keytab} {' '.join(principals)}")
             os.chmod(keytab, 0o600)
-            self.services[hostname] = ServicePrincipals(hostname, keytab, principals)
+            self.services[hostname] = ServicePrincipals(hostname, keytab)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Self:
-        missing = missing_programs()
-        if missing:
-            raise KdcUnavailable(f"the lab's Kerberos realm needs the MIT KDC ({', '.join(missing)} not found); "
-                                 f"{INSTALL_HINT}")
+        _require_programs("the lab's Kerberos realm")
         if not self.port:
             self.port = _free_port(self.host)
         self._provision()

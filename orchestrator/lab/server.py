@@ -127,8 +127,8 @@ class LabServer:
         allow_unencrypted: WinRM's AllowUnencrypted: Basic over HTTP and plain bodies after
             Negotiate over HTTP are accepted.
         cmd_shell: offer the WinRS cmd shell at /wsman.
-        shell_idle_timeout: seconds after which an unused shell is discarded (WinRM's IdleTimeout,
-            7200 s by default) unless the client asked for another rsp:IdleTimeOut in its Create, so
+        shell_idle_timeout: seconds after which an unused shell is discarded (WinRM's IdleTimeout;
+            by default the limits' idle_timeout, 7200 s when unlimited) unless the client asked for another rsp:IdleTimeOut in its Create, so
             clients that drop pools without Delete do not pile up.
     """
 
@@ -146,7 +146,7 @@ class LabServer:
         faults: FaultPlan | None = None,
         allow_unencrypted: bool = False,
         cmd_shell: bool = True,
-        shell_idle_timeout: float = 7200.0,
+        shell_idle_timeout: float | None = None,
         kerberos: KerberosKeys | None = None,
         kerberos_only: Iterable[str] = (),
         costs: LabCosts = NO_COSTS,
@@ -179,7 +179,7 @@ class LabServer:
         self._last_used: dict[str, float] = {}
         self._meta: dict[str, _ShellMeta] = {}
         self._busy: dict[str, int] = {}  # requests in progress per shell: WinRM counts them as activity
-        self.shell_idle_timeout = shell_idle_timeout
+        self.shell_idle_timeout = limits.idle_timeout if shell_idle_timeout is None else shell_idle_timeout
         self.costs = costs
         self.limits = limits
         # Highest use seen per user (benchmarks and tests check that exmig stays within the limits).

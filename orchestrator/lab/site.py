@@ -162,8 +162,9 @@ class LabSite:
         realm = playbook_realm(self.playbook)
         if realm is None:
             return
-        users = {lab_username(s): lab_password(s) for s in self.playbook.servers
-                 if s.auth in ("kerberos", "negotiate") and "@" in lab_username(s)}
+        kerberos = [(lab_username(s), lab_password(s)) for s in self.playbook.servers
+                    if s.auth in ("kerberos", "negotiate")]
+        users = {user: password for user, password in kerberos if "@" in user}
         folder = self.state_dir / "kerberos"
         shutil.rmtree(folder, ignore_errors=True)  # a new database and new keys for every start
         self.realm = LabRealm(realm, folder, users, hosts=[s.spn_hostname for s in self.playbook.servers])
@@ -204,17 +205,17 @@ class LabSite:
 
             register_exshell(registry, model)
         apply_costs(registry, self.costs)
+        limits = self.limits_for(server.name)
         keys, kerberos_only = None, ()
         if self.realm is not None:
             service = self.realm.services[server.spn_hostname.lower()]
-            keys = KerberosKeys(service.keytab, self.realm.krb5_config, self.realm.rcache_dir)
+            keys = KerberosKeys(service.keytab, self.realm.rcache_dir)
             if server.version == 2010 and self.settings.exchange_kerberos_only:
                 kerberos_only = (ep.path,)
         winrm = LabServer(server.name, registry, {username: password}, configurations=configurations,
                           auth=_auth_schemes(server), tls=tls, port=ep.port if self.use_playbook_ports else 0,
                           latency=self.latency, faults=FaultPlan(), kerberos=keys, kerberos_only=kerberos_only,
-                          costs=self.costs, limits=self.limits_for(server.name),
-                          shell_idle_timeout=self.limits_for(server.name).idle_timeout)
+                          costs=self.costs, limits=limits)
         inspector = ServerInspector(model)
 
         def source(service: str, sni: str | None) -> ServedCert | None:

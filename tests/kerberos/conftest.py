@@ -79,7 +79,7 @@ def realm(make_realm: Callable[..., LabRealm]) -> Iterator[LabRealm]:
 
 def keys_for(realm: LabRealm, host: str = HOST) -> KerberosKeys:
     service = realm.services[host]
-    return KerberosKeys(service.keytab, realm.krb5_config, realm.rcache_dir)
+    return KerberosKeys(service.keytab, realm.rcache_dir)
 
 
 @pytest.fixture
