@@ -5,13 +5,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from orchestrator.dialects import add_snapin
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import check_ticket, check_username, principal_name
 from orchestrator.playbook import LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
-from orchestrator.transport.base import ServerSession
+from orchestrator.transport.base import ServerSession, SessionSpec
 
 log = logging.getLogger(__name__)
+
+
+def session_spec(server: Server) -> SessionSpec:
+    """What the transports need of a playbook server (they never see the playbook)."""
+    snapin = add_snapin(server)
+    return SessionSpec(
+        name=server.name,
+        exchange=server.exchange_endpoint,
+        system=server.system_endpoint,
+        prelude=(snapin,) if snapin is not None else (),
+        # Exchange 2010's /PowerShell (IIS) takes Kerberos only (jborean93/pypsrp issue #187).
+        kerberos_only=server.version == 2010,
+    )
 
 
 def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
@@ -55,7 +69,7 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
             from orchestrator.transport.winrs import WinrsServerSession
 
             console_file = server.connection.console_file or EXSHELL_CONSOLE_FILE
-            return WinrsServerSession(server, settings, console_file=console_file)
-        return PsrpServerSession(server, settings)
+            return WinrsServerSession(session_spec(server), settings, console_file=console_file)
+        return PsrpServerSession(session_spec(server), settings)
 
     return open_session

@@ -10,6 +10,7 @@ from orchestrator import server_errors
 from orchestrator.commands import Command, Shell
 from orchestrator.errors import ExmigError
 from orchestrator.kerberos import KerberosTarget, classify_kerberos
+from orchestrator.playbook import Endpoint
 
 
 class RemoteError(ExmigError):
@@ -101,6 +102,24 @@ def classify_http(server: str, exc: BaseException) -> Exception | None:
                         requests.exceptions.ChunkedEncodingError)):
         return TransientError(server, f"connection failed: {first_line(exc)}", reopen=True)
     return None
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a transport needs of a server: where its two sessions are, and what each session gets first.
+    Built from the playbook by orchestrator/connect.py, so transports hold no Exchange rule."""
+
+    name: str
+    exchange: Endpoint
+    system: Endpoint
+    # Sent once at the start of each Exchange session, before its first command (2007's Add-PSSnapin).
+    prelude: tuple[Command, ...] = ()
+    # The Exchange endpoint takes Kerberos only (2010's /PowerShell in IIS): a detail-less refusal of another
+    # scheme is explained as that.
+    kerberos_only: bool = False
+
+    def endpoint(self, shell: Shell) -> Endpoint:
+        return self.exchange if shell is Shell.EXCHANGE else self.system
 
 
 class ServerSession(Protocol):

@@ -29,12 +29,13 @@ from pypsrp.wsman import SelectorSet, WSMan
 
 from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
 from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, spn
-from orchestrator.playbook import Endpoint, Server
+from orchestrator.playbook import Endpoint
 from orchestrator.transport.base import (
     ConnectError,
     InvocationResult,
     RemoteError,
     RemoteObject,
+    SessionSpec,
     TransientError,
     ValueSource,
     classify_http,
@@ -140,6 +141,17 @@ def _value(server: str, name: str | None, value: Any, values: ValueSource) -> An
     raise TypeError(type(value).__name__)
 
 
+class _NoValues:
+    def blob(self, key: str) -> bytes:
+        raise ValueError(f"a session prelude cannot carry the {key} bytes")
+
+    def secret(self, key: str) -> str:
+        raise ValueError(f"a session prelude cannot carry the secret {key}")
+
+
+_NO_VALUES = _NoValues()
+
+
 def _list_from_xml(raw: str) -> list[Any] | None:
     """pypsrp leaves collections of unknown type as raw CLIXML (e.g. MultiValuedProperty)."""
     try:
@@ -224,10 +236,10 @@ def _progress(ps: PowerShell) -> tuple[Any, ...]:
 class PsrpServerSession:
     """Pools to one server, keyed by endpoint; opened on first use and kept for the whole run."""
 
-    def __init__(self, server: Server, settings: ConnectionSettings,
+    def __init__(self, spec: SessionSpec, settings: ConnectionSettings,
                  on_send: Callable[[str, Command], None] | None = None) -> None:
-        self.name = server.name
-        self._server = server
+        self.name = spec.name
+        self._spec = spec
         self._settings = settings
         self._pools: dict[tuple[str, int, str, str], RunspacePool] = {}
         self._keyed: set[tuple[str, int, str, str]] = set()
@@ -254,7 +266,7 @@ class PsrpServerSession:
     def _classify(self, exc: BaseException) -> Exception:
         auth = self._settings.auth
         if (isinstance(exc, WSManFaultError) and exc.code is None and not exc.reason
-                and self._server.version == 2010 and auth != "kerberos"):
+                and self._spec.kerberos_only and auth != "kerberos"):
             # What Exchange's /PowerShell (IIS, Kerberos only) answers a session authenticated with NTLM
             # (jborean93/pypsrp issue #187): nothing in it says why, so exmig does.
             return ConnectError(f"{self.name}: Exchange refused the {auth} session without details "
@@ -263,7 +275,7 @@ class PsrpServerSession:
         return classify(self.name, exc, self._settings.kerberos)
 
     def _endpoint(self, shell: Shell) -> Endpoint:
-        return self._server.exchange_endpoint if shell is Shell.EXCHANGE else self._server.system_endpoint
+        return self._spec.endpoint(shell)
 
     def _pool(self, endpoint: Endpoint) -> tuple[tuple[str, int, str, str], RunspacePool]:
         key = (endpoint.scheme, endpoint.port, endpoint.path.lower(), endpoint.configuration)
@@ -277,14 +289,14 @@ class PsrpServerSession:
         except Exception as exc:  # noqa: BLE001 - classified below
             raise self._classify(exc) from exc
         self._pools[key] = pool
-        if self._server.snapin and endpoint == self._server.exchange_endpoint:
+        if self._spec.prelude and endpoint == self._spec.exchange:
             # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
             if _multi_statement(pool):
                 self._snapin_pending.add(key)
             else:
                 ps = PowerShell(pool)
-                ps.add_cmdlet("Add-PSSnapin").add_parameter("Name", self._server.snapin)
-                self._run(ps, "Add-PSSnapin")
+                self._add_commands(ps, self._spec.prelude, None)
+                self._run(ps, " + ".join(c.name for c in self._spec.prelude))
         return key, pool
 
     def _run(self, ps: PowerShell, name: str) -> InvocationResult:
@@ -349,20 +361,10 @@ class PsrpServerSession:
         names = [c.name for c in commands]
         snapin = key in self._snapin_pending
         if snapin:
-            ps.add_cmdlet("Add-PSSnapin").add_parameter("Name", self._server.snapin).add_statement()
-            names.insert(0, "Add-PSSnapin")
-        for index, command in enumerate(commands):
-            if index:
-                ps.add_statement()
-            ps.add_cmdlet(command.name)
-            for param in command.params:
-                value = _value(self.name, param.name, param.value, values)
-                if param.name is None:
-                    ps.add_argument(value)
-                else:
-                    ps.add_parameter(param.name, value)
-            if self._on_send is not None:
-                self._on_send(self.name, command)
+            self._add_commands(ps, self._spec.prelude, None)
+            ps.add_statement()
+            names[:0] = [c.name for c in self._spec.prelude]
+        self._add_commands(ps, commands, values)
         try:
             result = self._run(ps, " + ".join(names))
         except BaseException:
@@ -372,6 +374,22 @@ class PsrpServerSession:
             raise
         self._snapin_pending.discard(key)
         return result
+
+    def _add_commands(self, ps: PowerShell, commands: Sequence[Command], values: ValueSource | None) -> None:
+        """`values` None: the session's prelude, which carries no bytes or secrets and is not reported sent."""
+        resolve = values if values is not None else _NO_VALUES
+        for index, command in enumerate(commands):
+            if index:
+                ps.add_statement()
+            ps.add_cmdlet(command.name)
+            for param in command.params:
+                value = _value(self.name, param.name, param.value, resolve)
+                if param.name is None:
+                    ps.add_argument(value)
+                else:
+                    ps.add_parameter(param.name, value)
+            if self._on_send is not None and values is not None:
+                self._on_send(self.name, command)
 
     def _drop(self, key: tuple[str, int, str, str]) -> None:
         pool = self._pools.pop(key, None)

@@ -49,12 +49,12 @@ from winrm.protocol import Protocol
 from orchestrator.commands import Blob, Command, Shell, Text
 from orchestrator.errors import ExmigError
 from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget
-from orchestrator.playbook import Server
 from orchestrator.render import winrs_script
 from orchestrator.transport.base import (
     ConnectError,
     InvocationResult,
     RemoteError,
+    SessionSpec,
     TransientError,
     ValueSource,
     classify_http,
@@ -184,12 +184,12 @@ def parse_streams(stdout: str, stderr: str) -> tuple[list[Any], list[tuple[str, 
 class WinrsServerSession:
     """One WinRS cmd shell to one server; every command is a powershell.exe process in it."""
 
-    def __init__(self, server: Server, settings: ConnectionSettings,
+    def __init__(self, spec: SessionSpec, settings: ConnectionSettings,
                  on_send: Callable[[str, Command], None] | None = None,
                  console_file: str = winrs_script.EXSHELL_CONSOLE_FILE,
                  command_line_budget: int = winrs_script.COMMAND_LINE_BUDGET) -> None:
-        self.name = server.name
-        self._server = server
+        self.name = spec.name
+        self._spec = spec
         self._settings = settings
         self._kerberos = settings.kerberos
         self._on_send = on_send
@@ -201,7 +201,7 @@ class WinrsServerSession:
     # -- connection --------------------------------------------------------------------------------
 
     def _endpoint(self) -> str:
-        ep = self._server.exchange_endpoint
+        ep = self._spec.exchange
         host = f"[{self._settings.host}]" if ":" in self._settings.host else self._settings.host
         return f"{ep.scheme}://{host}:{ep.port}/wsman"  # the cmd shell lives at /wsman
 
@@ -209,7 +209,7 @@ class WinrsServerSession:
         if self._protocol is not None and self._shell_id is not None:
             return self._protocol, self._shell_id
         s = self._settings
-        https = self._server.exchange_endpoint.scheme == "https"
+        https = self._spec.exchange.scheme == "https"
         verify = s.verify_tls
         protocol = Protocol(
             self._endpoint(), transport=_AUTH.get(s.auth, s.auth),  # type: ignore[arg-type]

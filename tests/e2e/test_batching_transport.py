@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.commands import Command, Param, Shell, Switch, Text
+from orchestrator.connect import session_spec
 from orchestrator.lab.site import EmulatedServer, LabSite
 from orchestrator.playbook import Server, load_playbook
 from orchestrator.transport.base import RemoteError
@@ -45,7 +46,7 @@ def _session(server: Server, emulated: EmulatedServer) -> PsrpServerSession:
     settings = ConnectionSettings(host="127.0.0.1", auth="ntlm", username=emulated.username,
                                   password=emulated.password, verify_tls=False, operation_timeout=5,
                                   read_timeout=15)
-    return PsrpServerSession(server, settings)
+    return PsrpServerSession(session_spec(server), settings)
 
 
 def test_the_snapin_rides_on_the_first_pipeline(ex2007: tuple[str, Server, EmulatedServer]) -> None:

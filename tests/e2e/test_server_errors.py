@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.commands import Blob, Command, LocalFile, Param, Secret, Switch, Text
+from orchestrator.connect import session_spec
 from orchestrator.lab.site import EmulatedServer, LabSite
 from orchestrator.playbook import Server, load_playbook
 from orchestrator.server_errors import classify, inner_text
@@ -42,7 +43,7 @@ def ex2010(tmp_path: Path) -> Iterator[tuple[Server, EmulatedServer, LabSite]]:
 
 
 def _session(server: Server, emulated: EmulatedServer) -> PsrpServerSession:
-    return PsrpServerSession(server, ConnectionSettings(
+    return PsrpServerSession(session_spec(server), ConnectionSettings(
         host="127.0.0.1", auth="ntlm", username=emulated.username, password=emulated.password, verify_tls=False,
         operation_timeout=5, read_timeout=15))
 

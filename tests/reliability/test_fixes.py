@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.commands import Command, Param, Text
+from orchestrator.connect import session_spec
 from orchestrator.lab.exchange import EXCHANGE_CONFIGURATION
 from orchestrator.lab.faults import FaultKind, FaultRule
 from orchestrator.lab.registry import CommandCall, Session
@@ -76,7 +77,7 @@ def test_a_command_whose_output_went_to_an_abandoned_receive_is_given_up(lab_tem
         settings = ConnectionSettings(host="127.0.0.1", auth="ntlm", username=emulated.username,
                                       password=emulated.password, verify_tls=False, operation_timeout=1,
                                       read_timeout=3, idle_polls=3, receive_retry_backoff=2.5)
-        session = PsrpServerSession(server, settings)
+        session = PsrpServerSession(session_spec(server), settings)
         # Pool opening: Create + Receive; the command's first Receive is the second one.
         emulated.winrm.faults.set_rules([FaultRule(FaultKind.STALL, request=2, action="Receive", seconds=5.0)])
         start = time.monotonic()
@@ -97,7 +98,7 @@ def test_the_playbook_timeouts_reach_pypsrp(lab_template: LabTemplate) -> None:
     server = lab_template.playbook.source
     settings = ConnectionSettings(host="127.0.0.1", auth="ntlm", username="u", password="p", verify_tls=True,
                                   operation_timeout=1, read_timeout=3)
-    wsman = PsrpServerSession(server, settings)._wsman(server.exchange_endpoint)
+    wsman = PsrpServerSession(session_spec(server), settings)._wsman(server.exchange_endpoint)
     assert (wsman.operation_timeout, wsman.transport.read_timeout) == (1, 3)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator.commands import Blob, Captured, Command, Param, Secret, Shell, Switch, Text
+from orchestrator.connect import session_spec
 from orchestrator.lab.winrs_shell import split_command_line
 from orchestrator.render import winrs_script
 from orchestrator.transport.base import RemoteError, RemoteObject
@@ -48,7 +49,7 @@ def settings(lab: InProcessLab) -> ConnectionSettings:
 
 @pytest.fixture
 def session(lab: InProcessLab) -> Iterator[WinrsServerSession]:
-    s = WinrsServerSession(lab.loaded.playbook.server("EX2007"), settings(lab))
+    s = WinrsServerSession(session_spec(lab.loaded.playbook.server("EX2007")), settings(lab))
     try:
         yield s
     finally:
@@ -57,7 +58,7 @@ def session(lab: InProcessLab) -> Iterator[WinrsServerSession]:
 
 def test_a_cmdlet_returns_the_same_objects_as_over_psrp(lab: InProcessLab, session: WinrsServerSession) -> None:
     over_winrs = session.invoke(Command("Get-ExchangeCertificate", ()), Values()).output
-    psrp = PsrpServerSession(lab.loaded.playbook.server("EX2007"), settings(lab))
+    psrp = PsrpServerSession(session_spec(lab.loaded.playbook.server("EX2007")), settings(lab))
     try:
         over_psrp = psrp.invoke(Command("Get-ExchangeCertificate", ()), Values()).output
     finally:
@@ -78,7 +79,7 @@ def test_non_ascii_and_hostile_names_survive_the_oem_code_page(lab: InProcessLab
 
 def test_bytes_are_written_in_chunks_and_checked_by_hash(lab: InProcessLab) -> None:
     data = os.urandom(20_000)
-    small = WinrsServerSession(lab.loaded.playbook.server("EX2007"), settings(lab), command_line_budget=2500)
+    small = WinrsServerSession(session_spec(lab.loaded.playbook.server("EX2007")), settings(lab), command_line_budget=2500)
     before = len(lab.exshell().invocations)
     try:
         small.invoke(Command("Set-Content", (Param("Path", Text("C:\\Certs\\big.bin")),
