@@ -244,10 +244,13 @@ def plan(
 def run(
     playbook: PlaybookArg,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Connect and read only; print what a run would send now "
+                                        "per server and step, or why nothing.")] = False,
     server: ServerOpt = None,
     step: StepOpt = None,
     from_step: Annotated[str | None, typer.Option("--from", help="Start at this step (plan order).")] = None,
-    format: Annotated[PlanFormat, typer.Option("--format", help="Dry-run output format.")] = PlanFormat.text,
+    format: Annotated[PlanFormat, typer.Option("--format", help="Dry-run and --check output format.")]
+    = PlanFormat.text,
     certificate: CertOpt = None,
     chain: ChainOpt = None,
     state: Annotated[Path | None, typer.Option("--state", help="Journal file (default .exmig/ beside the playbook).")]
@@ -264,8 +267,9 @@ def run(
 ) -> None:
     """Run the migration against the servers.
 
-    With --dry-run: print exactly what would be sent. With a manual issuer the first run writes the CSR and
-    exits 3; run again with the CA's files (--certificate)."""
+    With --dry-run: print every command a run can send. With --check: connect, read, and print exactly what
+    a run would send now (nothing is changed). With a manual issuer the first run writes the CSR and exits 3;
+    run again with the CA's files (--certificate)."""
     _troubleshooting(verbose, debug)
     if dry_run:
         _echo(_plan_output(playbook, server, step, format, certificate, chain))
@@ -276,6 +280,9 @@ def run(
     _check_selection(loaded, server, step)
     if from_step is not None:
         _check_selection(loaded, None, [from_step])
+    if check:
+        _echo(_check(loaded, state, server, step, from_step, [*(certificate or []), *(chain or [])], format))
+        return
     if save_pfx is not None:
         from orchestrator.execute import RunOptions
 
@@ -369,6 +376,40 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
         return int(ExitCode.OK)
     finally:
         executor.close()
+
+
+def _check(loaded: LoadedPlaybook, state: Path | None, servers: list[str] | None, steps: list[str] | None,
+           from_step: str | None, files: list[Path], fmt: PlanFormat) -> str:
+    """`run --check`: the run's own decisions over what the servers hold now, with only the reads sent."""
+    from orchestrator import journal as journal_mod
+    from orchestrator.connect import session_factory
+    from orchestrator.events import QuietEvents
+    from orchestrator.execute import Executor, RunOptions
+    from orchestrator.render.check_output import render_check_json, render_check_ps1, render_check_text
+    from orchestrator.secrets_store import SecretStore
+
+    journal = journal_mod.load(state or journal_mod.default_path(loaded.path), loaded.path)
+    options = RunOptions(servers=servers, steps=steps, from_step=from_step, certificate_files=files)
+    secrets = SecretStore(loaded.playbook)
+    involved = _selected_servers(loaded, servers)
+    if loaded.playbook.source not in involved:
+        involved.append(loaded.playbook.source)  # a target's import reads the source's export decision
+    secrets.resolve(involved, False)  # reads carry no PFX password
+
+    def warn(text: str) -> None:
+        sys.stderr.write(text + "\n")
+
+    executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, QuietEvents(), options,
+                        check=True)
+    try:
+        executor.run()
+    finally:
+        executor.close()
+    if fmt is PlanFormat.json:
+        return render_check_json(executor.planned, loaded.playbook)
+    if fmt is PlanFormat.ps1:
+        return render_check_ps1(executor.planned, loaded.playbook)
+    return render_check_text(executor.planned, loaded.playbook)
 
 
 def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None, warn_days: int,

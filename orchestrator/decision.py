@@ -19,9 +19,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Noop:
-    """Nothing to send: the state already holds (`reason` says which)."""
+    """Nothing to send: the state already holds (`reason` says which). `changed_by`: an earlier step of this
+    run made the change (Enable in the import's pipeline), so the step counts as changed; `note`: something
+    the admin should see (a warning about the certificate)."""
 
     reason: str
+    changed_by: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class Send:
 
     pipelines: tuple[tuple[Command, ...], ...]
     reason: str
+    # What it does to the run once it succeeded (orchestrator/steps.py RunState.after), and the step's outcome
+    # then: "changed", or "ok" for commands that change nothing (the export).
+    effects: frozenset[str] = field(default_factory=frozenset)
+    outcome: str = "changed"
 
     @property
     def commands(self) -> tuple[Command, ...]:

@@ -79,6 +79,23 @@ def remove_file(server: Server, path: str) -> Command:
     return Command("Remove-Item", (text("Path", path),), shell=Shell.SYSTEM, affects=FILES_ONLY)
 
 
+def test_path(path: str) -> Command:
+    return Command("Test-Path", (text("Path", path),), shell=Shell.SYSTEM, changes=False)
+
+
+def read_stores() -> Command:
+    """LocalMachine\\CA and \\Root in one Get-ChildItem (two paths, told apart by PSParentPath): the root check
+    costs no request where install-chain reads the CA store anyway."""
+    return Command("Get-ChildItem", (Param("Path", TextList(("Cert:\\LocalMachine\\CA", "Cert:\\LocalMachine\\Root"))),),
+                   shell=Shell.SYSTEM, changes=False)
+
+
+def read_store(name: str) -> Command:
+    """One store: for a server whose objects do not say which store they are from."""
+    return Command("Get-ChildItem", (text("Path", f"Cert:\\LocalMachine\\{name}"),), shell=Shell.SYSTEM,
+                   changes=False)
+
+
 def add_to_ca_store(server: Server, path: str) -> Command:
     """certutil -addstore CA: Import-Certificate does not exist before Windows 2012 (§6)."""
     return Command("certutil.exe", (arg("-addstore"), arg("CA"), arg(path)), shell=Shell.SYSTEM, native=True,
@@ -181,6 +198,12 @@ class Dialect:
             read_file(server, path, capture="Export"),
             remove_file(server, path),
         ]
+
+    def export_request(self, server: Server, thumb: Thumbprint) -> Command:
+        """A pending request's CSR again (its reply was lost): Export-ExchangeCertificate of a pending
+        request gives the request text, and changes nothing."""
+        return Command("Export-ExchangeCertificate", (Param("Thumbprint", thumb), *self._server(server)),
+                       capture="Request", changes=False)
 
     def get_certificate(self, server: Server, thumb: Thumbprint) -> Command:
         return Command("Get-ExchangeCertificate", (Param("Thumbprint", thumb), *self._server(server)),

@@ -1,7 +1,7 @@
 """What a run reports as it goes: a live console display, or one JSON object per line.
 
-Events carry names, never values: a command event names the cmdlet or program, not its
-parameters, so no secret can reach the output through them.
+Events carry names, never values: a command event names the cmdlet or program and its parameters'
+names, never their values, so no secret can reach the output through them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ class Events(Protocol):
     def step_finished(self, server: str, step: str, outcome: str, reason: str, seconds: float) -> None: ...
 
     def command(self, server: str, step: str, command: str, seconds: float, outcome: str,
-                detail: str | None = None) -> None: ...
+                parameters: list[list[str]] | None = None) -> None:
+        """One request: `command` names its statements ("Import-ExchangeCertificate + Enable-..."), `parameters`
+        each statement's parameter names in order (what `run --check` printed can be compared with it)."""
+        ...
 
     def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None: ...
 
@@ -81,9 +84,9 @@ class JsonEvents:
                    duration=round(seconds, 3))
 
     def command(self, server: str, step: str, command: str, seconds: float, outcome: str,
-                detail: str | None = None) -> None:
+                parameters: list[list[str]] | None = None) -> None:
         self._emit(event="command", server=server, step=step, command=command, duration=round(seconds, 3),
-                   outcome=outcome, detail=detail)
+                   outcome=outcome, parameters=parameters)
 
     def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None:
         self._emit(event="retry", server=server, step=step, attempt=attempt, reason=reason, delay=round(delay, 2))
@@ -97,6 +100,35 @@ class JsonEvents:
     def finish(self) -> None:
         self._emit(event="summary", counts=dict(self.summary.counts), servers=sorted(self.summary.servers),
                    line=self.summary.line())
+
+
+class QuietEvents:
+    """Reports nothing (`run --check` prints its own result); keeps the summary."""
+
+    def __init__(self) -> None:
+        self.summary = Summary()
+
+    def step_started(self, server: str, step: str) -> None:
+        return None
+
+    def step_finished(self, server: str, step: str, outcome: str, reason: str, seconds: float) -> None:
+        self.summary.add(server, step, outcome, reason)
+
+    def command(self, server: str, step: str, command: str, seconds: float, outcome: str,
+                parameters: list[list[str]] | None = None) -> None:
+        return None
+
+    def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None:
+        return None
+
+    def warning(self, server: str, step: str, cmdlet: str, text: str) -> None:
+        return None
+
+    def note(self, text: str) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
 
 
 class ConsoleEvents:
@@ -145,7 +177,7 @@ class ConsoleEvents:
                             f"({seconds:.1f}s)", markup=True)
 
     def command(self, server: str, step: str, command: str, seconds: float, outcome: str,
-                detail: str | None = None) -> None:
+                parameters: list[list[str]] | None = None) -> None:
         return None
 
     def retrying(self, server: str, step: str, attempt: int, reason: str, delay: float) -> None:

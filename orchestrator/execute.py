@@ -7,8 +7,8 @@ import). Transient failures are retried with exponential backoff and jitter, bou
 attempts and time; anything else stops the run with the server's own message. The journal is
 written after every step, so a crash or Ctrl-C resumes where it stopped.
 
-This module runs the plan (sessions, calls, what is known of each server, order, fan-out, retries,
-journal); what each step does is in orchestrator/steps.py.
+This module runs the plan (sessions, the reads, sending, order, fan-out, retries, journal); what each
+step does is decided in orchestrator/steps.py, without I/O, and sent here exactly as decided.
 """
 
 from __future__ import annotations
@@ -19,37 +19,29 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks, roots, troubleshoot
+from orchestrator import checks, reads, roots, steps, troubleshoot, workstation
 from orchestrator.certs import IssuedCertificate, der
-from orchestrator.commands import Command, Param, Shell, Text, TextList
-from orchestrator.dialects import dialect_for
+from orchestrator.commands import Command, Text
+from orchestrator.decision import Noop, Read, Send
+from orchestrator.dialects import native_failure
 from orchestrator.errors import ExitCode, ExmigError, UsageError
 from orchestrator.events import Events
 from orchestrator.facts import facts_from_delivery
-from orchestrator.issuance import (
-    WaitingForCA,
-    issued_from_journal,
-)
+from orchestrator.fileio import write_atomic
+from orchestrator.issuance import WaitingForCA, issued_from_journal, issued_to_pems
 from orchestrator.journal import Journal
-from orchestrator.plan import WORKSTATION, Facts, Plan, Step, StepName, build_plan
+from orchestrator.plan import WORKSTATION, BranchName, Facts, Plan, Step, StepName, build_plan
 from orchestrator.playbook import LoadedPlaybook, Server
+from orchestrator.reads import ServerFacts
 from orchestrator.secrets_store import SecretStore
-from orchestrator.steps import DependencyError, StepHandlers
-from orchestrator.transport.base import InvocationResult, ServerSession, TransientError
-
-
-@dataclass
-class ServerKnowledge:
-    """What was last read from a server; dropped after any change there."""
-
-    certificates: list[checks.CertInfo] | None = None
-    ca_store: list[str] | None = None
-    root_store: list[x509.Certificate] | None = None
+from orchestrator.steps import Attempt, DependencyError, Need, RunState
+from orchestrator.transport.base import InvocationResult, RemoteError, ServerSession, TransientError, first_line
 
 
 @dataclass
@@ -92,49 +84,65 @@ class TargetsFailed(ExmigError):
         self.exit_code = ExitCode.VERIFY_FAILED if verify_only else ExitCode.FAILED
 
 
-class Executor(StepHandlers):
-    """Sessions, remote calls, what is known of each server, the run's order, retries and the journal;
-    what each step does is StepHandlers'."""
+@dataclass(frozen=True)
+class Planned:
+    """What `run --check` found for one step: the decision a run would act on now."""
+
+    server: str
+    step: str
+    decision: Send | Noop | None  # None: the step only reads (verify) or runs on the workstation
+    reason: str
+
+
+# A decision asks for reads a few times at most (certificates, then files); a bound against a decision
+# that keeps asking.
+MAX_ROUNDS = 50
+
+
+class Executor:
+    """Sessions, reads, sending, the run's order, retries and the journal; what each step does is decided
+    by orchestrator/steps.py. With `check=True` only the reads are sent, and `planned` collects what a run
+    would send now (`exmig run --check`)."""
 
     def __init__(self, loaded: LoadedPlaybook, journal: Journal, sessions: SessionFactory, secrets: SecretStore,
-                 events: Events, options: RunOptions) -> None:
+                 events: Events, options: RunOptions, check: bool = False) -> None:
         self.loaded = loaded
         self.playbook = loaded.playbook
         self.journal = journal
         self.secrets = secrets
         self.events = events
         self.options = options
+        self.check = check
+        self.planned: list[Planned] = []
         options.check(loaded)
         self._session_factory = sessions
         self._sessions: dict[str, ServerSession] = {}
-        self._knowledge: dict[str, ServerKnowledge] = {}
+        self._server_facts: dict[str, ServerFacts] = {}
         self._blobs: dict[str, bytes] = {}
-        self._init_step_state()
         self._issued: IssuedCertificate | None = None
         self._facts: tuple[tuple[str | None, str | None], Facts] | None = None
         # Per thread (targets run concurrently): the step being run, and whether one of its
         # modifying commands lost its reply.
         self._local = threading.local()
-        self._export_lock = threading.Lock()
         self._sessions_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._preflight_lock = threading.Lock()
         self._preflight_done = False
         self._roots_checked = False
         self._top: tuple[str | None, x509.Certificate | None] | None = None
-        # Steps finished by earlier runs (read before this run marks them running again).
-        self._previously_done = {key for key in journal.steps if journal.done(key)}
-        # Steps an earlier run was killed in: what they sent may still be landing on the server.
-        self._interrupted = {key for key, record in journal.steps.items() if record.outcome == "running"}
+        self._state = RunState(
+            self.playbook,
+            # Steps finished by earlier runs (read before this run marks them running again).
+            previously_done=frozenset(key for key in journal.steps if journal.done(key)),
+            # Steps an earlier run was killed in: what they sent may still be landing on the server.
+            interrupted=frozenset(key for key, record in journal.steps.items() if record.outcome == "running"),
+        )
         if journal.issued_pem:
             self._remember_issued(issued_from_journal(journal.issued_pem, journal.chain_pems))
 
     # -- values the transport asks for (ValueSource) -------------------------------------------
 
     def blob(self, key: str) -> bytes:
-        if key == "pfx":
-            with self._export_lock:
-                if key not in self._blobs:
-                    self._export_pfx()
         try:
             return self._blobs[key]
         except KeyError:
@@ -143,7 +151,7 @@ class Executor(StepHandlers):
     def secret(self, key: str) -> str:
         return self.secrets.secret(key)
 
-    # -- facts ------------------------------------------------------------------------------------
+    # -- what is known ------------------------------------------------------------------------------
 
     def _remember_issued(self, issued: IssuedCertificate) -> None:
         self._issued = issued
@@ -176,7 +184,66 @@ class Executor(StepHandlers):
     def thumbprint(self) -> str | None:
         return self._issued.thumbprint if self._issued else None
 
-    # -- sessions and remote calls ---------------------------------------------------------------
+    def run_state(self) -> RunState:
+        """What the decisions see: the run's record, with what the journal and memory hold now."""
+        selected = self._selected(self.plan())
+        pending = frozenset(s.server for s in selected.steps
+                            if s.name is StepName.ENABLE and not self.journal.done(s.key)
+                            and (self.check or not s.unresolved))  # --check: the thumbprint is still to come
+        wanted = self.options.save_pfx is not None or any(
+            not self.journal.done(f"{t.name}:{StepName.IMPORT.value}") for t in self.playbook.targets)
+        intermediates = tuple(checks.sha1_thumbprint(c) for c in self._issued.intermediates) if self._issued else ()
+        with self._state_lock:
+            return replace(self._state, csr_pem=self.journal.csr_pem, thumbprint=self.thumbprint,
+                           intermediates=intermediates, chain_top=self._chain_top(), pfx_held="pfx" in self._blobs,
+                           pfx_wanted=wanted, enable_pending=pending)
+
+    def server_facts(self, server: Server) -> ServerFacts:
+        with self._state_lock:
+            return self._server_facts.get(server.name, ServerFacts())
+
+    def _set_facts(self, server: Server, facts: ServerFacts) -> None:
+        with self._state_lock:
+            self._server_facts[server.name] = facts
+
+    def _drop_facts(self, server: Server, affected: frozenset[str] | None = None) -> None:
+        with self._state_lock:
+            known = self._server_facts.get(server.name)
+            if known is not None:
+                self._server_facts[server.name] = ServerFacts() if affected is None else known.without(affected)
+
+    def read(self, server: Server, read: Read[Any]) -> None:
+        """Send one declared read and keep its parsed value among the server's facts."""
+        value = read.parse(self.call(server, read.command).output)
+        if read.name == reads.STORES and value is None:
+            # A server that does not say which store an object is from: one read per store.
+            ca, root = (self.call(server, r.command).output for r in reads.store_fallback())
+            value = reads.stores_from(ca, root)
+        facts = self.server_facts(server)
+        # Whether that session takes several statements per request is known once it is open (never opened
+        # just to ask: a session costs requests, and seconds on a real server).
+        shell = read.command.shell
+        if shell not in facts.batches and self.session(server).can_batch(shell):
+            facts = replace(facts, batches=facts.batches | {shell})
+        self._set_facts(server, facts.with_value(read.name, value))
+
+    def certificates(self, server: Server) -> list[checks.CertInfo]:
+        facts = self.server_facts(server)
+        if facts.certificates is None:
+            self.read(server, reads.certificates(server))
+            facts = self.server_facts(server)
+        assert facts.certificates is not None
+        return list(facts.certificates)
+
+    def _stores(self, server: Server) -> reads.Stores:
+        facts = self.server_facts(server)
+        if facts.stores is None:
+            self.read(server, reads.stores())
+            facts = self.server_facts(server)
+        assert facts.stores is not None
+        return facts.stores
+
+    # -- sessions and sending -------------------------------------------------------------------------
 
     def session(self, server: Server) -> ServerSession:
         with self._sessions_lock:
@@ -201,8 +268,9 @@ class Executor(StepHandlers):
 
     def call_batch(self, server: Server, commands: tuple[Command, ...]) -> InvocationResult:
         """Send commands for one shell of `server` as the statements of one pipeline (one command: a
-        plain call); the caller has checked the session can take them together."""
+        plain call); the decision has checked the session can take them together."""
         changes = any(c.changes for c in commands)
+        assert not (changes and self.check), "run --check sends reads only"
         if changes and not self._preflight_done:
             self._preflight()
         if changes and not self._roots_checked:
@@ -226,19 +294,12 @@ class Executor(StepHandlers):
         finally:
             if changes:
                 # Changed, or maybe changed (a lost reply): read again what it can have touched.
-                known = self._knowledge.get(server.name)
-                affected = set().union(*(c.affects for c in commands if c.changes))
-                if known is not None:
-                    if "certificates" in affected:
-                        known.certificates = None
-                    if "ca_store" in affected:
-                        known.ca_store = None
-                    if "root_store" in affected:
-                        known.root_store = None
+                self._drop_facts(server, frozenset().union(*(c.affects for c in commands if c.changes)))
                 if outcome == "transient-error":
                     self._local.maybe_changed = True
             self.events.command(server.name, getattr(self._local, "step", ""),
-                                " + ".join(c.name for c in commands), time.monotonic() - start, outcome)
+                                " + ".join(c.name for c in commands), time.monotonic() - start, outcome,
+                                parameters=[[p.name or "" for p in c.params] for c in commands])
 
     def _warnings(self, server: Server, commands: tuple[Command, ...], result: InvocationResult) -> None:
         """The server's warnings, shown and journaled with the step they came in (never dropped)."""
@@ -262,15 +323,12 @@ class Executor(StepHandlers):
             self._local.in_preflight = True
             try:
                 names = {s.server for s in self._selected(self.plan()).steps} - {WORKSTATION}
-                root_check = self._root_check_servers() if self._chain_top() is not None else set()
 
                 def read(server: Server) -> None:
                     self._local.in_preflight = True
-                    self.certificates(server)
-                    if server.system_endpoint != server.exchange_endpoint:
-                        self.ca_store(server)  # 2010: files and certutil go to another endpoint
-                    if server.name in root_check:
-                        self.root_store(server)  # side by side here; _check_roots then decides
+                    for declared in reads.server_reads(server):
+                        if not self.server_facts(server).known(declared.name):
+                            self.read(server, declared)
 
                 servers = [s for s in self.playbook.servers if s.name in names]
                 with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers) or 1)),
@@ -295,65 +353,185 @@ class Executor(StepHandlers):
             top = self._chain_top()
             if top is None:
                 return  # the manual issuer before the CA answered: checked before install-chain/complete
-            importing = self._root_check_servers()
+            importing = {s.server for s in self._selected(self.plan()).steps
+                         if s.name in (StepName.COMPLETE, StepName.IMPORT)}
+            servers = [s for s in self.playbook.servers if s.name in importing]
+            if len(servers) > 1 and self.options.parallel > 1:
+                with ThreadPoolExecutor(max_workers=min(self.options.parallel, len(servers)),
+                                        thread_name_prefix="exmig-roots") as pool:
+                    list(pool.map(self._stores, servers))
             root = self.facts().root
-            lacking = [s.name for s in self.playbook.servers
-                       if s.name in importing and not roots.trusted(self.root_store(s), top)]
+            lacking = [s.name for s in servers if not roots.trusted(self._stores(s).root, top)]
             if lacking and not self.playbook.issuer.install_root:
                 raise roots.untrusted(lacking, top, root)
             if lacking and root is None:
                 raise roots.missing_root_file(top)
             self._roots_checked = True
 
-    def _root_check_servers(self) -> set[str]:
-        return {s.server for s in self._selected(self.plan()).steps if s.name in (StepName.COMPLETE, StepName.IMPORT)}
+    # -- one step ---------------------------------------------------------------------------------------
 
-    def root_store(self, server: Server) -> list[x509.Certificate]:
-        k = self.known(server)
-        if k.root_store is None:
-            self._read_stores(server)
-            assert k.root_store is not None
-        return k.root_store
+    def _perform(self, step: Step) -> tuple[str, str]:
+        if step.server == WORKSTATION:
+            if self.check:
+                self.planned.append(Planned(step.server, step.name.value, None, step.local_action or ""))
+                return "ok", step.local_action or ""
+            outcome, reason, issued = workstation.issue(self.loaded, self.journal, self.options.certificate_files,
+                                                        self._issued)
+            if issued is not None:
+                self._remember_issued(issued)
+                self.journal.issued_thumbprint = issued.thumbprint
+                self.journal.issued_pem, self.journal.chain_pems = issued_to_pems(issued)
+                self.journal.save()
+            return outcome, reason
+        server = self.playbook.server(step.server)
+        if step.name in steps.NEEDS_ISSUED and self.thumbprint is None and not self.check:
+            raise DependencyError(
+                f"{step.name.value} on {server.name} needs the CA's certificate: run the request and issue steps "
+                "first, or pass --certificate FILE"
+            )
+        if step.name is StepName.VERIFY and self.check:
+            self.planned.append(Planned(server.name, step.name.value, None, "reads only"))
+            return "ok", "reads only"
+        # Files are re-read per attempt; and what the last attempt read fresh is not fresh for this one.
+        self._set_facts(server, replace(self.server_facts(server), paths={}, fresh=frozenset()))
+        if step.name is StepName.VERIFY:
+            self._drop_facts(server, frozenset({"certificates"}))
+        decision = self._decide(step, server)
+        if isinstance(decision, Noop):
+            if decision.note:
+                self.events.note(decision.note)
+            self._planned(step, decision, decision.reason)
+            return ("changed" if decision.changed_by else "ok"), decision.reason
+        assert isinstance(decision, Send)
+        if self.check:
+            self._planned(step, decision, decision.reason)
+            with self._state_lock:
+                self._state = self._state.after(server.name, decision)
+            return decision.outcome, decision.reason
+        try:
+            results = self._send(server, decision)
+            reason = self._conclude(step, server, decision, results)
+        except TransientError:
+            raise  # retried: a 2007 import's PFX is still needed (the cleanup step removes it)
+        except Exception:
+            if step.name is StepName.IMPORT and step.branch(BranchName.DISCARD):
+                self._discard_pfx(step, server)
+            raise
+        with self._state_lock:
+            self._state = self._state.after(server.name, decision)
+        return decision.outcome, reason
 
-    def _read_stores(self, server: Server) -> None:
-        """LocalMachine\\CA and \\Root in one Get-ChildItem (two paths; told apart by PSParentPath): the root
-        check costs no request where install-chain reads the CA store anyway."""
-        k = self.known(server)
-        both = Command("Get-ChildItem", (Param("Path", TextList(("Cert:\\LocalMachine\\CA",
-                                                                  "Cert:\\LocalMachine\\Root"))),),
-                       shell=Shell.SYSTEM, changes=False)
-        split = roots.split_stores(self.call(server, both).output)
-        if split is None:  # a server that does not say which store an object is from: one read per store
-            split = {name: self.call(server, Command(
-                "Get-ChildItem", (Param("Path", Text(f"Cert:\\LocalMachine\\{name}")),), shell=Shell.SYSTEM,
-                changes=False)).output for name in ("CA", "Root")}
-        k.ca_store = checks.store_thumbprints(split["CA"])
-        k.root_store = roots.store_certificates(split["Root"])
+    def _planned(self, step: Step, decision: Send | Noop, reason: str) -> None:
+        if self.check:
+            with self._state_lock:
+                self.planned.append(Planned(step.server, step.name.value, decision, reason))
 
-    def known(self, server: Server) -> ServerKnowledge:
-        return self._knowledge.setdefault(server.name, ServerKnowledge())
+    def _decide(self, step: Step, server: Server) -> Send | Noop:
+        """Ask the step's decision, making the reads it asks for; a lost reply's request is re-read for a while
+        before deciding that it never landed (bounded in time and count)."""
+        attempt = Attempt(maybe_changed=bool(getattr(self._local, "maybe_changed", False)))
+        deadline: float | None = None
+        for _ in range(MAX_ROUNDS):
+            decision = steps.decide(step, self.server_facts(server), self.run_state(), attempt)
+            if not isinstance(decision, Need):
+                return decision
+            if decision.settle:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + max(5.0, 2.0 * self.playbook.retry.operation_timeout)
+                elif now >= deadline:
+                    attempt = replace(attempt, settled=True)
+                    continue
+                else:
+                    time.sleep(0.5)
+            for declared in decision.reads:
+                if decision.fresh or not self.server_facts(server).known(declared.name):
+                    self.read(server, declared)
+        raise ExmigError(f"{server.name}: {step.name.value}: the decision kept asking for reads")
 
-    def certificates(self, server: Server) -> list[checks.CertInfo]:
-        k = self.known(server)
-        if k.certificates is None:
-            result = self.call(server, dialect_for(server).list_certificates(server))
-            k.certificates = checks.certificates(result.output)
-        return k.certificates
+    def _send(self, server: Server, send: Send) -> list[InvocationResult]:
+        """Exactly the decision's pipelines, in order; any error record fails the step."""
+        missing = [m for c in send.commands for m in c.unresolved]
+        if missing:
+            raise DependencyError(f"{self._local.step} on {server.name} needs {', '.join(dict.fromkeys(missing))}")
+        results = []
+        for pipeline in send.pipelines:
+            result = self.call_batch(server, pipeline)
+            if any(c.native for c in pipeline):
+                # certutil's lines are strings; other commands' objects (New-Item's folder) are not its text.
+                failure = native_failure([o for o in result.output if isinstance(o, str)] if len(pipeline) > 1
+                                         else result.output)
+                if failure:
+                    raise RemoteError(server.name, next(c.name for c in pipeline if c.native), failure)
+            results.append(result)
+        return results
 
-    def ca_store(self, server: Server) -> list[str]:
-        k = self.known(server)
-        if k.ca_store is None:
-            self._read_stores(server)
-            assert k.ca_store is not None
-        return k.ca_store
+    def _conclude(self, step: Step, server: Server, send: Send, results: list[InvocationResult]) -> str:
+        """Keep what the commands answered (the CSR, the PFX) and check an import took; the step's reason."""
+        reason = send.reason
+        for pipeline, result in zip(send.pipelines, results, strict=True):
+            captures = {c.capture for c in pipeline}
+            if "Request" in captures:
+                self.journal.csr_pem = checks.csr_text(result.output)
+                self.journal.save()
+                workstation.write_csr_file(self.loaded, self.journal.csr_pem)
+            if "Export" in captures:
+                self._blobs["pfx"] = checks.pfx_bytes(result.output)
+                if self.options.save_pfx is not None:
+                    write_atomic(self.options.save_pfx, self._blobs["pfx"], mode=0o600)
+                reason = f"PFX exported ({len(self._blobs['pfx'])} bytes, held in memory)"
+        if steps.IMPORTED in send.effects:
+            # Import-ExchangeCertificate answers with what it imported: no second read when that says enough.
+            answered = [c for r, p in zip(results, send.pipelines, strict=True)
+                        if any(x.capture == "Imported" for x in p) for c in checks.certificates(r.output)]
+            after = steps.imported(answered, self.thumbprint)
+            if not after.done:
+                after = steps.imported(self.certificates(server), self.thumbprint)
+            if not after.done:
+                if step.name is StepName.COMPLETE:
+                    raise ExmigError(f"{server.name}: Import-ExchangeCertificate did not complete the request: "
+                                     f"{after.reason}")
+                raise ExmigError(f"{server.name}: the import did not leave certificate {self.thumbprint} with its "
+                                 f"key: {after.reason}")
+            if steps.ENABLED in send.effects:
+                self._drop_facts(server, frozenset({"certificates"}))
+        return reason
+
+    def _discard_pfx(self, step: Step, server: Server) -> None:
+        """The PFX holds the private key: a failed import must not leave it on the server. When it cannot be
+        removed, that is the cleanup step failing: reported and journaled as such, so the next run's cleanup
+        (or import) removes it; the import's own error still ends the run."""
+        with self._state_lock:
+            self._state = replace(self._state, pfx_written=self._state.pfx_written - {server.name})
+        try:
+            for _ in range(MAX_ROUNDS):
+                decision = steps.discard(step, self.server_facts(server))
+                if isinstance(decision, Need):
+                    for declared in decision.reads:
+                        self.read(server, declared)
+                    continue
+                if isinstance(decision, Send):
+                    self._send(server, decision)
+                return
+        except Exception as exc:  # noqa: BLE001 - reported as the cleanup step's failure below
+            path = next((c.param("Path") for c in step.branch(BranchName.DISCARD) if c.name == "Remove-Item"), None)
+            where = path.value if isinstance(path, Text) else "the working folder"
+            key = f"{server.name}:{StepName.CLEANUP.value}"
+            message = (f"{server.name}: the PFX with the private key may be left at {where} ({first_line(exc)}); "
+                       "the next run removes it, or remove it by hand")
+            self.journal.begin(key, StepName.CLEANUP.value, server.name)
+            self.journal.finish(key, "failed", message)
+            self.events.step_started(server.name, StepName.CLEANUP.value)
+            self.events.step_finished(server.name, StepName.CLEANUP.value, "failed", message, 0.0)
 
     # -- the run ----------------------------------------------------------------------------------
 
     def run(self, close: bool = True) -> None:
         """The selected plan; `close=False` keeps the sessions open for the caller (verify after a run), who
         then calls close()."""
-        self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        self.journal.save()
+        if not self.check:
+            self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            self.journal.save()
         targets = {t.name for t in self.playbook.targets}
         try:
             index = 0
@@ -385,8 +563,6 @@ class Executor(StepHandlers):
                 for step in server_steps:
                     self._run_step(step)
             return
-        if any(s.name in (StepName.COPY, StepName.IMPORT) for s in steps):
-            self.blob("pfx")  # export once, before the threads need it
         failures: list[tuple[str, BaseException]] = []
 
         def one(server_steps: list[Step]) -> None:
@@ -413,14 +589,17 @@ class Executor(StepHandlers):
             if self.options.from_step not in names:  # nothing selected from there on
                 return Plan(())
             chosen = Plan(chosen.steps[names.index(self.options.from_step):])
-        return chosen
+        # Before the CA's certificate is known the targets' steps cannot run: they say so themselves.
+        return _with_export(plan, chosen) if self.thumbprint is not None else chosen
 
     def _run_step(self, step: Step) -> None:
         self._local.step = step.name.value
         self._local.step_key = step.key
         self.events.step_started(step.server, step.name.value)
         start = time.monotonic()
-        self.journal.begin(step.key, step.name.value, step.server)
+        journal = self.journal if not self.check else None  # --check leaves the journal as it is
+        if journal is not None:
+            journal.begin(step.key, step.name.value, step.server)
         self._local.maybe_changed = False
         attempts = 0
 
@@ -431,7 +610,7 @@ class Executor(StepHandlers):
                 failing = exc.server if exc.server in self._sessions else step.server
                 if exc.reopen and failing in self._sessions:
                     self._sessions[failing].reopen()
-                    self._knowledge.pop(failing, None)
+                    self._drop_facts(self.playbook.server(failing))
                 delay = state.next_action.sleep if state.next_action else 0.0
                 self.events.retrying(step.server, step.name.value, state.attempt_number, str(exc), delay)
                 troubleshoot.retry(failing, step.name.value, state.attempt_number, str(exc), delay)
@@ -452,17 +631,34 @@ class Executor(StepHandlers):
                     attempts = attempt.retry_state.attempt_number
                     outcome, reason = self._perform(step)
         except WaitingForCA as exc:
-            self.journal.finish(step.key, "waiting", str(exc), attempts)
+            if journal is not None:
+                journal.finish(step.key, "waiting", str(exc), attempts)
             self.events.step_finished(step.server, step.name.value, "skipped", "waiting for the CA",
                                       time.monotonic() - start)
             raise
         except BaseException as exc:
             message = str(exc) or type(exc).__name__
-            self.journal.finish(step.key, "failed", message, attempts)
+            if journal is not None:
+                journal.finish(step.key, "failed", message, attempts)
             self.events.step_finished(step.server, step.name.value, "failed", message, time.monotonic() - start)
             raise
         if outcome == "ok" and self._local.maybe_changed:
             # The re-read found the state in place: the attempt whose reply was lost made the change.
             outcome, reason = "changed", reason + " (made by the attempt whose reply was lost)"
-        self.journal.finish(step.key, outcome, reason, attempts)
+        if journal is not None:
+            journal.finish(step.key, outcome, reason, attempts)
         self.events.step_finished(step.server, step.name.value, outcome, reason, time.monotonic() - start)
+
+
+def _with_export(plan: Plan, chosen: Plan) -> Plan:
+    """A selection that copies or imports on a target gets the source's export step too, before the first
+    target step: the PFX is exported as a step of its own, shown and journaled, never from inside a target's
+    call."""
+    names = {s.name for s in chosen.steps}
+    if not names & {StepName.COPY, StepName.IMPORT} or StepName.EXPORT in names:
+        return chosen
+    export = next((s for s in plan.steps if s.name is StepName.EXPORT), None)
+    if export is None:
+        return chosen
+    first = next(i for i, s in enumerate(chosen.steps) if s.server not in (export.server, WORKSTATION))
+    return Plan((*chosen.steps[:first], export, *chosen.steps[first:]))

@@ -11,15 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from orchestrator.commands import Blob, Command, LocalFile, Pending, Thumbprint
+from orchestrator.commands import Blob, Command, LocalFile, Pending, Text, Thumbprint
 from orchestrator.dialects import (
+    Dialect,
     add_to_ca_store,
     add_to_root_store,
     dialect_for,
     ensure_folder,
     exported_pfx,
+    read_stores,
     remote_path,
     remove_file,
+    test_path,
     write_file,
 )
 from orchestrator.playbook import FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
@@ -91,6 +94,23 @@ class Facts:
     root: RootFact | None = None
 
 
+class BranchName(str, Enum):
+    RECOVER = "recover"  # request: export the CSR of a pending request whose reply was lost
+    LEFTOVERS = "leftovers"  # install-chain: remove files an interrupted attempt left
+    WITH_ENABLE = "with-enable"  # complete/import: this server's Enable in the same pipeline
+    COPY = "copy"  # 2007 import: write this run's PFX first
+    DISCARD = "discard"  # 2007 import: remove the PFX after a failed import
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Commands a step sends only in some situations, with the situation in words (the dry-run shows both)."""
+
+    name: BranchName
+    when: str
+    commands: tuple[Command, ...]
+
+
 @dataclass(frozen=True)
 class Step:
     name: StepName
@@ -99,10 +119,17 @@ class Step:
     commands: tuple[Command, ...] = ()
     # For steps that run on the workstation: what happens there.
     local_action: str | None = None
+    # What the step may read before deciding (orchestrator/reads.py), and what it may send besides `commands`.
+    reads: tuple[Command, ...] = ()
+    reads_when: str | None = None  # None: always read (where not known already)
+    branches: tuple[Branch, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.server}:{self.name.value}"
+
+    def branch(self, name: BranchName) -> tuple[Command, ...]:
+        return next((b.commands for b in self.branches if b.name is name), ())
 
     @property
     def unresolved(self) -> list[str]:
@@ -183,9 +210,19 @@ def _install_chain(server: Server, facts: Facts, install_root: bool = False) -> 
         commands += [write_file(server, path, blob), add_to_ca_store(server, path), remove_file(server, path)]
     if len(commands) == 1:
         return None  # the CA's certificate chains straight to a root: nothing to install
+    leftovers: list[Command] = []
+    for command in commands:
+        if command.name == "Remove-Item":
+            target = command.param("Path")
+            assert isinstance(target, Text)
+            leftovers += [test_path(target.value), command]
     return Step(StepName.INSTALL_CHAIN, server.name,
                 "Clients only trust the certificate if the server sends the CA's intermediate; "
-                "Exchange builds that chain from LocalMachine\\CA.", tuple(commands))
+                "Exchange builds that chain from LocalMachine\\CA.", tuple(commands),
+                reads=(read_stores(),),
+                branches=(Branch(BranchName.LEFTOVERS, "if the stores hold the chain already: each file an "
+                                 "interrupted attempt left is removed (Remove-Item where Test-Path finds it)",
+                                 tuple(leftovers)),))
 
 
 def _issue_action(playbook: Playbook, facts: Facts) -> str:
@@ -202,6 +239,18 @@ def _issue_action(playbook: Playbook, facts: Facts) -> str:
     return "sign the CSR with the rehearsal lab's CA"
 
 
+WITH_ENABLE_WHEN = ("in the same pipeline as the import, where the server takes several statements (PSRP 2.2+) "
+                    "and the enable step is still to do")
+
+
+def _with_enable(enable: Command) -> Branch:
+    return Branch(BranchName.WITH_ENABLE, WITH_ENABLE_WHEN, (enable,))
+
+
+def _certificates_read(dialect: Dialect, server: Server) -> tuple[Command, ...]:
+    return (dialect.list_certificates(server),)
+
+
 def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
     source = playbook.source
     cert = playbook.certificate
@@ -209,28 +258,37 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
     pfx_name = pfx_file_name(playbook)
     src = dialect_for(source)
     steps: list[Step] = []
+    source_reads = _certificates_read(src, source)
 
     steps.append(Step(
         StepName.REQUEST, source.name,
         "The key is generated on the source and never leaves it until the PFX export; it must be "
         "exportable so the certificate can go to the other servers.",
         tuple(src.new_request(source, cert, remote_path(source, csr_file_name(playbook)))),
+        reads=source_reads,
+        branches=(Branch(BranchName.RECOVER, "instead, if a pending request for these names exists but its CSR is not "
+                         "in the journal (an earlier reply was lost): its CSR is exported again",
+                         (src.export_request(source, Thumbprint(None)),)),),
     ))
     steps.append(Step(StepName.ISSUE, WORKSTATION, "A third-party CA signs the request so every client trusts it.",
                       local_action=_issue_action(playbook, facts)))
 
     issued_name = f"{cert.subject.CN}.cer"
+    source_enable = src.enable(source, thumb, source.services_for(cert))
     source_steps = [
         _install_chain(source, facts, playbook.issuer.install_root),
         Step(StepName.COMPLETE, source.name,
              "Importing the CA's answer on the server that holds the pending request joins it with its private key.",
-             tuple(src.import_response(source, _issued_blob(facts), issued_name))),
+             tuple(src.import_response(source, _issued_blob(facts), issued_name)),
+             reads=source_reads, reads_when="unless this run made the request",
+             branches=(_with_enable(source_enable),)),
         Step(StepName.ENABLE, source.name,
              "Bind the certificate to the services; -Force answers the SMTP overwrite prompt.",
-             (src.enable(source, thumb, source.services_for(cert)),)),
+             (source_enable,), reads=source_reads, reads_when="unless this run imported the certificate"),
         Step(StepName.EXPORT, source.name,
              "The other servers need the private key too: export it as a password-protected PFX.",
-             tuple(src.export(source, thumb, pfx_name))),
+             tuple(src.export(source, thumb, pfx_name)), reads=source_reads,
+             reads_when="unless this run imported the certificate"),
     ]
     steps += [s for s in source_steps if s is not None]
 
@@ -238,27 +296,40 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
     for target in playbook.targets:
         assert target.role is Role.TARGET
         dialect = dialect_for(target)
+        reads = _certificates_read(dialect, target)
+        enable = dialect.enable(target, thumb, target.services_for(cert))
         chain = _install_chain(target, facts, playbook.issuer.install_root)
         if chain is not None:
             steps.append(chain)
+        imports = tuple(dialect.import_pfx(target, pfx, pfx_name, cert.exportable_on_targets))
+        branches: tuple[Branch, ...] = (_with_enable(enable),)
         if target.version == 2007:
             path = remote_path(target, pfx_name)
+            copy = (ensure_folder(target), write_file(target, path, pfx))
             steps.append(Step(StepName.COPY, target.name,
-                              "Exchange 2007 imports a PFX only from a file on the server itself.",
-                              (ensure_folder(target), write_file(target, path, pfx))))
-        steps.append(Step(StepName.IMPORT, target.name,
-                          "Import the certificate with its private key from the PFX.",
-                          tuple(dialect.import_pfx(target, pfx, pfx_name, cert.exportable_on_targets))))
+                              "Exchange 2007 imports a PFX only from a file on the server itself.", copy, reads=reads))
+            branches = (
+                Branch(BranchName.COPY, "first, if this run has not written the PFX (a file an earlier run left "
+                       "carries that run's password)", copy),
+                *branches,
+                Branch(BranchName.DISCARD, "if the import fails: the PFX holds the private key (Remove-Item where "
+                       "Test-Path finds it)", (test_path(path), remove_file(target, path))),
+            )
+        steps.append(Step(StepName.IMPORT, target.name, "Import the certificate with its private key from the PFX.",
+                          imports, reads=reads, branches=branches))
         if target.version == 2007:
+            path = remote_path(target, pfx_name)
             steps.append(Step(StepName.CLEANUP, target.name,
                               "The PFX holds the private key: it must not stay on the server's disk.",
-                              (remove_file(target, remote_path(target, pfx_name)),)))
+                              (remove_file(target, path),), reads=(test_path(path),),
+                              reads_when="unless this run wrote the file"))
         steps.append(Step(StepName.ENABLE, target.name,
                           "Bind the certificate to the services; -Force answers the SMTP overwrite prompt.",
-                          (dialect.enable(target, thumb, target.services_for(cert)),)))
+                          (enable,), reads=reads, reads_when="unless this run imported the certificate"))
 
     for server in playbook.servers:
+        # Read back fresh, and found by thumbprint (unique, unlike the names) in the server's list.
         steps.append(Step(StepName.VERIFY, server.name,
-                          "Read the certificate back by thumbprint (unique, unlike the names).",
-                          (dialect_for(server).get_certificate(server, thumb),)))
+                          "Read the certificate back and find it by thumbprint (unique, unlike the names).",
+                          reads=_certificates_read(dialect_for(server), server)))
     return Plan(tuple(steps))

@@ -116,6 +116,7 @@ def run_pipeline(
     for index, statement in enumerate(statements):
         piped: list[Any] | None = input_objects if index == 0 and input_objects is not None else None
         for position, inv in enumerate(statement):
+            registry.record(inv.name)
             last = position == len(statement) - 1
             native = _native_for(registry, session, inv.name) if natives else None
             if native is not None:

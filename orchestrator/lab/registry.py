@@ -13,6 +13,7 @@ lists) plus `objects.Secret`/`LabObject`/`LabEnum`/`LabList`.
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -190,6 +191,13 @@ class Registry:
         self._commands: dict[str, CommandSpec] = {}
         self._natives: dict[str, NativeCommandSpec] = {}
         self._lock = threading.Lock()
+        # Every command name the server was asked to run, in order (bounded: a long `lab serve` must not
+        # grow without end): tests read it to prove what a client sent, e.g. that `run --check` changed nothing.
+        self.ran: collections.deque[str] = collections.deque(maxlen=100_000)
+
+    def record(self, name: str) -> None:
+        with self._lock:
+            self.ran.append(name)
 
     def register(self, spec: CommandSpec) -> CommandSpec:
         with self._lock:

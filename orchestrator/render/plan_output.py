@@ -79,6 +79,37 @@ def _session_note(server: Server, command: Command) -> str | None:
     return None
 
 
+def _command_lines(server: Server | None, commands: tuple[Command, ...], indent: str) -> list[str]:
+    lines: list[str] = []
+    last_note: str | None = None
+    for command in commands:
+        note = _session_note(server, command) if server else None
+        if note and note != last_note:
+            lines.append(indent + note)
+        last_note = note
+        lines.extend(indent + line for line in rendered_lines(server, command))
+    return lines
+
+
+def _reads_heading(step: Step) -> str:
+    return "reads first" + (f" ({step.reads_when})" if step.reads_when else "") + ":"
+
+
+def step_lines(step: Step, server: Server | None, indent: str = "      ") -> list[str]:
+    """Everything the step can send: its reads, its commands, and each branch with when it is sent."""
+    lines: list[str] = []
+    if step.reads:
+        lines.append(indent + "# " + _reads_heading(step))
+        lines.extend(_command_lines(server, step.reads, indent))
+        if step.commands:
+            lines.append(indent + "# then, unless the server holds the result already:")
+    lines.extend(_command_lines(server, step.commands, indent))
+    for branch in step.branches:
+        lines.append(indent + f"# only {branch.when}:")
+        lines.extend(_command_lines(server, branch.commands, indent))
+    return lines
+
+
 def render_text(plan: Plan, playbook: Playbook) -> str:
     lines: list[str] = []
     current: str | None = None
@@ -95,13 +126,7 @@ def render_text(plan: Plan, playbook: Playbook) -> str:
         if step.local_action:
             lines.append(f"      -> {step.local_action}")
         server = playbook.server(step.server) if step.server != WORKSTATION else None
-        last_note: str | None = None
-        for command in step.commands:
-            note = _session_note(server, command) if server else None
-            if note and note != last_note:
-                lines.append("      " + note)
-            last_note = note
-            lines.extend("      " + line for line in rendered_lines(server, command))
+        lines.extend(step_lines(step, server))
         if step.unresolved:
             lines.append("      (waiting for: " + "; ".join(step.unresolved) + ")")
     return "\n".join(lines) + "\n"
@@ -125,13 +150,7 @@ def render_ps1(plan: Plan, playbook: Playbook) -> dict[str, str]:
         for step in plan.for_server(name):
             lines.append("")
             lines.append(f"# --- {step.name.value}: {step.why}")
-            last_note: str | None = None
-            for command in step.commands:
-                note = _session_note(server, command)
-                if note and note != last_note:
-                    lines.append(note)
-                last_note = note
-                lines.extend(rendered_lines(server, command))
+            lines.extend(step_lines(step, server, indent=""))
         scripts[server.name] = "\n".join(lines) + "\n"
     return scripts
 
@@ -188,7 +207,11 @@ def step_json(number: int, step: Step, server: Server | None = None) -> dict[str
         "why": step.why,
         "local_action": step.local_action,
         "waiting_for": step.unresolved,
+        "reads": [command_json(c, server) for c in step.reads],
+        "reads_when": step.reads_when,
         "commands": [command_json(c, server) for c in step.commands],
+        "branches": [{"branch": b.name.value, "when": b.when, "commands": [command_json(c, server) for c in b.commands]}
+                     for b in step.branches],
     }
 
 

@@ -1,0 +1,62 @@
+"""The issue step, on the admin's workstation: the CA's certificate from files, the journal or the lab CA, or
+the CSR written for a manual CA. It reads and writes local files only; it never talks to a server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.certs import IssuedCertificate
+from orchestrator.errors import ExmigError
+from orchestrator.fileio import write_atomic
+from orchestrator.issuance import WaitingForCA, check_issued, from_files, from_lab_ca
+from orchestrator.journal import Journal
+from orchestrator.playbook import FilesIssuer, LabIssuer, LoadedPlaybook, ManualIssuer
+from orchestrator.steps import DependencyError
+
+
+def csr_path(loaded: LoadedPlaybook) -> Path:
+    issuer = loaded.playbook.issuer
+    name = issuer.csr_file if isinstance(issuer, ManualIssuer) and issuer.csr_file else f"{loaded.path.stem}.csr"
+    return loaded.resolve(name)
+
+
+def write_csr_file(loaded: LoadedPlaybook, csr_pem: str | None) -> None:
+    """For a manual CA the CSR is also a file the admin submits."""
+    if isinstance(loaded.playbook.issuer, ManualIssuer) and csr_pem:
+        write_atomic(csr_path(loaded), csr_pem.encode(), mode=0o644)
+
+
+def issue(loaded: LoadedPlaybook, journal: Journal, files: Sequence[Path],
+          known: IssuedCertificate | None) -> tuple[str, str, IssuedCertificate | None]:
+    """(outcome, reason, the certificate when it is new to this run). Raises WaitingForCA for a manual CA."""
+    cert = loaded.playbook.certificate
+    issuer = loaded.playbook.issuer
+    if files:
+        issued = from_files(list(files), journal.csr_pem, cert)
+        reason = f"the CA's certificate {issued.thumbprint} from {', '.join(str(f) for f in files)}"
+    elif known is not None:
+        check_issued(known, journal.csr_pem, cert, "journal")
+        return "ok", f"the CA's certificate {known.thumbprint} is known", None
+    elif isinstance(issuer, FilesIssuer):
+        paths = [loaded.resolve(p) for p in [issuer.certificate, issuer.bundle] if p]
+        paths += [loaded.resolve(p) for p in issuer.chain]
+        issued = from_files(paths, journal.csr_pem, cert)
+        reason = f"the CA's certificate {issued.thumbprint} from the playbook's files"
+    elif journal.csr_pem is None:
+        raise DependencyError("issue needs the CSR: run the request step on the source first")
+    elif isinstance(issuer, LabIssuer):
+        issued = from_lab_ca(loaded, journal.csr_pem, cert)
+        reason = f"signed by the lab CA: {issued.thumbprint}"
+    else:
+        write_csr_file(loaded, journal.csr_pem)
+        raise WaitingForCA(
+            f"waiting for the CA: the CSR is in {csr_path(loaded)}; submit it to your CA, then run "
+            f"`exmig run {loaded.path.name} --certificate FILE [--chain FILE]` with the files it returns"
+        )
+    if known is not None and known.thumbprint != issued.thumbprint:
+        raise ExmigError(
+            f"the journal already holds certificate {known.thumbprint}; {issued.thumbprint} is another one. "
+            "Move the journal away to start over with the new certificate"
+        )
+    return "changed", reason, issued
