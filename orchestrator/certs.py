@@ -153,3 +153,13 @@ def load_delivery(paths: Iterable[Path]) -> IssuedCertificate:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
+    text = csr_pem.replace("NEW CERTIFICATE REQUEST", "CERTIFICATE REQUEST").strip().encode()
+    if b"-----BEGIN" not in text:
+        text = b"-----BEGIN CERTIFICATE REQUEST-----\n" + text + b"\n-----END CERTIFICATE REQUEST-----\n"
+    try:
+        return x509.load_pem_x509_csr(text)
+    except ValueError as exc:
+        raise ExmigError(f"the certificate request is not a valid PKCS#10 request ({exc})") from None

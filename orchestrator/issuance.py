@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator.certs import IssuedCertificate, load_delivery, pem, sort_delivery, thumbprint
+from orchestrator.certs import IssuedCertificate, load_csr, load_delivery, pem, sort_delivery, thumbprint
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.hostnames import any_covers
 from orchestrator.playbook import CertificateSpec, LabIssuer, LoadedPlaybook
@@ -28,14 +28,6 @@ class IssuedCertificateRejected(ExmigError):
     exit_code = ExitCode.USAGE
 
 
-def load_csr(csr_pem: str) -> x509.CertificateSigningRequest:
-    text = csr_pem.replace("NEW CERTIFICATE REQUEST", "CERTIFICATE REQUEST").strip().encode()
-    if b"-----BEGIN" not in text:
-        text = b"-----BEGIN CERTIFICATE REQUEST-----\n" + text + b"\n-----END CERTIFICATE REQUEST-----\n"
-    try:
-        return x509.load_pem_x509_csr(text)
-    except ValueError as exc:
-        raise ExmigError(f"the certificate request is not a valid PKCS#10 request ({exc})") from None
 
 
 def _public_der(key: object) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
-from orchestrator import checks, roots
+from orchestrator import checks, trust
 from orchestrator.commands import Shell
 from orchestrator.decision import Read
 from orchestrator.dialects import dialect_for, read_store, read_stores, test_path
@@ -73,10 +73,10 @@ def certificates(server: Server) -> Read[list[checks.CertInfo]]:
 
 
 def _stores(output: list[Any]) -> Stores | None:
-    split = roots.split_stores(output)
+    split = trust.split_stores(output)
     if split is None:
         return None
-    return Stores(tuple(checks.store_thumbprints(split["CA"])), tuple(roots.store_certificates(split["Root"])))
+    return Stores(tuple(checks.store_thumbprints(split["CA"])), tuple(trust.store_certificates(split["Root"])))
 
 
 def stores() -> Read[Stores | None]:
@@ -89,7 +89,7 @@ def store_fallback() -> tuple[Read[list[Any]], Read[list[Any]]]:
 
 
 def stores_from(ca_output: list[Any], root_output: list[Any]) -> Stores:
-    return Stores(tuple(checks.store_thumbprints(ca_output)), tuple(roots.store_certificates(root_output)))
+    return Stores(tuple(checks.store_thumbprints(ca_output)), tuple(trust.store_certificates(root_output)))
 
 
 def path_exists(path: str) -> Read[bool]:

@@ -10,18 +10,18 @@ servers lack, so a commercial root missing from \\Root is reported the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from orchestrator.certs import IssuedCertificate, der, load_delivery, read_certificates, thumbprint
 from orchestrator.errors import ExmigError
 from orchestrator.facts import display_path, issued_files
 from orchestrator.plan import RootFact
 from orchestrator.playbook import FilesIssuer, LabIssuer, LoadedPlaybook
+from orchestrator.trust import signed
 
 
 class UntrustedRoot(ExmigError):
@@ -42,52 +42,6 @@ def chain_top(loaded: LoadedPlaybook, issued: IssuedCertificate | None, files: S
         else:
             return None
     return issued.intermediates[-1] if issued.intermediates else issued.leaf
-
-
-def signed(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def trusted(store: Iterable[x509.Certificate], top: x509.Certificate) -> bool:
-    """Whether a root in `store` (a server's \\Root) signed `top` (or `top` is itself there)."""
-    return any(r == top or signed(top, r) for r in store)
-
-
-def store_certificates(objects: Iterable[Any]) -> list[x509.Certificate]:
-    """Get-ChildItem Cert:\\LocalMachine\\Root output -> certificates (from RawData; others are skipped)."""
-    out = []
-    for obj in objects:
-        getter = getattr(obj, "get", None)
-        raw = getter("RawData") if callable(getter) else None
-        if isinstance(raw, (bytes, bytearray)) and raw:
-            try:
-                out.append(x509.load_der_x509_certificate(bytes(raw)))
-            except ValueError:
-                continue
-    return out
-
-
-def split_stores(objects: Iterable[Any]) -> dict[str, list[Any]] | None:
-    """Get-ChildItem Cert:\\LocalMachine\\CA, Cert:\\LocalMachine\\Root output -> {"CA": [...], "Root": [...]}
-    by each object's PSParentPath (...Certificate::LocalMachine\\CA); None when an object does not carry it."""
-    out: dict[str, list[Any]] = {"CA": [], "Root": []}
-    for obj in objects:
-        getter = getattr(obj, "get", None)
-        parent = str(getter("PSParentPath") or "") if callable(getter) else ""
-        store = parent.replace("/", "\\").rsplit("\\", 1)[-1].lower()
-        if store == "ca":
-            out["CA"].append(obj)
-        elif store == "root":
-            out["Root"].append(obj)
-        else:
-            return None
-    return out
 
 
 def find_root(loaded: LoadedPlaybook, top: x509.Certificate, files: Sequence[Path]) -> tuple[x509.Certificate, Path] | None:

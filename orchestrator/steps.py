@@ -18,7 +18,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator import checks, reads, roots, status
+from orchestrator import checks, reads, status, trust
+from orchestrator.certs import load_csr
 from orchestrator.commands import Command, Shell, Text, Thumbprint
 from orchestrator.decision import Noop, Read, Send
 from orchestrator.dialects import dialect_for
@@ -139,8 +140,6 @@ def _need_certificates(server: Server, why: str, fresh: bool = False) -> Need:
 
 
 def _csr_key(csr_pem: str) -> bytes:
-    from orchestrator.issuance import load_csr
-
     return load_csr(csr_pem).public_key().public_bytes(serialization.Encoding.DER,
                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -159,8 +158,7 @@ def _request(step: Step, server: Server, facts: ServerFacts, run: RunState, atte
         # another request now would be a duplicate.
         return Need((reads.certificates(server),), "the lost request may still be landing", fresh=True, settle=True)
     if run.csr_pem:
-        key = _csr_key(run.csr_pem)
-        if any(p.public_key_der == key for p in match.all) or run.thumbprint is not None:
+        if run.thumbprint is not None or any(p.public_key_der == _csr_key(run.csr_pem) for p in match.all):
             return Noop("the pending request exists; the CSR is in the journal")
     elif match.all:
         if len(match.all) > 1 or match.ambiguous:
@@ -188,7 +186,7 @@ def _install_chain(step: Step, server: Server, facts: ServerFacts, run: RunState
         return _send(step, step.commands, facts, "the CA's chain, once known, unless the stores hold it")
     decision = checks.ca_store_has(facts.stores.ca, run.intermediates)
     if decision.done and run.playbook.issuer.install_root and run.chain_top is not None \
-            and not roots.trusted(facts.stores.root, run.chain_top):
+            and not trust.trusted(facts.stores.root, run.chain_top):
         decision = checks.Decision(False, "the CA's root is not in LocalMachine\\Root")
     if not decision.done:
         root = run.playbook.issuer.install_root
