@@ -94,9 +94,11 @@ class Secret:
 
 @dataclass(frozen=True)
 class Thumbprint:
-    """The issued certificate's thumbprint: known once the CA's certificate is at hand."""
+    """A certificate's thumbprint: the issued one's is known once the CA's certificate is at hand; `unknown`
+    says in the dry-run which certificate it will be."""
 
     value: str | None
+    unknown: str = "thumbprint of the issued certificate"
 
     @property
     def known(self) -> bool:

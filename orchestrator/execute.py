@@ -25,7 +25,7 @@ from cryptography import x509
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks, reads, roots, steps, troubleshoot, workstation
+from orchestrator import checks, reads, roots, steps, troubleshoot, trust, workstation
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Text
 from orchestrator.decision import Noop, Read, Send
@@ -361,7 +361,7 @@ class Executor:
                                         thread_name_prefix="exmig-roots") as pool:
                     list(pool.map(self._stores, servers))
             root = self.facts().root
-            lacking = [s.name for s in servers if not roots.trusted(self._stores(s).root, top)]
+            lacking = [s.name for s in servers if not trust.trusted(self._stores(s).root, top)]
             if lacking and not self.playbook.issuer.install_root:
                 raise roots.untrusted(lacking, top, root)
             if lacking and root is None:

@@ -266,9 +266,9 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
         "exportable so the certificate can go to the other servers.",
         tuple(src.new_request(source, cert, remote_path(source, csr_file_name(playbook)))),
         reads=source_reads,
-        branches=(Branch(BranchName.RECOVER, "instead, if a pending request for these names exists but its CSR is not "
-                         "in the journal (an earlier reply was lost): its CSR is exported again",
-                         (src.export_request(source, Thumbprint(None)),)),),
+        branches=(Branch(BranchName.RECOVER, "if a pending request for these names exists but its CSR is not in the "
+                         "journal (an earlier reply was lost), instead of a new request: its CSR is exported again",
+                         (src.export_request(source, Thumbprint(None, "thumbprint of the pending request")),)),),
     ))
     steps.append(Step(StepName.ISSUE, WORKSTATION, "A third-party CA signs the request so every client trusts it.",
                       local_action=_issue_action(playbook, facts)))

@@ -56,7 +56,7 @@ def render_value(value: Value) -> str:
     if isinstance(value, Switch):
         return "$true" if value.present else "$false"
     if isinstance(value, Thumbprint):
-        return quote(value.value) if value.value is not None else placeholder("thumbprint of the issued certificate")
+        return quote(value.value) if value.value is not None else placeholder(value.unknown)
     if isinstance(value, Secret):
         # The blog's form; the value itself never appears in any printed text.
         return "(Get-Credential).Password"

@@ -63,7 +63,9 @@ def test_the_dry_run_shows_the_powershell_exe_command_line_and_its_decoded_scrip
     assert imports and all("-Password $exmigSecret1" in s and "ReadLine()" in s for s in imports)
 
     as_json = exmig("plan", ROOT / "playbooks" / "lab-winrs.yml", "--server", "EX2007", "--format", "json")
-    commands = [c for step in json.loads(as_json.out)["steps"] for c in step["commands"]]
+    # Every command the text shows: the reads, the commands and the conditional branches (issue 15).
+    commands = [c for step in json.loads(as_json.out)["steps"]
+                for c in (*step["reads"], *step["commands"], *(x for b in step["branches"] for x in b["commands"]))]
     winrs = [c["winrs"] for c in commands if "winrs" in c]
     assert len(winrs) == len(sent)
     for c in winrs:

@@ -62,7 +62,8 @@ FACTS = Facts(csr_pem="csr", issued_thumbprint=THUMB, issued_subject="CN=mail.ex
 
 def all_commands(playbook: Playbook) -> list[Command]:
     """The plan's commands (before and after the CA answered) and the executor's own reads."""
-    commands = [c for facts in (Facts(), FACTS) for step in build_plan(playbook, facts).steps for c in step.commands]
+    commands = [c for facts in (Facts(), FACTS) for step in build_plan(playbook, facts).steps
+                for c in (*step.reads, *step.commands, *(x for b in step.branches for x in b.commands))]
     for server in playbook.servers:
         commands += [
             Command("Get-ChildItem", (Param("Path", Text("Cert:\\LocalMachine\\CA")),), shell=Shell.SYSTEM,
