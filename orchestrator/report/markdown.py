@@ -25,9 +25,10 @@ def escape(value: object) -> str:
 def fenced(text: str, info: str = "") -> str:
     """A code block whose fence is longer than any backtick run inside (CommonMark: the closing fence must be at
     least as long as the opening one), so the content cannot close it."""
+    text = text.replace("\r\n", "\n").rstrip()  # one line end throughout (Exchange writes the CSR with CRLF)
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}{info}\n{text.rstrip()}\n{fence}"
+    return f"{fence}{info}\n{text}\n{fence}"
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
