@@ -99,6 +99,7 @@ def build_report(playbook: Playbook, playbook_path: str, scripts: Mapping[str, s
         status=_status(journal, sections, workstation),
         certificate=_certificate(playbook, journal),
         servers=sections,
+        runs_started=tuple(str(run["started"]) for run in (journal.runs if journal else []) if "started" in run),
         workstation_plan=tuple(workstation_plan),
         workstation_steps=workstation,
         verify=verify,

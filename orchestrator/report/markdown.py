@@ -58,7 +58,8 @@ def render_markdown(report: Report) -> str:
         f"# Certificate change record: {escape(c.subject)}",
         "",
         f"Playbook {escape(report.playbook)}, generated {escape(report.generated)} (UTC) by exmig "
-        f"{escape(report.exmig_version)}",
+        f"{escape(report.exmig_version)}"
+        + (f"; runs started {escape(', '.join(report.runs_started))}" if report.runs_started else ""),
         "",
         f"**{'Run' if report.phase == 'run' else 'Plan'}: {escape(report.status)}**",
         "",

@@ -117,6 +117,7 @@ class Report:
     status: str  # one line: "planned, not run yet", "finished: every step done", "failed on EX2007", ...
     certificate: CertificateRecord
     servers: tuple[ServerSection, ...]
+    runs_started: tuple[str, ...] = ()  # when each `exmig run` started (UTC), from the journal
     workstation_plan: tuple[PlannedStep, ...] = ()
     workstation_steps: tuple[StepOutcome, ...] = ()
     verify: VerifyMatrix = field(default_factory=lambda: VerifyMatrix("not_run", "not asked for"))

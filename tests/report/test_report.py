@@ -90,6 +90,7 @@ def test_finished_lab_run(tmp_path: Path, browser: Chromium) -> None:
     dom = page.dom
     assert dom["servers"] == SERVERS
     assert dom["status"].strip() == "Run: every step run so far is done"
+    assert f"runs started {journal['runs'][0]['started']}" in page.html
     # What each step did and when, from the journal, in its order.
     for server in SERVERS:
         recorded = [r for r in journal["steps"].values() if r["server"] == server]
