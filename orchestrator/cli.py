@@ -484,7 +484,7 @@ def report(
     = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.5, help="Seconds per TLS probe.")] = 10.0,
     verify_within: Annotated[float, typer.Option("--verify-within", min=1.0, help="Seconds the verify matrix may "
-                                                 "take in all; servers not done by then are reported as such.")]
+                                                 "take in all; past that the record says the check did not finish.")]
     = 60.0,
 ) -> None:
     """Write a change record to attach to a change ticket.
@@ -496,6 +496,8 @@ def report(
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
+    if ca_file is not None and not ca_file.is_file():
+        raise UsageError(f"--ca-file {ca_file}: file not found; give the PEM file of the roots clients trust")
     text = _report_text(loaded, state, format, certificate, chain, no_verify, ca_file, timeout, verify_within)
     if out is None:
         _echo(text)

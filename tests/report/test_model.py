@@ -119,7 +119,7 @@ def test_the_record_goes_to_stdout_without_out(exmig: Callable[..., CliResult]) 
     assert result.out.startswith("# Certificate change record: C=US, S=My State")
 
 
-@pytest.mark.parametrize("args", [["--format", "pdf"], ["--verify-within", "0"]])
+@pytest.mark.parametrize("args", [["--format", "pdf"], ["--verify-within", "0"], ["--ca-file", "missing.pem"]])
 def test_bad_options_are_usage_errors(args: list[str], exmig: Callable[..., CliResult]) -> None:
     result = exmig("report", LAB_PLAYBOOK, *args)
     assert result.code == 2 and result.err.startswith("exmig: error: ") and result.err.count("\n") == 1
