@@ -15,8 +15,11 @@ from orchestrator.errors import ExitCode, ExmigError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast
     from orchestrator.lab.costs import LabCosts
+    from orchestrator.plan import Plan
     from orchestrator.playbook import LoadedPlaybook, Server
+    from orchestrator.report.model import VerifyMatrix
     from orchestrator.transport.base import ServerSession
+    from orchestrator.verify.report import Finding
 
 app = typer.Typer(
     name="exmig",
@@ -172,11 +175,24 @@ def _check_selection(loaded: LoadedPlaybook, servers: list[str] | None, steps: l
 
 def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | None, fmt: PlanFormat,
                  certificate: list[Path] | None, chain: list[Path] | None) -> str:
-    from orchestrator.plan import Facts, build_plan
     from orchestrator.playbook import load_playbook
     from orchestrator.render.plan_output import render_json, render_ps1, render_text
 
     loaded = load_playbook(playbook)
+    plan = _built_plan(loaded, servers, steps, certificate, chain)
+    if fmt is PlanFormat.json:
+        return render_json(plan, loaded.playbook)
+    if fmt is PlanFormat.ps1:
+        scripts = render_ps1(plan, loaded.playbook)
+        return "\n".join(f"# ===== {name}.ps1 =====\n{text}" for name, text in scripts.items())
+    return render_text(plan, loaded.playbook)
+
+
+def _built_plan(loaded: LoadedPlaybook, servers: list[str] | None, steps: list[str] | None,
+                certificate: list[Path] | None, chain: list[Path] | None) -> Plan:
+    """The plan `exmig plan` prints (and `exmig report` shows), from the playbook and the CA's files."""
+    from orchestrator.plan import Facts, build_plan
+
     _check_selection(loaded, servers, steps)
     facts = Facts()
     if certificate or chain or loaded.playbook.issuer.type == "files":
@@ -191,13 +207,7 @@ def _plan_output(playbook: Path, servers: list[str] | None, steps: list[str] | N
 
         files = [*(certificate or []), *(chain or [])]
         facts = replace(facts, root=root_fact(loaded, chain_top(loaded, None, files), files))
-    plan = build_plan(loaded.playbook, facts).select(servers, steps)
-    if fmt is PlanFormat.json:
-        return render_json(plan, loaded.playbook)
-    if fmt is PlanFormat.ps1:
-        scripts = render_ps1(plan, loaded.playbook)
-        return "\n".join(f"# ===== {name}.ps1 =====\n{text}" for name, text in scripts.items())
-    return render_text(plan, loaded.playbook)
+    return build_plan(loaded.playbook, facts).select(servers, steps)
 
 
 @app.command(epilog=_example("exmig validate playbooks/mitserv.yml"))
@@ -416,6 +426,25 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
             ca_file: Path | None, timeout: float, certificate: list[Path] | None = None,
             sessions: Callable[[Server], ServerSession] | None = None) -> int:
     """Verify the selected servers; over `sessions` (a run's own) when given, else with sessions of its own."""
+    from orchestrator.verify.report import exit_code, findings_table
+
+    findings = _verify_findings(loaded, state, servers, warn_days, ca_file, timeout, certificate, sessions)
+    if json_output:
+        import json
+
+        _echo("".join(json.dumps({"event": "verify", **f.to_dict()}) + "\n" for f in findings))
+    else:
+        from rich.console import Console
+
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+        console.print(findings_table(findings))
+    return exit_code(findings)
+
+
+def _verify_findings(loaded: LoadedPlaybook, state: Path | None, servers: list[str] | None, warn_days: int,
+                     ca_file: Path | None, timeout: float, certificate: list[Path] | None = None,
+                     sessions: Callable[[Server], ServerSession] | None = None) -> list[Finding]:
+    """The verify matrix `exmig verify` prints (and `exmig report` shows)."""
     from orchestrator import journal as journal_mod
     from orchestrator.certs import load_delivery
     from orchestrator.connect import session_factory
@@ -423,7 +452,6 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
     from orchestrator.playbook import LabIssuer
     from orchestrator.secrets_store import SecretStore
     from orchestrator.verify.live import load_roots, verify
-    from orchestrator.verify.report import exit_code, findings_table
 
     if certificate:
         issued = load_delivery(certificate)
@@ -445,17 +473,7 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
         secrets = SecretStore(loaded.playbook)
         secrets.resolve(selected, pfx_password=False)
         sessions = session_factory(loaded, secrets)
-    findings = verify(loaded.playbook, issued, selected, sessions, roots, warn_days, timeout, close=owns)
-    if json_output:
-        import json
-
-        _echo("".join(json.dumps({"event": "verify", **f.to_dict()}) + "\n" for f in findings))
-    else:
-        from rich.console import Console
-
-        console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
-        console.print(findings_table(findings))
-    return exit_code(findings)
+    return verify(loaded.playbook, issued, selected, sessions, roots, warn_days, timeout, close=owns)
 
 
 @app.command("verify", epilog=_example("exmig verify playbooks/mitserv.yml"))
@@ -483,6 +501,127 @@ def verify_command(
     code = _verify(loaded, state, json_output, server, warn_days, ca_file, timeout, certificate)
     if code:
         raise typer.Exit(code)
+
+
+class ReportFormat(str, Enum):
+    html = "html"
+    md = "md"
+
+
+@app.command(epilog=_example("exmig report playbooks/mitserv.yml --out change-record.html",
+                             "exmig report playbooks/mitserv.yml --format md --no-verify > ticket.md"))
+def report(
+    playbook: PlaybookArg,
+    out: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="Write here (default: stdout).")]
+    = None,
+    format: Annotated[ReportFormat, typer.Option("--format", help="html (one self-contained page) or md.")]
+    = ReportFormat.html,
+    state: Annotated[Path | None, typer.Option("--state", help="Journal file.")] = None,
+    certificate: CertOpt = None,
+    chain: ChainOpt = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not contact the servers: no verify matrix.")]
+    = False,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="Roots clients trust (PEM), as for verify.")]
+    = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.5, help="Seconds per TLS probe.")] = 10.0,
+    verify_within: Annotated[float, typer.Option("--verify-within", min=1.0, help="Seconds the verify matrix may "
+                                                 "take in all; past that the record says the check did not finish.")]
+    = 60.0,
+) -> None:
+    """Write a change record to attach to a change ticket.
+
+    Before a run: the plan per server with the exact PowerShell. After a run: what each step did and when, Exchange's
+    warnings, the certificate's thumbprints and CSR, and the verify matrix (asked of the servers now; when they do
+    not answer the record says so). Never a secret. Exit status 0 once written, whatever the record says."""
+    from orchestrator.fileio import write_atomic
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    if ca_file is not None and not ca_file.is_file():
+        raise UsageError(f"--ca-file {ca_file}: file not found; give the PEM file of the roots clients trust")
+    text = _report_text(loaded, state, format, certificate, chain, no_verify, ca_file, timeout, verify_within)
+    if out is None:
+        _echo(text)
+        return
+    try:
+        write_atomic(out, text.encode(), mode=0o644)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror}); choose another file") from None
+    _echo(f"report written to {out}\n")
+
+
+def _report_text(loaded: LoadedPlaybook, state: Path | None, fmt: ReportFormat, certificate: list[Path] | None,
+                 chain: list[Path] | None, no_verify: bool, ca_file: Path | None, timeout: float,
+                 verify_within: float) -> str:
+    from datetime import UTC, datetime
+    from importlib.metadata import version
+
+    from orchestrator import journal as journal_mod
+    from orchestrator.plan import WORKSTATION
+    from orchestrator.render.plan_output import render_ps1
+    from orchestrator.report import build_report, render_html, render_markdown, verify_not_run
+    from orchestrator.report.model import PlannedStep
+
+    plan = _built_plan(loaded, None, None, certificate, chain)
+    path = state or journal_mod.default_path(loaded.path)
+    journal = journal_mod.load(path, loaded.path) if path.exists() else None
+    if no_verify:
+        matrix = verify_not_run("not asked for (--no-verify)")
+    elif journal is None or not journal.issued_pem:
+        matrix = verify_not_run("no certificate has been issued yet, so there is nothing to verify")
+    else:
+        matrix = _bounded_verify(loaded, state, ca_file, timeout, verify_within)
+    data = build_report(
+        loaded.playbook, str(loaded.path), render_ps1(plan, loaded.playbook),
+        [PlannedStep(s.name.value, s.why) for s in plan.for_server(WORKSTATION)], journal, matrix,
+        datetime.now(UTC).isoformat(timespec="seconds"), version("exmig"))
+    return render_html(data) if fmt is ReportFormat.html else render_markdown(data)
+
+
+def _bounded_verify(loaded: LoadedPlaybook, state: Path | None, ca_file: Path | None, timeout: float,
+                    within: float) -> VerifyMatrix:
+    """`exmig verify`'s findings, or why there are none, in at most `within` seconds: a server that does not
+    answer (a dropped SYN waits out the connect timeout) must not hold up the record."""
+    import threading
+
+    from orchestrator.connect import session_factory
+    from orchestrator.report import verify_matrix
+    from orchestrator.report.model import VerifyMatrix
+    from orchestrator.secrets_store import SecretStore
+
+    secrets = SecretStore(loaded.playbook)
+    try:
+        secrets.resolve(loaded.playbook.servers, pfx_password=False)  # any prompt here, on this thread
+        factory = session_factory(loaded, secrets)
+    except ExmigError as exc:
+        return VerifyMatrix("unavailable", f"the servers could not be asked ({exc})")
+    opened: list[ServerSession] = []
+
+    def sessions(server: Server) -> ServerSession:
+        session = factory(server)
+        opened.append(session)
+        return session
+
+    result: list[VerifyMatrix] = []
+
+    def work() -> None:
+        try:
+            findings = _verify_findings(loaded, state, None, 30, ca_file, timeout, None, sessions)
+            result.append(verify_matrix(findings))
+        except Exception as exc:  # noqa: BLE001 - the record says why, instead of no record
+            result.append(VerifyMatrix("unavailable", f"the check failed ({exc})"))
+        finally:
+            for session in opened:
+                with contextlib.suppress(Exception):
+                    session.close()
+
+    worker = threading.Thread(target=work, name="exmig-report-verify", daemon=True)
+    worker.start()
+    worker.join(within)
+    if not result:
+        return VerifyMatrix("unavailable", f"the servers did not all answer within {within:g} s "
+                                           "(--verify-within); run `exmig verify` to see which")
+    return result[0]
 
 
 class IssuerKind(str, Enum):

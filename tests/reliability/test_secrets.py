@@ -1,6 +1,7 @@
 """Secrets audit: full migrations with known passwords (credentials, PFX) through the real CLI process,
-with --json, DEBUG logging of every library, the journal and a private TMPDIR; no password appears in
-any output, log, journal or file the run leaves, in any encoding; the --save-pfx backup is mode 0600."""
+with --json, DEBUG logging of every library, the journal, `exmig report` (HTML and Markdown) and a private
+TMPDIR; no password appears in any output, log, journal, report or file the run leaves, in any encoding; the
+--save-pfx backup is mode 0600."""
 
 from __future__ import annotations
 
@@ -102,6 +103,13 @@ def test_no_password_in_any_output_log_journal_or_file(audit_lab: tuple[InProces
     failed = _cli(lab, wrong, tmpdir, "run", playbook, "--yes", "--json", "--server", "EX2007", "--step", "verify")
     assert failed.returncode != 0
     outputs += [("failed run", failed.stdout + failed.stderr)]
+    # 4. The change record, both forms, with the verify matrix asked of the servers (credentials in use).
+    for fmt in ("html", "md"):
+        record = lab.tmp / f"record.{fmt}"
+        made = _cli(lab, values, tmpdir, "report", playbook, "--format", fmt, "--out", str(record), "--timeout", "5")
+        assert made.returncode == 0, made.stderr[-2000:]
+        assert " checks: " in record.read_text()  # the matrix was asked of the servers, with the credentials
+        outputs += [(f"report {fmt}", made.stdout + made.stderr + record.read_bytes())]
     every_secret = {**values, "wrong credentials": wrong["credentials"]}
 
     # The detector finds a password in every form it looks for (a control for the assertions below).
