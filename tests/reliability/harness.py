@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import serialization
 
 from orchestrator import journal as journal_mod
 from orchestrator.connect import session_factory
-from orchestrator.events import JsonEvents
-from orchestrator.execute import Executor, RunOptions
+from orchestrator.decision import Send
+from orchestrator.events import JsonEvents, QuietEvents
+from orchestrator.execute import Executor, Planned, RunOptions
 from orchestrator.issuance import load_csr
 from orchestrator.lab.exchange import MY, REQUEST
 from orchestrator.lab.faults import FaultKind, FaultRule
@@ -64,6 +65,32 @@ class RunOutcome:
         return sum(1 for e in self.events if e.get("event") == "retry")
 
 
+def checked_requests(planned: list[Planned]) -> dict[str, list[tuple[tuple[str, tuple[str, ...]], ...]]]:
+    """Per server, each request `--check` said a run would send: commands with their parameter names."""
+    out: dict[str, list[tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+    for entry in planned:
+        if isinstance(entry.decision, Send):
+            for pipeline in entry.decision.pipelines:
+                out.setdefault(entry.server, []).append(tuple((c.name, tuple(p.name or "" for p in c.params))
+                                                              for c in pipeline))
+    return out
+
+
+READS = {"Get-ExchangeCertificate", "Get-ChildItem", "Test-Path"}
+
+
+def sent_requests(events: list[dict[str, Any]]) -> dict[str, list[tuple[tuple[str, tuple[str, ...]], ...]]]:
+    """Per server, each request a run sent beyond the reads, from its --json command events (those that
+    answered: a request retried after a lost reply is sent again, and counted once)."""
+    out: dict[str, list[tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+    for e in events:
+        if e.get("event") != "command" or e["command"] in READS or e["outcome"] != "ok":
+            continue
+        names = e["command"].split(" + ")
+        out.setdefault(e["server"], []).append(tuple(zip(names, (tuple(p) for p in e["parameters"]), strict=True)))
+    return out
+
+
 @dataclass
 class InProcessLab:
     site: LabSite
@@ -95,6 +122,16 @@ class InProcessLab:
         parsed = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
         return RunOutcome(None if error is None else (str(error) or type(error).__name__),
                           None if error is None else type(error).__name__, parsed, time.monotonic() - start)
+
+    def check(self) -> list[Planned]:
+        """`exmig run --check`, in process: what a run would send now (reads only are sent)."""
+        journal = journal_mod.load(self.journal_path, self.loaded.path)
+        secrets = SecretStore(self.loaded.playbook, interactive=False)
+        with self.client_environment():
+            executor = Executor(self.loaded, journal, session_factory(self.loaded, secrets), secrets, QuietEvents(),
+                                RunOptions(), check=True)
+            executor.run()
+        return executor.planned
 
     def client_environment(self) -> contextlib.AbstractContextManager[None]:
         """Kerberos clients in this process pointed at the lab's realm (nothing without one)."""

@@ -31,10 +31,12 @@ from tests.reliability.harness import (
     InProcessLab,
     LabTemplate,
     Reference,
+    checked_requests,
     data_lost,
     duplicates,
     local_pfx_files,
     record_step_ranges,
+    sent_requests,
 )
 
 HOLD_SECONDS = 1.0  # the stall that holds the step open while the process is killed
@@ -87,13 +89,17 @@ def kill_at(template: LabTemplate, reference: Reference, server: str, index: int
             running = [k for k, v in journal["steps"].items() if v["outcome"] == "running"]
             if killed:
                 interrupted = ", ".join(running) or "between steps"
+        # What `run --check` says now is exactly what the resuming run sends (issue 15).
+        planned = checked_requests(lab.check())
         resumed = lab.run()
         if resumed.error is not None:
             errors.append(f"resume failed: {resumed.error}")
+        elif sent_requests(resumed.events) != planned:
+            errors.append(f"--check said {planned}, the resuming run sent {sent_requests(resumed.events)}")
         state = lab.state()
         result = CaseResult(server=server, index=index, kind=f"sigkill in {interrupted}", fired=killed,
                             action=lab.faulted_request(server), restarts=1,
-                            converged=resumed.error is None and state == reference.state,
+                            converged=resumed.error is None and state == reference.state and not errors,
                             duplicates=duplicates(lab), data_lost=data_lost(lab), errors=errors)
         if local_pfx_files(lab.tmp):
             result.data_lost.append("a PFX was left on the workstation's disk")
