@@ -32,7 +32,8 @@ from orchestrator.kerberos import principal_name, realm_of
 from orchestrator.lab.auth import KerberosKeys
 from orchestrator.lab.ca import LabCA
 from orchestrator.lab.costs import NO_COSTS, LabCosts, LabLimits, apply_costs
-from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry
+from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry, store
+from orchestrator.lab.exchange.previous import install_previous
 from orchestrator.lab.faults import FaultPlan
 from orchestrator.lab.kdc import LabRealm
 from orchestrator.lab.server import EXCHANGE, POWERSHELL, Endpoint, LabServer
@@ -191,8 +192,13 @@ class LabSite:
                 f"to {ep.port} (the same as port)"
             )
         fqdn = f"{server.name.lower()}.{LAB_DOMAIN}"
+        fresh = store.read_state(self.state_dir / server.name) is None
         model = ExchangeServerModel.load_or_create(self.state_dir / server.name, name=server.name,
                                                    version=str(server.version), fqdn=fqdn)
+        if fresh and self.settings.previous_certificate:
+            # Only on a new server: a restarted lab keeps what the run did (a retired certificate stays gone).
+            certificate = self.playbook.certificate
+            install_previous(model, self.ca, certificate.subject.x500(), list(certificate.domains))
         registry = build_registry(model, self.settings)
         configurations = lab_endpoints(server.version, self.settings)
         tls = None
