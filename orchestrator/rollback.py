@@ -49,8 +49,9 @@ def rollback(server: Server, objects_now: Iterable[Any], before: Mapping[str, An
     """Enable each previous thumbprint for the services it had, where any of them is served otherwise now.
 
     `backups`: thumbprint -> the backup PFX on the workstation (backups.backup_path), for retired certificates."""
-    certs = {c.thumbprint for c in held(objects_now)}
-    now = serving([c for c in held(objects_now)], presented_now, default_smtp)
+    facts = held(objects_now)
+    certs = {c.thumbprint for c in facts}
+    now = serving(facts, presented_now, default_smtp)
     backups = {k.upper(): v for k, v in (backups or {}).items()}
     pipelines: list[tuple[Command, ...]] = []
     done: list[str] = []

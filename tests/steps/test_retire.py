@@ -14,7 +14,7 @@ from .cases import cases, outcome, server
 @pytest.mark.parametrize("case", cases("retire"))
 def test_retire_case(case: dict[str, Any]) -> None:
     def decide() -> dict[str, Any]:
-        return outcome(retire(server(case["server"]), case["certificates"], case["before"], case["new"],
+        return outcome(retire(server(case["server"]), iter(case["certificates"]), case["before"], case["new"],
                               case["presented_now"], RetireOptions(**case["options"]),
                               default_smtp=case["default_smtp"]))
 

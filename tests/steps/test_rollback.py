@@ -17,7 +17,7 @@ def test_rollback_case(case: dict[str, Any]) -> None:
     backups = {t: Path(p) for t, p in case.get("backups", {}).items()}
 
     def decide() -> dict[str, Any]:
-        return outcome(rollback(server(case["server"]), case["certificates"], case["before"], case["presented_now"],
+        return outcome(rollback(server(case["server"]), iter(case["certificates"]), case["before"], case["presented_now"],
                                 backups=backups))
 
     expect = case["expect"]
