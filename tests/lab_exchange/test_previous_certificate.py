@@ -101,6 +101,9 @@ def test_a_restarted_lab_does_not_bring_a_removed_previous_certificate_back(tmp_
             server.model.remove("My", old)
     with _site(tmp_path, previous_certificate=True) as second:
         assert second.servers["EX2010"].inspector.certificate(old) is None
+        assert second.notes()[:2] == [
+            f"note: {name}: its saved state in {tmp_path / 'lab' / name} is kept, so --previous-certificate does not "
+            "apply to it; remove that folder for a server that starts with one" for name in ("EX2010", "EX2007")]
 
 
 def _new_certificate(rp: RunspacePool, server: EmulatedServer) -> str:
