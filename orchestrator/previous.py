@@ -21,7 +21,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from orchestrator.checks import CertInfo, cert_info
-from orchestrator.playbook import Service
+from orchestrator.decision import Read
+from orchestrator.dialects import Dialect
+from orchestrator.playbook import Server, Service
 
 # The services a previous certificate is recorded for, and the TLS probe's name for each.
 SERVICES: tuple[Service, ...] = (Service.IIS, Service.SMTP, Service.POP, Service.IMAP)
@@ -79,6 +81,11 @@ def held(objects: Iterable[Any]) -> list[Held]:
     return out
 
 
+def held_certificates(server: Server) -> Read[list[Held]]:
+    """The fact the record, the retire and the rollback decisions read: every certificate on the server."""
+    return Read("certificates held", Dialect(server.version).list_certificates(server), held)
+
+
 def serving(certs: list[Held], presented: Mapping[str, str | None], default_smtp: str | None = None
             ) -> dict[Service, tuple[str | None, str]]:
     """Per service: (thumbprint serving it, where that was learned: "tls", "server" or "unknown").
@@ -102,13 +109,13 @@ def serving(certs: list[Held], presented: Mapping[str, str | None], default_smtp
     return out
 
 
-def served_before(server: str, objects: Iterable[Any], presented: Mapping[str, str | None],
+def served_before(server: str, held_now: Iterable[Held], presented: Mapping[str, str | None],
                   default_smtp: str | None = None) -> dict[str, Any]:
     """The journal's record of what served `server` before this run: plain JSON data.
 
-    `presented`: TLS probe kind ("https", "smtp", "imaps", "pop3s") -> the leaf thumbprint it presented (None or
+    `held_now`: the server's certificates (held_certificates) before anything was changed.     `presented`: TLS probe kind ("https", "smtp", "imaps", "pop3s") -> the leaf thumbprint it presented (None or
     absent: nothing learned). `default_smtp`: the thumbprint of the default SMTP certificate where known."""
-    certs = held(objects)
+    certs = list(held_now)
     by_service = serving(certs, presented, default_smtp)
     used = {thumb for thumb, _ in by_service.values() if thumb}
     return {

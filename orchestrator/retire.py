@@ -35,7 +35,7 @@ from orchestrator.decision import Decision, Noop, Send
 from orchestrator.dialects import CERTIFICATES, FILES_ONLY, ensure_folder, read_file, remote_path, remove_file
 from orchestrator.errors import ExmigError
 from orchestrator.playbook import Playbook, Server, Service
-from orchestrator.previous import SERVICES, Held, held, previous_services, serving
+from orchestrator.previous import SERVICES, Held, previous_services, serving
 from orchestrator.secrets_store import BACKUP_PASSWORD
 
 BACKUP_SECRET = Secret(BACKUP_PASSWORD, "the backup password")
@@ -118,15 +118,15 @@ def _why_kept(cert: Held, new: str, now: dict[Service, tuple[str | None, str]], 
     return None
 
 
-def retire(server: Server, objects_now: Iterable[Any], before: Mapping[str, Any], new_thumbprint: str,
+def retire(server: Server, held_now: Iterable[Held], before: Mapping[str, Any], new_thumbprint: str,
            presented_now: Mapping[str, str | None], options: RetireOptions, default_smtp: str | None = None,
            services: Iterable[Service] = SERVICES) -> Decision:
     """Remove what served `services` before and serves none now (see the module's rules).
 
-    `objects_now`: Get-ExchangeCertificate output after the new certificate was enabled and verified;
+    `held_now`: the server's certificates (previous.held_certificates) after the new one was enabled and verified;
     `presented_now`: what the TLS endpoints present now (TLS probe kind -> leaf thumbprint);
     `default_smtp`: the default SMTP certificate's thumbprint where known (None: unknown)."""
-    certs = {c.thumbprint: c for c in held(objects_now)}
+    certs = {c.thumbprint: c for c in held_now}
     now = serving(list(certs.values()), presented_now, default_smtp)
     new = new_thumbprint.upper()
     kept: list[str] = []

@@ -20,7 +20,7 @@ from orchestrator.decision import Decision, Noop, Send
 from orchestrator.dialects import Dialect, ensure_folder, remote_path, remove_file, write_file
 from orchestrator.errors import ExmigError
 from orchestrator.playbook import Server, Service
-from orchestrator.previous import SERVICES, held, previous_services, serving
+from orchestrator.previous import SERVICES, Held, previous_services, serving
 from orchestrator.retire import BACKUP_SECRET, backup_file_name
 
 
@@ -43,13 +43,14 @@ def restore_backup(server: Server, thumbprint: str, backup: Path) -> tuple[Comma
             remove_file(server, path))
 
 
-def rollback(server: Server, objects_now: Iterable[Any], before: Mapping[str, Any],
+def rollback(server: Server, held_now: Iterable[Held], before: Mapping[str, Any],
              presented_now: Mapping[str, str | None], backups: Mapping[str, Path] | None = None,
              default_smtp: str | None = None, services: Iterable[Service] = SERVICES) -> Decision:
     """Enable each previous thumbprint for the services it had, where any of them is served otherwise now.
 
+    `held_now`: the server's certificates now (previous.held_certificates).
     `backups`: thumbprint -> the backup PFX on the workstation (backups.backup_path), for retired certificates."""
-    facts = held(objects_now)
+    facts = list(held_now)
     certs = {c.thumbprint for c in facts}
     now = serving(facts, presented_now, default_smtp)
     backups = {k.upper(): v for k, v in (backups or {}).items()}

@@ -31,7 +31,7 @@ from orchestrator.lab.exchange.pki import der, key_pem
 from orchestrator.lab.options import LabBehaviour
 from orchestrator.lab.site import EmulatedServer, LabSite
 from orchestrator.playbook import load_playbook
-from orchestrator.previous import served_before
+from orchestrator.previous import Held, held_certificates, served_before
 from orchestrator.retire import RetireOptions, backup_capture, retire
 from orchestrator.rollback import rollback
 from orchestrator.secrets_store import BACKUP_PASSWORD
@@ -109,10 +109,10 @@ class Shells:
             captured[command.capture] = _bytes(out)
         return out
 
-    def certificates(self) -> list[dict[str, Any]]:
-        params = {"Server": self.server.server.name} if self.server.server.version == 2010 else {}
-        return [o.adapted_properties for o in self.run_raw(self.pool(Shell.EXCHANGE), "Get-ExchangeCertificate",
-                                                           params)]
+    def certificates(self) -> list[Held]:
+        """The decisions' fact, read with the command it declares."""
+        read = held_certificates(self.server.server)
+        return read.parse([o.adapted_properties for o in self.send(read.command, {})])
 
     def close(self) -> None:
         for rp in self.pools.values():
@@ -202,7 +202,7 @@ def test_record_retire_and_rollback_from_the_backup(tmp_path: Path, lab: Any, sh
     assert stat.S_IMODE(os.stat(kept).st_mode) == 0o600
     key, cert, _ = pkcs12.load_key_and_certificates(kept.read_bytes(), BACKUP_PW.encode())
     assert key is not None and cert is not None and thumbprint(cert) == previous
-    left = {str(c["Thumbprint"]) for c in sh.certificates()}
+    left = {c.thumbprint for c in sh.certificates()}
     assert previous not in left and own in left and new in left  # the self-signed certificate stays
     assert _presented(server) == dict.fromkeys(SERVICE_KINDS, new)
     assert server.inspector.file(f"C:\\Certs\\exmig-backup-{previous}.pfx") is None  # no PFX left on 2007

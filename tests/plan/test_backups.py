@@ -77,7 +77,7 @@ def test_self_signed_is_read_from_rawdata_when_the_server_sends_nothing_else() -
     certs = held([{"RawData": c.public_bytes(Encoding.DER)} for c in (own, issued, same_name_other_key)])
     assert [(c.thumbprint, c.self_signed, c.exportable) for c in certs] == [
         (thumbprint(own), True, None), (thumbprint(issued), False, None), (thumbprint(same_name_other_key), False, None)]
-    record = served_before("EX2010", [{"RawData": own.public_bytes(Encoding.DER)}], {"https": thumbprint(own)})
+    record = served_before("EX2010", held([{"RawData": own.public_bytes(Encoding.DER)}]), {"https": thumbprint(own)})
     assert record["services"] == {"IIS": thumbprint(own), "SMTP": None, "POP": None, "IMAP": None}
     assert record["learned_from"] == {"IIS": "tls", "SMTP": "unknown", "POP": "unknown", "IMAP": "unknown"}
     assert record["certificates"][thumbprint(own)]["self_signed"] is True

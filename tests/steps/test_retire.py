@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.previous import held
 from orchestrator.retire import RetireOptions, RetireRefused, backup_capture, retire
 
 from .cases import cases, outcome, server
@@ -14,7 +15,7 @@ from .cases import cases, outcome, server
 @pytest.mark.parametrize("case", cases("retire"))
 def test_retire_case(case: dict[str, Any]) -> None:
     def decide() -> dict[str, Any]:
-        return outcome(retire(server(case["server"]), iter(case["certificates"]), case["before"], case["new"],
+        return outcome(retire(server(case["server"]), iter(held(case["certificates"])), case["before"], case["new"],
                               case["presented_now"], RetireOptions(**case["options"]),
                               default_smtp=case["default_smtp"]))
 
@@ -29,7 +30,7 @@ def test_retire_case(case: dict[str, Any]) -> None:
 
 def test_the_backup_is_kept_by_the_executor_between_export_and_removal() -> None:
     [case] = [c.values[0] for c in cases("retire") if c.id == "backed_up_then_removed_2010"]
-    decision = retire(server("EX2010"), case["certificates"], case["before"], case["new"], case["presented_now"],
+    decision = retire(server("EX2010"), held(case["certificates"]), case["before"], case["new"], case["presented_now"],
                       RetireOptions(), default_smtp=case["default_smtp"])
     export, remove = decision.pipelines  # type: ignore[union-attr]
     # The removal is a request of its own, after the one whose output the executor writes to disk.

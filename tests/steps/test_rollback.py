@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.previous import held
 from orchestrator.rollback import RollbackImpossible, rollback
 
 from .cases import cases, outcome, server
@@ -17,7 +18,7 @@ def test_rollback_case(case: dict[str, Any]) -> None:
     backups = {t: Path(p) for t, p in case.get("backups", {}).items()}
 
     def decide() -> dict[str, Any]:
-        return outcome(rollback(server(case["server"]), iter(case["certificates"]), case["before"], case["presented_now"],
+        return outcome(rollback(server(case["server"]), iter(held(case["certificates"])), case["before"], case["presented_now"],
                                 backups=backups))
 
     expect = case["expect"]
