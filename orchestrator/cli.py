@@ -127,6 +127,12 @@ RawDataOnlyOpt = Annotated[bool, typer.Option(
 NoServicesOpt = Annotated[bool, typer.Option("--no-services", help="Certificate objects arrive without Services.")]
 RevocationOfflineOpt = Annotated[bool, typer.Option(
     "--revocation-offline", help="The servers cannot reach the CA's revocation list (RevocationCheckFailure).")]
+PreviousCertificateOpt = Annotated[bool, typer.Option(
+    "--previous-certificate", help="The servers start with a previous commercial certificate (the lab CA's, for the "
+    "playbook's names, expiring in 20 days) serving IIS, SMTP, POP and IMAP.")]
+KeepsIisBindingOpt = Annotated[list[str] | None, typer.Option(
+    "--enable-keeps-iis-binding", metavar="NAME", help="Fault: this server's Enable-ExchangeCertificate answers "
+    "success without changing the IIS binding (repeatable).")]
 
 PlaybookArg = Annotated[Path, typer.Argument(help="The migration playbook (YAML).", show_default=False,
                                              metavar="PLAYBOOK")]
@@ -711,6 +717,8 @@ def rehearse(
     rawdata_only: RawDataOnlyOpt = False,
     no_services: NoServicesOpt = False,
     revocation_offline: RevocationOfflineOpt = False,
+    previous_certificate: PreviousCertificateOpt = False,
+    enable_keeps_iis_binding: KeepsIisBindingOpt = None,
 ) -> None:
     """Rehearse the migration against a lab mirroring the servers.
 
@@ -737,8 +745,10 @@ def rehearse(
                              f"or rehearse with NTLM: exmig rehearse {playbook} --auth ntlm")
         site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False,
                        costs=_lab_costs(costs, cost_scale))
-        site.settings = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline).apply(
-            replace(site.settings, windows_powershell=windows_powershell.value))
+        behaviour = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline, previous_certificate,
+                                 tuple(enable_keeps_iis_binding or ()))
+        behaviour.check([s.name for s in lab_loaded.playbook.servers])
+        site.settings = behaviour.apply(replace(site.settings, windows_powershell=windows_powershell.value))
         with site, (site.realm.client_environment() if site.realm else contextlib.nullcontext()):
             final = site.playbook_for_lab()
             lab_loaded = lab_loaded.model_copy(update={"playbook": final})
@@ -782,6 +792,8 @@ def lab_serve(
     rawdata_only: RawDataOnlyOpt = False,
     no_services: NoServicesOpt = False,
     revocation_offline: RevocationOfflineOpt = False,
+    previous_certificate: PreviousCertificateOpt = False,
+    enable_keeps_iis_binding: KeepsIisBindingOpt = None,
 ) -> None:
     """Serve the playbook's servers, emulated, on 127.0.0.1.
 
@@ -802,8 +814,10 @@ def lab_serve(
         require_kerberos(f"serving {playbook} with Kerberos (realm {realm})",
                          "or serve a playbook whose servers use auth: ntlm")
     site = LabSite(loaded, state or lab_state_dir(loaded), costs=_lab_costs(costs, cost_scale))
-    site.settings = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline).apply(
-        replace(site.settings, windows_powershell=windows_powershell.value))
+    behaviour = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline, previous_certificate,
+                             tuple(enable_keeps_iis_binding or ()))
+    behaviour.check([s.name for s in loaded.playbook.servers])
+    site.settings = behaviour.apply(replace(site.settings, windows_powershell=windows_powershell.value))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with site, _announced(lambda: announce_served_lab(loaded, site.state_dir), lambda: withdraw_served_lab(loaded)):

@@ -23,6 +23,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -584,11 +585,53 @@ class Playbook(_Model):
     pfx_password: SecretRef = Field(SecretRef(generate=True), description="The PFX password: {generate: true} "
                                     "(default), {env: VARIABLE} or {prompt: true}.")
     retry: RetryPolicy = Field(RetryPolicy(), description="Retries of transient failures, and the timeouts.")
+    # Field order matters: each retire option's validator reads the ones above it (pydantic's info.data).
+    retire_previous: StrictBool = Field(False, description="After the new certificate is enabled and verified on a "
+                                        "server, remove each certificate that served one of its services before and "
+                                        "serves none now (backed up first).")
+    retire_self_signed: StrictBool = Field(False, description="With retire_previous: also remove Exchange's "
+                                           "self-signed certificate when it served before.")
+    retire_without_backup: StrictBool = Field(False, description="With retire_previous: remove a certificate that "
+                                              "cannot be backed up (key not exportable, or no password you know); it "
+                                              "can then never be rolled back.")
+    backup_password: SecretRef | None = Field(None, validate_default=True, description="The password of the retired "
+                                              "certificates' backups: {env: VARIABLE} or {prompt: true}; default: "
+                                              "pfx_password when that is not generated.")
+    rollback_on_failure: StrictBool = Field(False, description="When verification after enable fails on a server, "
+                                            "re-enable there what served before.")
 
     @field_validator("pfx_password", mode="before")
     @classmethod
     def _no_inline_pfx_password(cls, value: Any) -> Any:
         return _reject_inline_secret(value, "pfx_password")
+
+    @field_validator("backup_password", mode="before")
+    @classmethod
+    def _no_inline_backup_password(cls, value: Any) -> Any:
+        return _reject_inline_secret(value, "backup_password")
+
+    @field_validator("retire_self_signed", "retire_without_backup")
+    @classmethod
+    def _with_retire_previous(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("retire_previous", False):
+            raise ValueError(f"only applies with `retire_previous: true`; set that too, or remove {info.field_name}")
+        return value
+
+    @field_validator("backup_password")
+    @classmethod
+    def _backup_password_known(cls, value: SecretRef | None, info: ValidationInfo) -> SecretRef | None:
+        # The --save-pfx rule (orchestrator/execute.py): a generated password is never shown or kept.
+        if value is not None and value.generate:
+            raise ValueError("a generated password is never shown, so nobody could open the backups; use "
+                             "`backup_password: {env: VARIABLE}` or `backup_password: {prompt: true}`")
+        pfx = info.data.get("pfx_password")
+        if (value is None and info.data.get("retire_previous") and not info.data.get("retire_without_backup")
+                and isinstance(pfx, SecretRef) and pfx.generate):
+            raise ValueError("retire_previous backs up each certificate it removes, and pfx_password is generated "
+                             "for the run and never shown, so nobody could open the backups; set "
+                             "`backup_password: {env: VARIABLE}` or `backup_password: {prompt: true}` (or "
+                             "`retire_without_backup: true`)")
+        return value
 
     @model_validator(mode="after")
     def _roles(self) -> Playbook:

@@ -23,6 +23,8 @@ from orchestrator.playbook import LAB_DEFAULT_PASSWORD, Playbook, SecretRef, Ser
 from orchestrator.troubleshoot import add_secrets
 
 PFX_PASSWORD = "pfx-password"
+# The retired certificates' backups (orchestrator/backups.py): backup_password, else a pfx_password the admin knows.
+BACKUP_PASSWORD = "backup-password"
 
 
 class SecretStore:
@@ -67,17 +69,28 @@ class SecretStore:
                 self._values[key] = value
             return self._values[key]
 
-    def resolve(self, servers: Iterable[Server], pfx_password: bool) -> None:
-        """Resolve (ask for) every secret of these servers, and the PFX password if the run needs it, now;
-        then seal the store."""
+    def resolve(self, servers: Iterable[Server], pfx_password: bool, backup_password: bool = False) -> None:
+        """Resolve (ask for) every secret of these servers, and the PFX and backup passwords if the run needs them,
+        now; then seal the store."""
         for server in servers:
             self.username(server)
             self.password(server)
         if pfx_password:
             self.secret(PFX_PASSWORD)
+        if backup_password:
+            self.secret(BACKUP_PASSWORD)
         self._sealed = True
 
     def secret(self, key: str) -> str:
+        if key == BACKUP_PASSWORD and self._playbook.backup_password is not None:
+            value = self._cached(key, self._playbook.backup_password, "the backup password", "backup_password")
+            assert value is not None
+            return value
+        if key == BACKUP_PASSWORD:
+            if self._playbook.pfx_password.generate:
+                raise UsageError("backup_password: no password for the backups (pfx_password is generated); set "
+                                 "`backup_password: {env: VARIABLE}` or `backup_password: {prompt: true}`")
+            key = PFX_PASSWORD  # the one pfx_password, asked for once
         if key != PFX_PASSWORD:
             raise KeyError(key)
         value = self._cached(key, self._playbook.pfx_password, "the PFX password", "pfx_password")

@@ -32,7 +32,8 @@ from orchestrator.kerberos import principal_name, realm_of
 from orchestrator.lab.auth import KerberosKeys
 from orchestrator.lab.ca import LabCA
 from orchestrator.lab.costs import NO_COSTS, LabCosts, LabLimits, apply_costs
-from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry
+from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry, store
+from orchestrator.lab.exchange.previous import install_previous
 from orchestrator.lab.faults import FaultPlan
 from orchestrator.lab.kdc import LabRealm
 from orchestrator.lab.server import EXCHANGE, POWERSHELL, Endpoint, LabServer
@@ -157,6 +158,7 @@ class LabSite:
         self.limits = limits if limits is not None else LabLimits()
         self.servers: dict[str, EmulatedServer] = {}
         self.realm: LabRealm | None = None
+        self.kept_state: list[str] = []  # servers whose saved state kept them from getting a previous certificate
 
     def _start_realm(self) -> None:
         realm = playbook_realm(self.playbook)
@@ -176,12 +178,14 @@ class LabSite:
         return self.limits
 
     def notes(self) -> list[str]:
-        """What the lab says once about where it is kinder than production."""
+        """What the lab says once: where it is kinder than production, and switches its saved state overrides."""
+        kept = [f"note: {name}: its saved state in {self.state_dir / name} is kept, so --previous-certificate does not "
+                "apply to it; remove that folder for a server that starts with one" for name in self.kept_state]
         if self.realm is not None:
-            return []
-        return [f"note: {s.name}: the lab accepts NTLM on /PowerShell; a real Exchange 2010 endpoint takes "
-                "Kerberos only (auth: kerberos, user@REALM)" for s in self.playbook.servers
-                if s.version == 2010 and s.auth in ("ntlm", "negotiate")]
+            return kept
+        return kept + [f"note: {s.name}: the lab accepts NTLM on /PowerShell; a real Exchange 2010 endpoint takes "
+                       "Kerberos only (auth: kerberos, user@REALM)" for s in self.playbook.servers
+                       if s.version == 2010 and s.auth in ("ntlm", "negotiate")]
 
     def _build(self, server: Server) -> EmulatedServer:
         ep = server.exchange_endpoint
@@ -191,8 +195,15 @@ class LabSite:
                 f"to {ep.port} (the same as port)"
             )
         fqdn = f"{server.name.lower()}.{LAB_DOMAIN}"
+        fresh = store.read_state(self.state_dir / server.name) is None
         model = ExchangeServerModel.load_or_create(self.state_dir / server.name, name=server.name,
                                                    version=str(server.version), fqdn=fqdn)
+        if self.settings.previous_certificate and fresh:
+            certificate = self.playbook.certificate
+            install_previous(model, self.ca, certificate.subject.x500(), list(certificate.domains))
+        elif self.settings.previous_certificate:
+            # Only on a new server: a restarted lab keeps what the run did (a retired certificate stays gone).
+            self.kept_state.append(server.name)
         registry = build_registry(model, self.settings)
         configurations = lab_endpoints(server.version, self.settings)
         tls = None

@@ -83,6 +83,18 @@ CASES = [
      22, "servers[1]: connection.system_port is for Exchange 2010"),
     ("2010 endpoint on 2007", "      host: ex2007.mitserv.net", "      host: ex2007.mitserv.net\n      path: /PowerShell",
      22, "servers[1]: connection.path /PowerShell is Exchange 2010's endpoint"),
+    ("retire_self_signed alone", "issuer:\n", "retire_self_signed: true\nissuer:\n", 11,
+     "retire_self_signed: only applies with `retire_previous: true`; set that too, or remove retire_self_signed"),
+    ("retire_without_backup alone", "issuer:\n", "retire_without_backup: true\nissuer:\n", 11,
+     "retire_without_backup: only applies with `retire_previous: true`; set that too, or remove "
+     "retire_without_backup"),
+    ("retire with a generated pfx password", "issuer:\n", "retire_previous: true\nissuer:\n", 1,
+     "backup_password: retire_previous backs up each certificate it removes, and pfx_password is generated for the "
+     "run and never shown, so nobody could open the backups; set `backup_password: {env: VARIABLE}`"),
+    ("generated backup password", "issuer:\n", "backup_password: {generate: true}\nissuer:\n", 11,
+     "backup_password: a generated password is never shown, so nobody could open the backups"),
+    ("backup password in the file", "issuer:\n", "backup_password: hunter2\nissuer:\n", 11,
+     "backup_password: a password must not be written in the playbook; use `backup_password: {env: VARIABLE}`"),
     ("bad workdir", "    role: target\n", "    role: target\n    workdir: Certs\n", 25,
      "servers[1].workdir: 'Certs' is not an absolute Windows folder such as C:\\Certs"),
 ]
@@ -130,6 +142,21 @@ def test_missing_file(tmp_path: Path, exmig: Callable) -> None:
     result = exmig("plan", tmp_path / "nope.yml")
     assert result.code == 2
     assert result.err == f"exmig: error: {tmp_path / 'nope.yml'}: file not found; give the path of a playbook (.yml)\n"
+
+
+def test_retire_options_with_a_password_the_admin_knows_validate(tmp_path: Path) -> None:
+    from orchestrator.backups import backup_password_source
+    from orchestrator.playbook import load_playbook
+
+    path = tmp_path / "retire.yml"
+    path.write_text(GOOD.replace("issuer:\n", "retire_previous: true\nretire_self_signed: true\nrollback_on_failure: "
+                                 "true\nbackup_password: {env: EXMIG_BACKUP}\nissuer:\n", 1))
+    playbook = load_playbook(path).playbook
+    assert playbook.retire_previous and playbook.retire_self_signed and playbook.rollback_on_failure
+    assert backup_password_source(playbook) == playbook.backup_password
+    # Without backups the generated PFX password is no obstacle, and no backup is possible.
+    path.write_text(GOOD.replace("issuer:\n", "retire_previous: true\nretire_without_backup: true\nissuer:\n", 1))
+    assert backup_password_source(load_playbook(path).playbook) is None
 
 
 def test_basic_over_https_on_every_endpoint_is_accepted(tmp_path: Path) -> None:

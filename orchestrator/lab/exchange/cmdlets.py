@@ -170,7 +170,7 @@ class ExchangeCertificateCmdlets:
         cn = common_name(entry.cert.subject) or model.fqdn
         if flags & Services.SMTP:
             model.default_smtp = entry.thumbprint
-        if flags & Services.IIS:
+        if flags & Services.IIS and not self.settings.keeps_iis_binding(model.name):
             model.iis_binding = entry.thumbprint
             model.iis_require_ssl = not call.params.get("DoNotRequireSsl", False)
         # POP/IMAP present the certificate matching their configured name; Enable points the name at this

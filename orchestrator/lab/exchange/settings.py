@@ -350,6 +350,11 @@ class LabSettings:
     # Enable-ExchangeCertificate without -Force binds IIS/POP/IMAP before it asks the SMTP overwrite question, so
     # a session that cannot answer is left half-changed (issue 16; 2010 UNCONFIRMED).
     enable_applies_before_smtp_prompt: bool = True
+    # Servers (names, any case) whose Enable-ExchangeCertificate answers success but leaves the Default Web Site's
+    # binding as it was: the failure only a binding check catches (issue 18's community script). A fault, off.
+    enable_keeps_iis_binding: frozenset[str] = frozenset()
+    # New servers start with a previous commercial certificate beside the self-signed one (previous.py). Off.
+    previous_certificate: bool = False
     # Time source for certificate validity and Status; tests move it.
     clock: Callable[[], datetime] = _utcnow
     error_texts: dict[str, ErrorText] = field(default_factory=lambda: dict(ERROR_TEXTS))
@@ -375,6 +380,9 @@ class LabSettings:
             target=fmt.get("thumbprint"),
             activity=command,
         )
+
+    def keeps_iis_binding(self, server: str) -> bool:
+        return server.lower() in {name.lower() for name in self.enable_keeps_iis_binding}
 
     def text(self, key: str, **fmt: Any) -> str:
         return self.error_texts[key].message.format(**fmt)
