@@ -279,7 +279,21 @@ def issue(csr_pem: str, settings: AcmeSettings, state_dir: Path, responder: Chal
     """Finalize `csr_pem` over ACME; the chain the CA sent comes back leaf first, as issuance.py's issuers return it.
 
     Resumes the order in `state_dir` when it is for this CSR at this directory; removes every challenge
-    response it placed, also when it fails."""
+    response it placed, also when it fails. Every failure is an AcmeError (one line)."""
+    try:
+        return _issue(csr_pem, settings, state_dir, responder, log)
+    except requests.RequestException as exc:
+        raise AcmeUnreachable(f"the ACME CA at {settings.directory} stopped answering ({_short(exc)}); run again (the "
+                              "same order is picked up)") from None
+    except messages.Error as exc:  # a problem document (a subclass of acme's Error: first)
+        raise translate(exc, "request") from None
+    except acme_errors.Error as exc:
+        raise AcmeError(f"the ACME CA's answer was not understood ({_short(exc)}); run again (the same order is "
+                        "picked up)") from None
+
+
+def _issue(csr_pem: str, settings: AcmeSettings, state_dir: Path, responder: ChallengeResponder,
+           log: Callable[[str], None]) -> AcmeResult:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)

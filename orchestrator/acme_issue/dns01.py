@@ -178,10 +178,9 @@ class Rfc2136Responder:
         except OSError:
             return []
 
-    def _has(self, address: str, record: str, values: set[str]) -> bool:
+    def _has(self, address: str, record: str, values: set[str], timeout: float) -> bool:
         try:
-            answer = dns.query.udp(dns.message.make_query(record, "TXT"), address, port=self.port,
-                                   timeout=QUERY_TIMEOUT)
+            answer = dns.query.udp(dns.message.make_query(record, "TXT"), address, port=self.port, timeout=timeout)
         except (dns.exception.DNSException, OSError):
             return False
         seen = {b"".join(r.strings).decode() for rrset in answer.answer if rrset.rdtype == dns.rdatatype.TXT
@@ -199,7 +198,8 @@ class Rfc2136Responder:
         missing: list[tuple[str, str]] = []
         for _ in range(rounds):
             missing = [(address, record) for address in servers for record, values in wanted.items()
-                       if not self._has(address, record, values)]
+                       if not self._has(address, record, values,
+                                        max(0.1, min(QUERY_TIMEOUT, deadline - time.monotonic())))]
             if not missing or time.monotonic() >= deadline:
                 break
             time.sleep(self.propagation_interval)

@@ -145,12 +145,14 @@ def _private_folder(directory: Path) -> None:
 class LabDns:
     """`named` serving `zone` from `directory` on `host`:`port` (TCP and UDP), updatable with the TSIG key.
 
-    `records` are {name: IPv4 address} A records in the zone (names the lab's servers answer for; the
-    name server itself is ns1.<zone>). `tsig_secret` (base64) is generated unless given."""
+    `records` are {name: IPv4 address} A records in the zone (names the lab's servers answer for).
+    `name_servers` are the zone's NS as {label: address} (default ns1 at `host`): a second one on another
+    loopback address (same port) rehearses a secondary. `tsig_secret` (base64) is generated unless given."""
 
     directory: Path
     zone: str = LAB_ZONE
-    records: dict[str, str] = field(default_factory=dict)
+    records: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    name_servers: dict[str, str] = field(default_factory=dict)
     tsig_name: str = TSIG_NAME
     tsig_algorithm: str = TSIG_ALGORITHM
     tsig_secret: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -200,15 +202,15 @@ class LabDns:
             encoding="utf-8",
         )
         os.chmod(self.conf, 0o600)
-        lines = [
-            "$TTL 60",
-            f"@ IN SOA ns1.{self.zone}. hostmaster.{self.zone}. 1 60 60 600 60",
-            f"@ IN NS ns1.{self.zone}.",
-            f"ns1 IN A {self.host}",
-        ]
-        for name, address in sorted(self.records.items()):
+        name_servers = self.name_servers or {"ns1": self.host}
+        first = next(iter(name_servers))
+        lines = ["$TTL 60", f"@ IN SOA {first}.{self.zone}. hostmaster.{self.zone}. 1 60 60 600 60"]
+        lines += [f"@ IN NS {label}.{self.zone}." for label in name_servers]
+        lines += [f"{label} IN A {address}" for label, address in name_servers.items()]
+        for name, addresses in sorted(self.records.items()):
             relative = self._relative(name)
-            lines.append(f"{relative} IN A {address}")
+            for address in (addresses,) if isinstance(addresses, str) else addresses:
+                lines.append(f"{relative} IN A {address}")
         self.zone_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _relative(self, name: str) -> str:
@@ -429,6 +431,83 @@ class LabPebble:
     def stop(self) -> None:
         if self._child is not None:
             self._child.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- both, for one playbook ----------------------------------------------------------------------
+
+
+def http_addresses(server_names: list[str]) -> dict[str, str]:
+    """A loopback address per server for its IIS's plain HTTP: 127.0.0.1, 127.0.0.2, ... in playbook order.
+
+    http-01 connects to one port (pebble's httpPort, port 80 for a real CA) at the address the name's A record
+    gives, so servers are told apart by address, as on a real network. named cannot listen on them (it binds
+    only addresses configured on an interface), but the lab's Python listeners can: Linux routes all of
+    127.0.0.0/8 to the loopback interface."""
+    if len(server_names) > 254:
+        raise ValueError("the lab gives at most 254 servers a loopback address")
+    return {name: f"127.0.0.{index + 1}" for index, name in enumerate(server_names)}
+
+
+@dataclass
+class LabAcme:
+    """pebble and named for one rehearsal: `names` are {name: [server names]} (where each name points, e.g.
+    setup.http01_targets), `servers` the playbook's server names; each name's A record holds the addresses
+    of its servers (http_addresses), so pebble's http-01 reaches the server the name points at."""
+
+    directory: Path
+    names: dict[str, list[str]]
+    servers: list[str]
+    zone: str = LAB_ZONE
+    eab_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    blocked: tuple[str, ...] = ()
+    dns: LabDns | None = None
+    pebble: LabPebble | None = None
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return http_addresses(self.servers)
+
+    def start(self) -> Self:
+        self.directory = Path(self.directory)
+        _private_folder(self.directory)
+        addresses = self.addresses
+        records = {name: tuple(addresses[s] for s in servers) for name, servers in self.names.items()}
+        self.dns = LabDns(self.directory / "dns", zone=self.zone, records=records)
+        self.pebble = LabPebble(self.directory / "pebble", dns=self.dns, eab_keys=self.eab_keys, blocked=self.blocked)
+        self.dns.start()
+        try:
+            self.pebble.start()
+            self.pebble.write_root(self.directory / "pebble-root.pem")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def root_file(self) -> Path:
+        """The root the servers must trust (issuer.root with install_root: true)."""
+        return self.directory / "pebble-root.pem"
+
+    def issuer_overrides(self) -> dict[str, object]:
+        """What a lab playbook's acme issuer becomes for this run: directory, ca_bundle, root, and for dns-01
+        the server, zone and TSIG key name (the TSIG secret is `dns.tsig_secret`, a lab secret)."""
+        assert self.dns is not None and self.pebble is not None, "start() first"
+        return {"directory": self.pebble.directory_url, "ca_bundle": str(self.pebble.tls_ca_file),
+                "root": str(self.root_file), "dns": {"server": self.dns.server, "zone": self.dns.zone,
+                                                     "tsig_name": self.dns.tsig_name,
+                                                     "tsig_algorithm": self.dns.tsig_algorithm}}
+
+    def stop(self) -> None:
+        if self.pebble is not None:
+            self.pebble.stop()
+        if self.dns is not None:
+            self.dns.stop()
 
     def __enter__(self) -> Self:
         return self.start()

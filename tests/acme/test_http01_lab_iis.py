@@ -116,3 +116,57 @@ def test_a_token_that_is_not_base64url_never_becomes_a_path() -> None:
     for token in ("..\\..\\Windows\\win.ini", "abc/def" * 4, "a" * 8, "tok en" * 4):
         with pytest.raises(BadToken):
             token_path(token)
+
+
+class RoutedResponder:
+    """Each name's token on the server(s) the name points at (issuer.client_names), as the issue step does."""
+
+    challenge_type = "http-01"
+
+    def __init__(self, shells: dict[str, Shell], targets: dict[str, list[str]]) -> None:
+        self.by_server = {name: SetContentResponder(shell) for name, shell in shells.items()}
+        self.targets = targets
+
+    def place(self, name: str, token: str, key_authorization: str) -> None:
+        for server in self.targets[name]:
+            self.by_server[server].place(name, token, key_authorization)
+
+    def remove(self, name: str, token: str, key_authorization: str) -> None:
+        for server in self.targets[name]:
+            self.by_server[server].remove(name, token, key_authorization)
+
+    def ready(self) -> None:
+        pass
+
+
+def test_http01_each_name_is_proven_on_the_server_it_points_at(tmp_path: Path) -> None:
+    from orchestrator.lab.acme_services import LabAcme
+
+    servers = ["EX2010", "EX2007"]
+    targets = {"mail.mitserv.net": ["EX2010"], "autodiscover.mitserv.net": ["EX2010"], "legacy.mitserv.net": ["EX2007"]}
+    models = {name: ExchangeServerModel.load_or_create(tmp_path / name, name=name, version=name[2:],
+                                                       fqdn=f"{name.lower()}.mitserv.net") for name in servers}
+    shells = {name: Shell(build_registry(m, LabSettings()), "Microsoft.PowerShell") for name, m in models.items()}
+    with LabAcme(tmp_path / "acme", targets, servers) as lab:
+        assert lab.pebble is not None
+        listeners = {name: IisHttp(name, m.fs, host=lab.addresses[name], port=lab.pebble.http_port, lock=m.lock)
+                     for name, m in models.items()}
+        for listener in listeners.values():
+            listener.start()
+        try:
+            overrides = lab.issuer_overrides()
+            from orchestrator.acme_issue import AcmeSettings
+
+            settings = AcmeSettings(str(overrides["directory"]), ca_bundle=Path(str(overrides["ca_bundle"])),
+                                    timeout=30)
+            issue(make_csr()[0], settings, tmp_path / "state", RoutedResponder(shells, targets))
+        finally:
+            for listener in listeners.values():
+                listener.stop()
+        root = lab.root_file.read_bytes()
+        assert root == lab.pebble.root_pem()
+    served = {name: [p for p, status in listener.requests if status == 200] for name, listener in listeners.items()}
+    assert len(served["EX2007"]) >= 1 and len(served["EX2010"]) >= 2
+    assert not set(served["EX2007"]) & set(served["EX2010"])  # legacy's token only ever asked of EX2007
+    for model in models.values():
+        assert _files_left(model) == [WEB_CONFIG_PATH]

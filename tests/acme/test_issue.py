@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator.acme_issue import issue
+from orchestrator.acme_issue import Rfc2136Responder, issue
 from orchestrator.acme_issue.client import ACCOUNT_FILE, ACCOUNT_KEY, ORDER_FILE, _Session, translate
 from orchestrator.acme_issue.errors import (
     AcmeAccountRefused,
@@ -208,3 +209,35 @@ def test_pebble_issues_for_the_labs_sha1_request(acme_lab: AcmeLab, tmp_path: Pa
     assert signature_hash(sha1_pem) == "sha1"
     result = issue(sha1_pem, acme_lab.settings(), tmp_path, acme_lab.dns_responder())
     assert _spki(result.issued.leaf.public_key()) == _spki(key.public_key())
+
+
+def test_a_name_server_that_never_answers(acme_lab: AcmeLab, tmp_path: Path) -> None:
+    """The zone names two servers; the second (127.0.0.2, where nothing listens) never shows the record."""
+    from orchestrator.acme_issue.errors import DnsNotPropagated
+    from orchestrator.lab.acme_services import LabDns
+
+    primary = LabDns(tmp_path / "primary", name_servers={"ns1": "127.0.0.1", "ns2": "127.0.0.2"}).start()
+    try:
+        responder = Rfc2136Responder(primary.server, "mitserv.net", primary.tsig_name, primary.tsig_secret,
+                                     propagation_timeout=1.0, propagation_interval=0.2)
+        assert responder.authoritative_servers() == ["127.0.0.1", "127.0.0.2"]
+        started = time.monotonic()
+        with pytest.raises(DnsNotPropagated) as exc:
+            issue(make_csr(["mail.mitserv.net"])[0], acme_lab.settings(), tmp_path / "state", responder)
+        assert time.monotonic() - started < 10  # bounded by propagation_timeout, not by query timeouts
+        text = _one_line(exc)
+        assert "127.0.0.2" in text and "_acme-challenge.mail.mitserv.net" in text
+        assert primary.txt("_acme-challenge.mail.mitserv.net") == []  # removed after the failure
+    finally:
+        primary.stop()
+
+
+def test_an_unreachable_directory(tmp_path: Path) -> None:
+    from orchestrator.acme_issue.client import AcmeSettings
+    from orchestrator.acme_issue.errors import AcmeUnreachable
+    from orchestrator.lab.children import free_port
+
+    closed = f"https://127.0.0.1:{free_port('127.0.0.1', udp=False)}/dir"
+    with pytest.raises(AcmeUnreachable) as exc:
+        issue(make_csr()[0], AcmeSettings(closed), tmp_path, None)  # type: ignore[arg-type]
+    assert _one_line(exc).startswith(f"issuer.directory: cannot read the ACME directory {closed} (")
