@@ -846,10 +846,10 @@ def acme_problem(playbook: Playbook) -> tuple[tuple[str | int, ...], str] | None
             return (("issuer", "dns", "zone"), f"{zone} does not hold {outside[0]}; name the zone its _acme-challenge "
                     "record is in (one zone for all certificate.domains)")
         return None
-    wildcards = [d for d in domains if d.startswith("*.")]
+    wildcards = [i for i, d in enumerate(domains) if d.startswith("*.")]
     if wildcards:
-        return (("issuer", "challenge"), f"http-01 cannot prove the wildcard {wildcards[0]} (RFC 8555 §7.1.3: "
-                "wildcards only over dns-01); use challenge: dns-01")
+        return (("certificate", "domains", wildcards[0]), f"the wildcard {domains[wildcards[0]]} cannot be proven over "
+                "issuer.challenge http-01 (RFC 8555 §7.1.3: wildcards only over dns-01); use challenge: dns-01")
     known = {s.name.lower() for s in playbook.servers}
     for name, given in (issuer.client_names or {}).items():
         if name not in domains:

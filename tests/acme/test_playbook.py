@@ -105,8 +105,8 @@ def test_a_wildcard_cannot_be_proven_over_http01(tmp_path: Path) -> None:
     path = playbook_with(tmp_path, HTTP01.replace("  client_names: {mail.mitserv.net: EX2010, autodiscover.mitserv.net:"
                                                   " EX2010, legacy.mitserv.net: EX2007}\n", ""))
     path.write_text(path.read_text().replace("    - legacy.mitserv.net ", "    - '*.mitserv.net' "))
-    with pytest.raises(PlaybookError, match=r": issuer\.challenge: http-01 cannot prove the wildcard \*\.mitserv\.net .*"
-                                            r"use challenge: dns-01$"):
+    with pytest.raises(PlaybookError, match=r": certificate\.domains\[2\]: the wildcard \*\.mitserv\.net cannot be "
+                                            r"proven over issuer\.challenge http-01 .*use challenge: dns-01$"):
         load_playbook(path)
 
 
