@@ -153,8 +153,8 @@ def translate(error: messages.Error, stage: str, csr_pem: bytes | None = None, k
     if code == "externalAccountRequired":
         return AcmeAccountRefused(f"the CA requires external account binding ({said}); set issuer.eab.kid and "
                                   "issuer.eab.hmac from the CA's account page")
-    if stage == "account" and (code in ("unauthorized", "malformed", "badSignatureAlgorithm") or "eab" in detail.lower()
-                               or "external account" in detail.lower()):
+    if stage == "account" and kid and (code in ("unauthorized", "malformed", "badSignatureAlgorithm")
+                                       or "external account" in detail.lower()):
         which = f" (kid {kid})" if kid else ""
         return AcmeAccountRefused(f"the CA refused the external account binding{which} ({said}); check issuer.eab.kid "
                                   "and the HMAC key in issuer.eab.hmac (base64url, as the CA shows it)")
@@ -173,6 +173,10 @@ def translate(error: messages.Error, stage: str, csr_pem: bytes | None = None, k
             )
         return AcmeCsrRefused(f"the CA refused the certificate request ({said}); check certificate.key_size and "
                               "certificate.domains against the CA's rules")
+    if stage == "account" and code in ("invalidContact", "unsupportedContact"):
+        return AcmeAccountRefused(f"the CA refused the account's contact ({said}); check issuer.contact")
+    if stage == "account":
+        return AcmeAccountRefused(f"the CA refused to register the account ({said}); check issuer.contact and issuer.eab")
     if code == "accountDoesNotExist":
         return AcmeAccountRefused(f"the CA does not know this account ({said}); remove {ACCOUNT_FILE} from the state "
                                   "folder to register again")
@@ -216,7 +220,10 @@ class _Session:
         """The account URL: the stored one for this directory, else registered now (with EAB if given)."""
         path = self.state_dir / ACCOUNT_FILE
         saved = _read_json(path)
-        if saved and saved.get("directory") == self.settings.directory and isinstance(saved.get("uri"), str):
+        thumbprint = jose.b64encode(self.key.thumbprint()).decode()
+        # The account belongs to the key it was registered with: a replaced key file registers again.
+        if (saved and saved.get("directory") == self.settings.directory and isinstance(saved.get("uri"), str)
+                and saved.get("key_thumbprint") == thumbprint):
             self.net.account = messages.RegistrationResource(body=messages.Registration(), uri=saved["uri"])
             return str(saved["uri"])
         eab = None
@@ -241,7 +248,7 @@ class _Session:
         except messages.Error as exc:
             raise translate(exc, "account", kid=self.settings.eab_kid) from None
         assert uri is not None
-        _write_json(path, {"directory": self.settings.directory, "uri": uri})
+        _write_json(path, {"directory": self.settings.directory, "uri": uri, "key_thumbprint": thumbprint})
         return uri
 
     def post_as_get(self, url: str) -> requests.Response:

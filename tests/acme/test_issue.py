@@ -241,3 +241,11 @@ def test_an_unreachable_directory(tmp_path: Path) -> None:
     with pytest.raises(AcmeUnreachable) as exc:
         issue(make_csr()[0], AcmeSettings(closed), tmp_path, None)  # type: ignore[arg-type]
     assert _one_line(exc).startswith(f"issuer.directory: cannot read the ACME directory {closed} (")
+
+
+def test_a_replaced_account_key_registers_a_new_account(acme_lab: AcmeLab, tmp_path: Path) -> None:
+    first = _Session(acme_lab.settings(), tmp_path).account()
+    assert _Session(acme_lab.settings(), tmp_path).account() == first
+    (tmp_path / ACCOUNT_KEY).unlink()
+    second = _Session(acme_lab.settings(), tmp_path).account()
+    assert second != first and json.loads((tmp_path / ACCOUNT_FILE).read_text())["uri"] == second
