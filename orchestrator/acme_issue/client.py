@@ -31,6 +31,7 @@ from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -140,7 +141,7 @@ def normalize_csr(csr_pem: str) -> bytes:
 def _csr_hash_name(csr_pem: bytes) -> str | None:
     try:
         algorithm = x509.load_pem_x509_csr(csr_pem).signature_hash_algorithm
-    except (ValueError, x509.UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm):
         return None
     return algorithm.name if algorithm is not None else None
 

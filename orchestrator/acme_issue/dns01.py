@@ -57,7 +57,7 @@ def split_server(server: str) -> tuple[str, int]:
 def _address(host: str, port: int) -> str:
     """dnspython sends to addresses; a name is resolved once here by the system."""
     try:
-        return socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][4][0]
+        return str(socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)[0][4][0])
     except OSError as exc:
         raise AcmeUnreachable(f"issuer.dns.server: cannot resolve {host} ({exc}); give its address") from None
 
@@ -174,7 +174,7 @@ class Rfc2136Responder:
         if addresses:
             return addresses
         try:
-            return [info[4][0] for info in socket.getaddrinfo(ns.to_text(), self.port, socket.AF_INET)]
+            return [str(info[4][0]) for info in socket.getaddrinfo(ns.to_text(), self.port, socket.AF_INET)]
         except OSError:
             return []
 

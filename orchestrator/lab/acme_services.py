@@ -477,7 +477,8 @@ class LabAcme:
         self.directory = Path(self.directory)
         _private_folder(self.directory)
         addresses = self.addresses
-        records = {name: tuple(addresses[s] for s in servers) for name, servers in self.names.items()}
+        records: dict[str, str | tuple[str, ...]] = {name: tuple(addresses[s] for s in servers)
+                                                     for name, servers in self.names.items()}
         self.dns = LabDns(self.directory / "dns", zone=self.zone, records=records)
         self.pebble = LabPebble(self.directory / "pebble", dns=self.dns, eab_keys=self.eab_keys, blocked=self.blocked)
         self.dns.start()
