@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -90,7 +91,8 @@ class IisHttp:
         self._lock = lock if lock is not None else threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self.requests: list[tuple[str, int]] = []  # (path, status) served, for tests and the lab's log
+        # (path, status) of the latest requests, for tests and the lab's log; bounded like every lab record.
+        self.requests: deque[tuple[str, int]] = deque(maxlen=1000)
 
     @property
     def port(self) -> int:
