@@ -552,7 +552,147 @@ class LabIssuer(_IssuerBase):
                                      "the playbook.")
 
 
-Issuer = Annotated[ManualIssuer | FilesIssuer | LabIssuer, Field(discriminator="type")]
+_EMAIL = re.compile(r"^[^@\s:,<>\"']+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$")
+_DNS_NAME = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}"
+                       r"[A-Za-z0-9])?\.?$")
+_DNS_SERVER = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?$")
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+
+def _secret_from_env_or_prompt(value: SecretRef, what: str) -> SecretRef:
+    if value.generate or value.lab_default:
+        raise ValueError(f"{what} comes from `env: VARIABLE` or `prompt: true`")
+    return value
+
+
+class AcmeEab(_Model):
+    """External account binding (RFC 8555 §7.3.4): the key id and HMAC key the CA's account page shows."""
+
+    kid: StrictStr = Field(min_length=1, description="The EAB key identifier the CA gave.")
+    hmac: SecretRef = Field(description="The EAB HMAC key (base64url, as the CA shows it): {env: VARIABLE} or "
+                            "{prompt: true}, never the key itself.")
+
+    @field_validator("hmac", mode="before")
+    @classmethod
+    def _no_inline_hmac(cls, value: Any) -> Any:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            raise ValueError("the HMAC key must not be written in the playbook; use `hmac: {env: VARIABLE}`")
+        return value
+
+    @field_validator("hmac")
+    @classmethod
+    def _hmac_source(cls, value: SecretRef) -> SecretRef:
+        return _secret_from_env_or_prompt(value, "the HMAC key")
+
+    @field_validator("kid")
+    @classmethod
+    def _kid(cls, value: str) -> str:
+        if has_control(value) or " " in value:
+            raise ValueError("must be the key id without spaces or control characters")
+        return value
+
+
+class AcmeDns(_Model):
+    """dns-01 through RFC 2136 dynamic updates to the zone's primary, signed with a TSIG key."""
+
+    server: StrictStr = Field(description="The zone's primary DNS server that takes the updates: host, host:port "
+                              "or [v6]:port (port 53 by default).")
+    zone: StrictStr = Field(description="The zone holding the names' _acme-challenge records, e.g. example.com.")
+    tsig_name: StrictStr = Field(description="The TSIG key's name, as the DNS server knows it.")
+    tsig_secret: SecretRef = Field(description="The TSIG key's secret (base64): {env: VARIABLE} or {prompt: true}.")
+    tsig_algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5"] = Field(
+        "hmac-sha256", description="The TSIG algorithm: hmac-sha256 (default), hmac-sha384, hmac-sha512, ...")
+    propagation_seconds: Annotated[StrictInt, Field(ge=1, le=900)] = Field(
+        60, description="How long to wait for every authoritative server of the zone to answer the record.")
+
+    @field_validator("tsig_secret", mode="before")
+    @classmethod
+    def _no_inline_secret(cls, value: Any) -> Any:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            raise ValueError("the TSIG secret must not be written in the playbook; use `tsig_secret: {env: VARIABLE}`")
+        return value
+
+    @field_validator("tsig_secret")
+    @classmethod
+    def _secret_source(cls, value: SecretRef) -> SecretRef:
+        return _secret_from_env_or_prompt(value, "the TSIG secret")
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        if not _DNS_SERVER.fullmatch(value):
+            raise ValueError(f"'{value}' is not a DNS server (host, host:port or [v6]:port)")
+        port = value.rsplit(":", 1)[1] if ":" in value.rsplit("]", 1)[-1] else "53"
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} is out of range")
+        return value
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_hostname(value)
+
+    @field_validator("tsig_name")
+    @classmethod
+    def _tsig_name(cls, value: str) -> str:
+        if not _DNS_NAME.fullmatch(value):
+            raise ValueError(f"'{value}' is not a TSIG key name (a DNS name such as exmig-acme or exmig.example.com)")
+        return value
+
+
+class AcmeIssuer(_IssuerBase):
+    type: Literal["acme"] = Field(description="acme: the request is finalized over ACME (RFC 8555).")
+    directory: StrictStr = Field(description="The CA's ACME directory URL (https), e.g. "
+                                 "https://acme-v02.api.letsencrypt.org/directory.")
+    contact: StrictStr | None = Field(None, description="The account's contact e-mail address.")
+    eab: AcmeEab | None = Field(None, description="External account binding, for CAs that require it (most "
+                                "commercial ones): {kid, hmac: {env: VARIABLE}}.")
+    challenge: Literal["dns-01", "http-01"] = Field(description="How the names are proven: dns-01 (TXT records "
+                                                    "through RFC 2136) or http-01 (a token on each server's IIS).")
+    dns: AcmeDns | None = Field(None, description="dns-01: the zone's DNS server, zone and TSIG key.")
+    client_names: dict[Hostname, StrictStr | list[StrictStr]] | None = Field(
+        None, description="http-01: which server(s) each name points at, {name: server}; default: every server whose "
+        "client_names include the name.")
+    ca_bundle: StrictStr | None = Field(None, description="A CA file (PEM) that verifies the ACME server's HTTPS, "
+                                        "relative to the playbook; default: the system's trust store.")
+    timeout: Annotated[StrictInt, Field(ge=10, le=3600)] = Field(180, description="Seconds the ACME step may wait "
+                                                                 "for validation and issuance.")
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if not re.fullmatch(r"https://[^\s/?#]+(/[^\s]*)?", value):
+            raise ValueError(f"'{value}' is not an https URL; RFC 8555 servers are reached over HTTPS")
+        return value
+
+    @field_validator("contact")
+    @classmethod
+    def _contact(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.removeprefix("mailto:")
+            if not _EMAIL.fullmatch(value):
+                raise ValueError(f"'{value}' is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _challenge_settings(self) -> AcmeIssuer:
+        if self.challenge == "dns-01" and self.dns is None:
+            raise ValueError("challenge dns-01 needs `dns: {server, zone, tsig_name, tsig_secret: {env: VARIABLE}}`")
+        if self.challenge == "http-01" and self.dns is not None:
+            raise ValueError("`dns:` is for challenge dns-01; remove it, or set challenge: dns-01")
+        if self.challenge == "dns-01" and self.client_names is not None:
+            raise ValueError("`client_names:` is for challenge http-01 (which server serves each name's token)")
+        return self
+
+    def servers_for(self, name: str, servers: list[Server], certificate: CertificateSpec) -> list[str]:
+        """http-01: the servers that get the token for `name` (each a server's name, in playbook order)."""
+        if self.client_names is not None and name in self.client_names:
+            given = self.client_names[name]
+            return [given] if isinstance(given, str) else list(given)
+        return [s.name for s in servers if name in s.names_for(certificate)]
+
+
+Issuer = Annotated[ManualIssuer | FilesIssuer | LabIssuer | AcmeIssuer, Field(discriminator="type")]
 
 
 class RetryPolicy(_Model):
@@ -581,7 +721,7 @@ class Playbook(_Model):
     certificate: CertificateSpec = Field(description="The certificate to request.")
     servers: Annotated[list[Server], Field(min_length=2, description="The Exchange servers: one source (2010) and "
                                            "the targets.")]
-    issuer: Issuer = Field(description="How the signed certificate is obtained: manual, files or lab.")
+    issuer: Issuer = Field(description="How the signed certificate is obtained: manual, files, lab or acme.")
     pfx_password: SecretRef = Field(SecretRef(generate=True), description="The PFX password: {generate: true} "
                                     "(default), {env: VARIABLE} or {prompt: true}.")
     retry: RetryPolicy = Field(RetryPolicy(), description="Retries of transient failures, and the timeouts.")
@@ -714,9 +854,9 @@ def _message(error: ErrorDetails) -> str:
                   "model_attributes_type": "a mapping", "float_type": "a number"}[kind]
         return f"must be {wanted}, not {type(error.get('input')).__name__} {error.get('input')!r}"
     if kind == "union_tag_invalid":
-        return f"{error.get('ctx', {}).get('tag')!r} is not an issuer type; use manual, files or lab"
+        return f"{error.get('ctx', {}).get('tag')!r} is not an issuer type; use manual, files, lab or acme"
     if kind == "union_tag_not_found":
-        return "needs `type:` (manual, files or lab)"
+        return "needs `type:` (manual, files, lab or acme)"
     if kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
         return f"{error.get('input')!r} is not allowed; use {expected}"
@@ -729,20 +869,55 @@ def _first_error(exc: ValidationError, source: SourceMap) -> PlaybookError:
     errors = exc.errors()
     # Union branches (strict str | model) report once per branch; the model branch says more.
     error = max(errors, key=lambda e: (len(e["loc"]), e["type"] != "string_type"))
-    loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("manual", "files", "lab",
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("manual", "files", "lab", "acme",
                                                                                      "SecretRef", "str"))]
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc = [*loc, "type"] if error["type"] == "union_tag_invalid" else loc
     return source.error(loc, _message(error))
 
 
+def acme_problem(playbook: Playbook) -> tuple[tuple[str | int, ...], str] | None:
+    """(field, problem) where an acme issuer does not fit the playbook's names and servers; None when it fits."""
+    issuer = playbook.issuer
+    if not isinstance(issuer, AcmeIssuer):
+        return None
+    domains = playbook.certificate.domains
+    if issuer.challenge == "dns-01" and issuer.dns is not None:
+        zone = issuer.dns.zone
+        outside = [d for d in domains if d.removeprefix("*.") != zone and not d.removeprefix("*.").endswith("." + zone)]
+        if outside:
+            return (("issuer", "dns", "zone"), f"{zone} does not hold {outside[0]}; name the zone its _acme-challenge "
+                    "record is in (one zone for all certificate.domains)")
+        return None
+    wildcards = [i for i, d in enumerate(domains) if d.startswith("*.")]
+    if wildcards:
+        return (("certificate", "domains", wildcards[0]), f"the wildcard {domains[wildcards[0]]} cannot be proven over "
+                "issuer.challenge http-01 (RFC 8555 §7.1.3: wildcards only over dns-01); use challenge: dns-01")
+    known = {s.name.lower() for s in playbook.servers}
+    for name, given in (issuer.client_names or {}).items():
+        if name not in domains:
+            return (("issuer", "client_names", name), f"{name} is not in certificate.domains")
+        for server in [given] if isinstance(given, str) else given:
+            if server.lower() not in known:
+                return (("issuer", "client_names", name), f"there is no server '{server}' in servers")
+    for name in domains:
+        if not issuer.servers_for(name, playbook.servers, playbook.certificate):
+            return (("issuer", "client_names"), f"no server answers http://{name}/ for http-01; say which one with "
+                    f"`client_names: {{{name}: SERVER}}`")
+    return None
+
+
 def parse_playbook(data: Any, source: SourceMap) -> Playbook:
     if not isinstance(data, dict):
         raise source.error((), "a playbook is a YAML mapping with certificate, servers and issuer")
     try:
-        return Playbook.model_validate(data)
+        playbook = Playbook.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, source) from None
+    problem = acme_problem(playbook)
+    if problem is not None:
+        raise source.error(*problem)
+    return playbook
 
 
 def load_playbook(path: Path | str) -> LoadedPlaybook:
@@ -766,6 +941,8 @@ def _check_files(loaded: LoadedPlaybook) -> None:
         named += [(("issuer", "chain", i), c) for i, c in enumerate(issuer.chain)]
     if issuer.root:
         named.append((("issuer", "root"), issuer.root))
+    if isinstance(issuer, AcmeIssuer) and issuer.ca_bundle:
+        named.append((("issuer", "ca_bundle"), issuer.ca_bundle))
     for loc, name in named:
         if not loaded.resolve(name).is_file():
             raise loaded.source_map.error(loc, f"file '{name}' not found (relative to the playbook's folder)")

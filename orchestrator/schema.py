@@ -39,6 +39,11 @@ _REALM_LABEL = "[A-Za-z0-9][A-Za-z0-9-]{0,62}"
 PRINCIPAL = rf"""^[^\s@\\/:"']{{1,104}}@{_REALM_LABEL}(?:\.{_REALM_LABEL})*$"""
 SPN_SERVICE = "^[A-Za-z][A-Za-z0-9-]{0,31}$"  # Connection._spn_service
 SPN_HOSTNAME = "^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"  # Connection._spn_hostname
+ACME_DIRECTORY = r"^https://[^\s/?#]+(/\S*)?$"  # AcmeIssuer._directory
+EMAIL = r"""^(mailto:)?[^@\s:,<>"']+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"""  # playbook._EMAIL (mailto: dropped first)
+DNS_SERVER = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$"  # playbook._DNS_SERVER
+_DNS_LABEL = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+TSIG_NAME = rf"^({_DNS_LABEL}\.)*{_DNS_LABEL}\.?$"  # playbook._DNS_NAME
 
 
 def _any_case(text: str) -> str:
@@ -139,6 +144,28 @@ def playbook_schema() -> dict[str, Any]:
     defs["FilesIssuer"]["anyOf"] = [_present("certificate", {"type": "string"}),
                                     _present("bundle", {"type": "string"})]
 
+    # AcmeIssuer and its parts: the patterns of their validators, and dns/client_names by challenge.
+    props = defs["AcmeIssuer"]["properties"]
+    props["directory"]["pattern"] = ACME_DIRECTORY  # AcmeIssuer._directory
+    _string_branch(props["contact"])["pattern"] = EMAIL  # AcmeIssuer._contact
+    defs["AcmeIssuer"]["allOf"] = [
+        # AcmeIssuer._challenge_settings
+        {"if": _present("challenge", _is("dns-01")),
+         "then": {"required": ["dns"], "properties": {"dns": {"type": "object"}, "client_names": {"type": "null"}}},
+         "else": {"properties": {"dns": {"type": "null"}}}},
+    ]
+    props = defs["AcmeDns"]["properties"]
+    props["server"]["pattern"] = DNS_SERVER  # AcmeDns._server (the port's range is the loader's)
+    props["zone"]["pattern"] = HOSTNAME  # AcmeDns._zone
+    props["tsig_name"]["pattern"] = TSIG_NAME  # AcmeDns._tsig_name
+    # AcmeEab._hmac_source, AcmeDns._secret_source: from the environment or a prompt, never generated or inline.
+    not_generated = {"not": {"anyOf": [_present("generate", _is(True)), _present("lab_default", _is(True))]}}
+    for model, name in (("AcmeEab", "hmac"), ("AcmeDns", "tsig_secret")):
+        prop = defs[model]["properties"][name]
+        # Draft-07 ignores a $ref's siblings, so the reference and the rule go side by side in allOf.
+        defs[model]["properties"][name] = {"description": prop["description"],
+                                           "allOf": [{"$ref": prop["$ref"]}, not_generated]}
+
     root = schema["properties"]
     # Playbook._roles: a source server (at least one: "at most one" needs draft 2019-09's maxContains).
     root["servers"]["contains"] = _present("role", _is("source"))
@@ -146,6 +173,10 @@ def playbook_schema() -> dict[str, Any]:
     schema["if"] = _present("issuer", _present("type", _is("lab")))
     schema["else"] = {"properties": {"servers": {"items": {"properties": {"credentials": {"properties": {
         "password": {"not": {"type": "object", **_present("lab_default", _is(True))}}}}}}}}}
+    # playbook.acme_problem: a wildcard name is proven over dns-01 only.
+    schema["allOf"] = [{"if": _present("issuer", _present("challenge", _is("http-01"))),
+                        "then": {"properties": {"certificate": {"properties": {"domains": {
+                            "items": {"not": {"pattern": r"^\*\."}}}}}}}}]
     # The model's default, as an admin writes it (not every field of SecretRef).
     root["pfx_password"]["default"] = {"generate": True}
 

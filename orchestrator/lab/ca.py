@@ -30,7 +30,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -157,6 +157,22 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         return x509.load_der_x509_csr(data)
     except (ValueError, binascii.Error) as exc:
         raise CSRRejected(f"not a PKCS#10 certificate request: {exc}") from exc
+
+
+def request_signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    """Whether the request's self-signature verifies, SHA-1 included: cryptography's is_signature_valid no
+    longer accepts SHA-1, but Exchange signs its requests with SHA-1 and an AD CS CA takes them."""
+    if csr.is_signature_valid:
+        return True
+    public_key = csr.public_key()
+    algorithm = csr.signature_hash_algorithm
+    if not isinstance(public_key, rsa.RSAPublicKey) or not isinstance(algorithm, hashes.SHA1):
+        return False
+    try:
+        public_key.verify(csr.signature, csr.tbs_certrequest_bytes, padding.PKCS1v15(), algorithm)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _names_from_csr(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
@@ -321,7 +337,7 @@ class LabCA:
         expired (`not_before` in the past, small `days`) or not-yet-valid (`not_before` in the future) leaves.
         """
         csr = load_csr(csr_pem_or_der)
-        if not csr.is_signature_valid:
+        if not request_signature_valid(csr):
             raise CSRRejected("the request's signature does not verify (altered or corrupt request)")
         public_key = csr.public_key()
         if isinstance(public_key, rsa.RSAPublicKey):

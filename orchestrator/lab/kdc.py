@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -39,32 +37,19 @@ from typing import Self
 
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import principal_name
+from orchestrator.lab.children import die_with_parent, find_program, free_port
 from orchestrator.lab.environ import overridden
 
 KDC_PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
-# Where Debian puts them; PATH first for other layouts.
-_SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 INSTALL_HINT = "apt-get install krb5-kdc krb5-admin-server"
 # The SPN services a Windows host answers for: HOST (which AD maps to HTTP and WSMAN), HTTP (IIS,
 # Exchange 2010's /PowerShell) and WSMAN (the WinRM listener).
 SERVICE_CLASSES = ("HTTP", "host", "WSMAN")
 START_TIMEOUT = 10.0
-_PR_SET_PDEATHSIG = 1
 
 
 class KdcUnavailable(UsageError):
     """The MIT KDC programs are not installed (or not runnable) on this machine."""
-
-
-def find_program(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for folder in _SBIN:
-        candidate = os.path.join(folder, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def missing_programs() -> list[str]:
@@ -92,35 +77,6 @@ def require_kerberos(what: str, otherwise: str) -> None:
     if not gssapi_available():
         raise KdcUnavailable(f"{what} needs GSSAPI in exmig's Python: pip install 'exmig[kerberos]' (on Debian "
                              f"first apt-get install libkrb5-dev), {otherwise}")
-
-
-def _die_with_parent() -> None:
-    """In the KDC's child process before exec: SIGKILL when the process that started it dies."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    # The parent may have died between fork and prctl: then nobody would stop us.
-    if os.getppid() == 1:
-        os._exit(1)
-
-
-def _free_port(host: str) -> int:
-    """A port free for both TCP and UDP on `host` (the KDC listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise OSError("no free port for the KDC")
 
 
 @dataclass
@@ -264,7 +220,7 @@ class LabRealm:
     def start(self) -> Self:
         _require_programs("the lab's Kerberos realm")
         if not self.port:
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
         self._provision()
         env = self.admin_env()
         env.update(self.kdc_env)
@@ -275,7 +231,7 @@ class LabRealm:
             self._process = subprocess.Popen(
                 [path, "-n", "-r", self.realm, "-P", str(self.directory / "kdc.pid")],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         finally:
             log.close()

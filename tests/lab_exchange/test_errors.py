@@ -374,6 +374,8 @@ def test_file_and_certutil_errors(make_server: ServerFactory) -> None:
 def test_2007_export_path_and_request_export(make_server: ServerFactory, lab_ca: LabCA, settings: LabSettings) -> None:
     from cryptography import x509
 
+    from orchestrator.lab.ca import request_signature_valid
+
     _, reg10, ems, tp, _ = issued_2010(make_server, lab_ca)
     pfx = ems.one("Export-ExchangeCertificate", (None, tp), ("BinaryEncoded", None), ("Password", PASSWORD))
     model07, reg07 = make_server("2007")
@@ -406,7 +408,9 @@ def test_2007_export_path_and_request_export(make_server: ServerFactory, lab_ca:
     [pending] = [c for c in ems2.run(("Get-ExchangeCertificate", [])).output
                  if str(c.get("Status")) == "PendingRequest"]
     der = ems2.one("Export-ExchangeCertificate", (None, pending.get("Thumbprint")), ("BinaryEncoded", None))
-    assert x509.load_der_x509_csr(der.get("FileData")).is_signature_valid
+    request = x509.load_der_x509_csr(der.get("FileData"))
+    # Signed with SHA-1, as Exchange signs requests (LabSettings.request_signature_hash).
+    assert request_signature_valid(request) and request.signature_hash_algorithm.name == "sha1"
 
 
 def test_get_by_domain_and_cert_drive(make_server: ServerFactory, lab_ca: LabCA) -> None:

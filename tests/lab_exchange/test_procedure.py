@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from cryptography.x509.oid import NameOID
 
-from orchestrator.lab.ca import LabCA, thumbprint
+from orchestrator.lab.ca import LabCA, request_signature_valid, thumbprint
 from orchestrator.lab.exchange import EMS_2007_SNAPIN, ServerInspector
 from orchestrator.lab.objects import LabObject, Secret
 from orchestrator.lab.registry import LabError
@@ -46,7 +46,8 @@ def test_seed_procedure_2010_then_2007(make_server: ServerFactory, lab_ca: LabCA
     data = request_on_2010(ems)
     assert data.startswith("-----BEGIN NEW CERTIFICATE REQUEST-----\r\n")
     csr = x509.load_pem_x509_csr(data.replace("NEW CERTIFICATE REQUEST", "CERTIFICATE REQUEST").encode())
-    assert csr.is_signature_valid
+    # Signed with SHA-1 as Exchange's requests are (LabSettings.request_signature_hash).
+    assert request_signature_valid(csr) and csr.signature_hash_algorithm.name == "sha1"
     assert csr.public_key().key_size == 2048
     assert csr.subject.rdns[0].get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "mail.mitserv.net"
     assert csr.subject.get_attributes_for_oid(NameOID.STATE_OR_PROVINCE_NAME)[0].value == "My State"

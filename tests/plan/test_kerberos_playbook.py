@@ -74,7 +74,7 @@ def test_rehearse_without_the_kdc_says_how_to_get_it(exmig: Callable[..., CliRes
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # A machine without krb5-kdc: nothing on PATH, nothing in the sbin folders.
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("orchestrator.lab.kdc._SBIN", ())
+    monkeypatch.setattr("orchestrator.lab.children._SBIN", ())
     result = exmig("rehearse", ROOT / "playbooks" / "mitserv.yml")
     assert result.code == 2
     assert result.err.strip() == (

@@ -73,7 +73,7 @@ CASES = [
      "domains must include the subject CN 'owa.mitserv.net'"),
     ("key not exportable", "key_size: 2048", "key_size: 2048\n  private_key_exportable: false", 1,
      "certificate.private_key_exportable must be true"),
-    ("unknown issuer", "type: manual", "type: email", 12, "issuer.type: 'email' is not an issuer type; use manual, files or lab"),
+    ("unknown issuer", "type: manual", "type: email", 12, "issuer.type: 'email' is not an issuer type; use manual, files, lab or acme"),
     ("unknown service", "friendly_name: mitserv", "friendly_name: mitserv\n  services: [IIS, OWA]", 11,
      "certificate.services[1]: 'OWA' is not allowed; use 'IIS', 'SMTP', 'POP', 'IMAP' or 'UM'"),
     ("missing field", "    connection:\n      host: ex2007.mitserv.net\n", "", 22, "servers[1].connection: is required"),

@@ -39,6 +39,9 @@ LOADER_ONLY = {
     "server-names-differ-in-case.yml": "unique ignoring case: uniqueItems compares whole items, with case",
     "read-timeout-too-short.yml": "compares two fields' values (read_timeout > operation_timeout)",
     "files-issuer-file-missing.yml": "the named file must exist on disk: a schema sees only the text",
+    "acme-zone-mismatch.yml": "compares one field's value with others' (every domain inside issuer.dns.zone)",
+    "acme-client-names-unknown-server.yml": "compares one field's values with others' (client_names' servers "
+                                            "among servers[].name)",
 }
 
 

@@ -283,7 +283,7 @@ class ExchangeCertificateCmdlets:
         if not self._should_process(call, str(subject)):
             return
         key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-        csr = pki.build_request(key, subject, domains)
+        csr = pki.build_request(key, subject, domains, self.settings.request_signature_hash)
         csr_der = csr.public_bytes(serialization.Encoding.DER)
         # Windows keeps a pending request as a stub certificate in the REQUEST store; its hash is
         # the Thumbprint Exchange shows for the request.

@@ -32,7 +32,9 @@ ORIGIN_REGISTRY = "registry"
 ORIGIN_THIRD_PARTY = "third_party"
 
 DEFAULT_FRIENDLY_NAME = "Microsoft Exchange"
-DEFAULT_DIRECTORIES = ("C:\\", "C:\\Windows", "C:\\Windows\\Temp", "C:\\Users", "C:\\Program Files")
+# IIS's Default Web Site folder exists on every Exchange server (the Client Access role installs IIS).
+DEFAULT_DIRECTORIES = ("C:\\", "C:\\Windows", "C:\\Windows\\Temp", "C:\\Users", "C:\\Program Files",
+                       "C:\\inetpub", "C:\\inetpub\\wwwroot")
 
 
 class Services(IntFlag):

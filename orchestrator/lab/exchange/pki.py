@@ -78,8 +78,42 @@ def base64_lines(data: bytes, newline: str = "\r\n") -> str:
     return newline.join(text[i : i + 64] for i in range(0, len(text), 64)) + newline
 
 
+# sha1WithRSAEncryption (RFC 3279 §2.2.1) with its NULL parameters, and sha256WithRSAEncryption (RFC 4055).
+_SIGNATURE_ALGORITHMS = {
+    "sha1": bytes.fromhex("300d06092a864886f70d0101050500"),
+    "sha256": bytes.fromhex("300d06092a864886f70d01010b0500"),
+}
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_length(len(body)) + body
+
+
+def resign_request(csr: x509.CertificateSigningRequest, key: rsa.RSAPrivateKey,
+                   hash_name: str) -> x509.CertificateSigningRequest:
+    """The same request (PKCS#10, RFC 2986) signed with `hash_name` ("sha1" or "sha256").
+
+    cryptography's builder refuses SHA-1 signatures, but Windows' legacy CryptoAPI request path that
+    Exchange's New-ExchangeCertificate uses signs requests with SHA-1, so the lab assembles that
+    CertificationRequest itself: the builder's CertificationRequestInfo, re-signed."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    algorithm = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[hash_name]
+    info = csr.tbs_certrequest_bytes
+    signature = key.sign(info, padding.PKCS1v15(), algorithm)
+    body = info + _SIGNATURE_ALGORITHMS[hash_name] + _der(0x03, b"\x00" + signature)
+    return x509.load_der_x509_csr(_der(0x30, body))
+
+
 def build_request(
-    key: rsa.RSAPrivateKey, subject: x509.Name, domains: list[str]
+    key: rsa.RSAPrivateKey, subject: x509.Name, domains: list[str], signature_hash: str = "sha256"
 ) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if domains:
@@ -93,7 +127,8 @@ def build_request(
         ),
         critical=True,
     ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(key, hashes.SHA256())
+    csr = builder.sign(key, hashes.SHA256())
+    return csr if signature_hash == "sha256" else resign_request(csr, key, signature_hash)
 
 
 def self_signed(

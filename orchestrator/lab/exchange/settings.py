@@ -302,6 +302,13 @@ class LabSettings:
     # PEM armour of the 2010 -GenerateRequest text: "NEW CERTIFICATE REQUEST" (seed blog's file) or
     # "CERTIFICATE REQUEST". UNCONFIRMED which one Exchange emits [§9].
     request_pem_header: str = "NEW CERTIFICATE REQUEST"
+    # The hash New-ExchangeCertificate -GenerateRequest signs the request with: SHA-1 ("sha1WithRSAEncryption"),
+    # which Exchange's legacy CryptoAPI request path always used. Seen on Exchange 2019 (chris2511/xca issue
+    # #491: a New-ExchangeCertificate -GenerateRequest request shows "sha1WithRSAEncryption") and 2013 ("Exchange
+    # 2013 doesn't seem to have a mechanism built into it that generates a SHA-2 cert request", thomasrayner.ca,
+    # "Renewing Exchange 2013 Certificates SHA-256 Style"); for 2010, which is older, UNCONFIRMED by a capture.
+    # CAs that refuse SHA-1 requests (Let's Encrypt since 2022, letsencrypt/boulder#6374) refuse these.
+    request_signature_hash: str = "sha1"
     # Whether the restricted Microsoft.Exchange endpoint also exposes Get-/Set-Content etc. (UNCONFIRMED).
     exchange_endpoint_has_file_cmdlets: bool = False
     # Lab CA roots installed into \Root of every server as *third-party* roots (RootCAType ThirdParty),
