@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -345,7 +346,8 @@ def _verify_after(loaded: LoadedPlaybook, state: Path | None, json_output: bool,
 def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None,
              steps: list[str] | None, from_step: str | None, certificate: list[Path], chain: list[Path],
              save_pfx: Path | None, parallel: int | None = None,
-             verify_after: Callable[[Callable[[Server], ServerSession]], int] | None = None) -> int:
+             verify_after: Callable[[Callable[[Server], ServerSession]], int] | None = None,
+             interactive: bool | None = None) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.connect import session_factory
     from orchestrator.events import ConsoleEvents, JsonEvents
@@ -357,7 +359,7 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
     options = RunOptions(servers=servers, steps=steps, from_step=from_step,
                          certificate_files=[*certificate, *chain], save_pfx=save_pfx)
     options.check(loaded)
-    secrets = SecretStore(loaded.playbook)
+    secrets = SecretStore(loaded.playbook, interactive=interactive)
     # Every prompt now, on this thread, before the first connection and before the live display starts.
     needs_pfx = _needs_pfx_password(steps, from_step)
     involved = _selected_servers(loaded, servers)
@@ -392,6 +394,48 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
         return int(ExitCode.OK)
     finally:
         executor.close()
+
+
+@app.command(epilog=_example("exmig renew playbooks/mitserv-acme.yml", "exmig renew playbooks/mitserv-acme.yml --days 45"))
+def renew(
+    playbook: PlaybookArg,
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="Renew when a certificate presented is valid "
+                                      "for this many days or fewer.")] = 30,
+    state: Annotated[Path | None, typer.Option("--state", help="Journal file (default .exmig/ beside the playbook).")]
+    = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    ca_file: Annotated[Path | None, typer.Option("--ca-file", help="Roots the renewed certificate is verified "
+                                                 "against (default: the system's).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, max=300, help="Seconds per TLS probe.")] = 10.0,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Renew the certificate when it is about to expire: for cron or a systemd timer.
+
+    Reads what every server presents (verify's TLS view). When every certificate is valid for more than --days
+    days it does nothing and says so (exit 0). Otherwise it runs the whole migration with a new request,
+    unattended (no prompt: secrets from the environment), retiring the previous certificate as the playbook
+    says, and ends with verify. Exit codes: 0 renewed or nothing to do, 1 failed, 2 usage, 3 waiting for a
+    manual CA, 4 verification failed."""
+    _troubleshooting(verbose, debug)
+    from orchestrator import journal as journal_mod
+    from orchestrator import renew as renewal
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    seen = renewal.presented(loaded.playbook, loaded.playbook.servers, timeout)
+    decision = renewal.decide(seen, days)
+    if not decision.renew:
+        _echo(decision.reason + "\n")
+        return
+    journal_path = state or journal_mod.default_path(loaded.path)
+    kept = renewal.set_aside(journal_path)
+    sys.stderr.write(f"exmig: renewing: {decision.reason}" + (f"; the last run's journal is kept as {kept}"
+                                                              if kept else "") + "\n")
+    code = _execute(loaded, journal_path, json_output, None, None, None, [], [], None,
+                    verify_after=_verify_after(loaded, journal_path, json_output, None, ca_file), interactive=False)
+    if code:
+        raise typer.Exit(code)
 
 
 def _check(loaded: LoadedPlaybook, state: Path | None, servers: list[str] | None, steps: list[str] | None,
@@ -473,6 +517,10 @@ def _verify_findings(loaded: LoadedPlaybook, state: Path | None, servers: list[s
         from orchestrator.lab.ca import LabCA
 
         roots = [LabCA.load_or_create(lab_ca_dir(loaded)).root_cert]
+    elif loaded.playbook.issuer.root is not None:
+        # The playbook names the CA's root (the servers get it with install_root): what they present must
+        # verify to it, as their clients will once it is trusted there.
+        roots = load_roots(loaded.resolve(loaded.playbook.issuer.root))
     selected = _selected_servers(loaded, servers)
     owns = sessions is None
     if sessions is None:
@@ -759,8 +807,10 @@ def rehearse(
                 for note in site.notes():
                     _echo(note + "\n")
             journal_path = state_dir / "journal.json"
+            os.environ.update(site.acme_secrets())  # the lab ACME's TSIG secret and EAB key, made for this lab
             code = _execute(lab_loaded, journal_path, json_output, None, None, None, [], [], None,
-                            verify_after=_verify_after(lab_loaded, journal_path, json_output, None, site.ca_file))
+                            verify_after=_verify_after(lab_loaded, journal_path, json_output, None,
+                                                        site.issuing_roots))
             if not json_output:
                 for name, emulated in site.servers.items():
                     serving = emulated.inspector.serving()

@@ -79,6 +79,24 @@ def remove_file(server: Server, path: str) -> Command:
     return Command("Remove-Item", (text("Path", path),), shell=Shell.SYSTEM, affects=FILES_ONLY)
 
 
+def make_folder(path: str) -> Command:
+    return Command("New-Item", (text("Path", path), text("ItemType", "Directory"), switch("Force")),
+                   shell=Shell.SYSTEM, affects=FILES_ONLY)
+
+
+def write_text(path: str, value: str) -> Command:
+    """A small text file (an ACME http-01 token, its web.config). ASCII: a UTF-8 BOM would be served as part of
+    the token; the CRLF Set-Content ends it with is ignored by the CA (RFC 8555 §8.3)."""
+    return Command("Set-Content", (text("Path", path), text("Value", value), text("Encoding", "Ascii")),
+                   shell=Shell.SYSTEM, affects=FILES_ONLY)
+
+
+def remove_path(path: str) -> Command:
+    """Remove-Item that does not fail on a file already gone (removing a challenge response twice is fine)."""
+    return Command("Remove-Item", (text("Path", path), text("ErrorAction", "SilentlyContinue")), shell=Shell.SYSTEM,
+                   affects=FILES_ONLY)
+
+
 def test_path(path: str) -> Command:
     return Command("Test-Path", (text("Path", path),), shell=Shell.SYSTEM, changes=False)
 
@@ -178,11 +196,17 @@ class Dialect:
                         (text("Path", remote_path(server, file_name)), Param("Password", PFX_PASSWORD)),
                         capture="Imported")]
 
-    def enable(self, server: Server, thumb: Thumbprint, services: list[Service]) -> Command:
+    def enable(self, server: Server, thumb: Thumbprint, services: list[Service], keep_http: bool = False) -> Command:
+        """`keep_http`: -DoNotRequireSsl, so the Default Web Site keeps answering plain HTTP. Enable -Services IIS
+        otherwise sets Require SSL on it (Microsoft's Enable-ExchangeCertificate page; reference §1.4), and an
+        ACME CA fetches http-01 tokens over HTTP only (RFC 8555 §8.3): the next renewal would fail with 403.4.
+        The virtual directories keep their own SSL settings. (2007's -DoNotRequireSsl is UNCONFIRMED; the lab's
+        LabSettings.enable_2007_has_donotrequiressl.)"""
+        extra = (switch("DoNotRequireSsl"),) if keep_http and Service.IIS in services else ()
         return Command(
             "Enable-ExchangeCertificate",
             (Param("Thumbprint", thumb), Param("Services", TextList(tuple(s.value for s in services))),
-             switch("Force"), *self._server(server)),
+             switch("Force"), *extra, *self._server(server)),
             affects=CERTIFICATES,
             silent=True,
         )

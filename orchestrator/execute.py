@@ -37,7 +37,7 @@ from orchestrator.fileio import write_atomic
 from orchestrator.issuance import WaitingForCA, issued_from_journal, issued_to_pems
 from orchestrator.journal import Journal
 from orchestrator.plan import WORKSTATION, BranchName, Facts, Plan, Step, StepName, build_plan
-from orchestrator.playbook import LoadedPlaybook, Server
+from orchestrator.playbook import AcmeIssuer, LoadedPlaybook, Server
 from orchestrator.reads import ServerFacts
 from orchestrator.secrets_store import SecretStore
 from orchestrator.steps import Attempt, DependencyError, Need, RunState
@@ -334,6 +334,9 @@ class Executor:
                 with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers) or 1)),
                                         thread_name_prefix="exmig-preflight") as pool:
                     list(pool.map(read, servers))  # re-raises the first server's error
+                issuing = any(s.name is StepName.ISSUE for s in self._selected(self.plan()).steps)
+                if isinstance(self.playbook.issuer, AcmeIssuer) and self._issued is None and issuing:
+                    workstation.acme_preflight(self.loaded, self.journal, self.secrets)
                 self._preflight_done = True
             finally:
                 self._local.in_preflight = False
@@ -376,7 +379,7 @@ class Executor:
                 self.planned.append(Planned(step.server, step.name.value, None, step.local_action or ""))
                 return "ok", step.local_action or ""
             outcome, reason, issued = workstation.issue(self.loaded, self.journal, self.options.certificate_files,
-                                                        self._issued)
+                                                        self._issued, self.secrets, self._send_one)
             if issued is not None:
                 self._remember_issued(issued)
                 self.journal.issued_thumbprint = issued.thumbprint
@@ -420,6 +423,10 @@ class Executor:
         with self._state_lock:
             self._state = self._state.after(server.name, decision)
         return decision.outcome, reason
+
+    def _send_one(self, server: Server, command: Command) -> None:
+        """For the issue step's ACME http-01 tokens: one command on a server's system session."""
+        self.call(server, command)
 
     def _planned(self, step: Step, decision: Send | Noop, reason: str) -> None:
         if self.check:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from orchestrator.acme_issue.http01 import CHALLENGE_FOLDER as ACME_CHALLENGE_FOLDER
 from orchestrator.commands import Blob, Command, LocalFile, Pending, Text, Thumbprint
 from orchestrator.dialects import (
     Dialect,
@@ -25,7 +26,7 @@ from orchestrator.dialects import (
     test_path,
     write_file,
 )
-from orchestrator.playbook import FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
+from orchestrator.playbook import AcmeIssuer, FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
 
 
 class StepName(str, Enum):
@@ -235,6 +236,18 @@ def _issue_action(playbook: Playbook, facts: Facts) -> str:
     if isinstance(issuer, FilesIssuer):
         return "read the CA's certificate and chain from " + ", ".join(
             [p for p in [issuer.certificate, issuer.bundle] if p] + list(issuer.chain))
+    if isinstance(issuer, AcmeIssuer):
+        if issuer.challenge == "dns-01":
+            assert issuer.dns is not None
+            how = (f"dns-01: _acme-challenge TXT records added to {issuer.dns.zone} at {issuer.dns.server} (RFC 2136, "
+                   f"TSIG key {issuer.dns.tsig_name}), removed afterwards")
+        else:
+            servers = sorted({s for name in playbook.certificate.domains
+                              for s in issuer.servers_for(name, playbook.servers, playbook.certificate)})
+            how = (f"http-01: each name's token written under {ACME_CHALLENGE_FOLDER} on {', '.join(servers)} "
+                   "(New-Item, Set-Content -Encoding Ascii with a web.config beside it), removed afterwards "
+                   "(Remove-Item)")
+        return f"finalize the CSR over ACME at {issuer.directory}; {how}"
     assert isinstance(issuer, LabIssuer)
     return "sign the CSR with the rehearsal lab's CA"
 
@@ -274,7 +287,9 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
                       local_action=_issue_action(playbook, facts)))
 
     issued_name = f"{cert.subject.CN}.cer"
-    source_enable = src.enable(source, thumb, source.services_for(cert))
+    # http-01 renewals need the Default Web Site to answer plain HTTP (Dialect.enable).
+    keep_http = isinstance(playbook.issuer, AcmeIssuer) and playbook.issuer.challenge == "http-01"
+    source_enable = src.enable(source, thumb, source.services_for(cert), keep_http)
     source_steps = [
         _install_chain(source, facts, playbook.issuer.install_root),
         Step(StepName.COMPLETE, source.name,
@@ -297,7 +312,7 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
         assert target.role is Role.TARGET
         dialect = dialect_for(target)
         reads = _certificates_read(dialect, target)
-        enable = dialect.enable(target, thumb, target.services_for(cert))
+        enable = dialect.enable(target, thumb, target.services_for(cert), keep_http)
         chain = _install_chain(target, facts, playbook.issuer.install_root)
         if chain is not None:
             steps.append(chain)

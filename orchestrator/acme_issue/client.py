@@ -300,6 +300,51 @@ def issue(csr_pem: str, settings: AcmeSettings, state_dir: Path, responder: Chal
                         "picked up)") from None
 
 
+def preflight(settings: AcmeSettings, state_dir: Path, names: list[str]) -> str:
+    """Before the run changes any server: the directory answers, the account exists or is registered (EAB is
+    checked here), and the CA takes an order for `names` (a name it refuses is refused now). That order is kept
+    in the state folder and is the one the issue step finalizes (no second order). Returns the order URL."""
+    try:
+        return _preflight(settings, Path(state_dir), names)
+    except requests.RequestException as exc:
+        raise AcmeUnreachable(f"the ACME CA at {settings.directory} stopped answering ({_short(exc)}); run "
+                              "again") from None
+    except messages.Error as exc:
+        raise translate(exc, "order") from None
+
+
+def _identifiers(names: list[str]) -> list[str]:
+    return sorted({n.lower() for n in names})
+
+
+def _preflight(settings: AcmeSettings, state_dir: Path, names: list[str]) -> str:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    session = _Session(settings, state_dir)
+    account = session.account()
+    order_path = state_dir / ORDER_FILE
+    state = _read_json(order_path) or {}
+    wanted = _identifiers(names)
+    if (state.get("directory") == settings.directory and state.get("account") == account
+            and state.get("identifiers") == wanted and isinstance(state.get("order"), str)
+            and not state.get("certificate")):
+        try:
+            body = messages.Order.from_json(session.post_as_get(state["order"]).json())
+            if body.status != messages.STATUS_INVALID:
+                return str(state["order"])  # an earlier run's order, still good: not a second one
+        except (messages.Error, acme_errors.Error, requests.RequestException, ValueError):
+            pass
+    order = messages.NewOrder(identifiers=[messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in wanted])
+    response = session.net.post(session.client.directory["newOrder"], order,
+                                new_nonce_url=session.client.directory["newNonce"])
+    url = response.headers.get("Location")
+    if not url:
+        raise AcmeError(f"the ACME CA at {settings.directory} created an order without a URL; run again")
+    _write_json(order_path, {"directory": settings.directory, "account": account, "identifiers": wanted,
+                             "csr_sha256": None, "order": url, "placed": []})
+    return str(url)
+
+
 def _issue(csr_pem: str, settings: AcmeSettings, state_dir: Path, responder: ChallengeResponder,
            log: Callable[[str], None]) -> AcmeResult:
     state_dir = Path(state_dir)
@@ -313,7 +358,10 @@ def _issue(csr_pem: str, settings: AcmeSettings, state_dir: Path, responder: Cha
     order_path = state_dir / ORDER_FILE
     state = _read_json(order_path) or {}
     same = (state.get("directory") == settings.directory and state.get("account") == account
-            and state.get("csr_sha256") == digest and isinstance(state.get("order"), str))
+            and isinstance(state.get("order"), str)
+            # this CSR's order, or the order the preflight made for its names (finalized with this CSR now)
+            and (state.get("csr_sha256") == digest or (state.get("csr_sha256") is None
+                                                        and not state.get("certificate"))))
     _clean_leftovers(state, responder, log)
     state["placed"] = []
     orderr: messages.OrderResource | None = None
@@ -326,6 +374,9 @@ def _issue(csr_pem: str, settings: AcmeSettings, state_dir: Path, responder: Cha
             orderr = None  # expired or unknown to the CA now: a new order
         if orderr is not None and not resumed:
             orderr = None
+        if orderr is not None and state.get("csr_sha256") is None:
+            state["csr_sha256"] = digest  # the preflight's order now belongs to this CSR
+            _write_json(order_path, state)
     if orderr is None:
         try:
             orderr = session.client.new_order(csr)

@@ -129,6 +129,13 @@ class Rfc2136Responder:
             raise DnsUpdateRefused(f"{where} is not authoritative for {self.zone} (NOTZONE); check issuer.dns.zone")
         raise DnsUpdateRefused(f"{where} refused the update of {record} ({text})")
 
+    def check(self, names: list[str]) -> None:
+        """Before any server is changed: every name is in the zone, and the server takes this key's updates (a
+        signed deletion of a record that is not there: a wrong secret is refused, nothing changes)."""
+        for name in names:
+            self.record_name(name)
+        self._update(dns.name.from_text("_exmig-tsig-check", self.origin), False, "exmig")
+
     def place(self, name: str, token: str, key_authorization: str) -> None:
         record = self.record_name(name)
         value = txt_value(key_authorization)

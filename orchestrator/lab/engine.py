@@ -213,10 +213,14 @@ def _run_command(
             # What a handler wrote before failing still reaches the client, as in PowerShell.
             for text in call.warnings:
                 sink.warning(text)
+            # -ErrorAction SilentlyContinue/Ignore drops the command's non-terminating errors, as PowerShell does
+            # (about_CommonParameters); a terminating one (LabError raised) still ends the pipeline.
+            silent = str(params.get("ErrorAction", "")).lower() in ("silentlycontinue", "ignore")
             for err in call.errors:
                 if err.activity is None:
                     err.activity = spec.name
-                sink.error(err)
+                if not silent:
+                    sink.error(err)
             if to_sink:
                 for value in call.output:
                     sink.output(value)

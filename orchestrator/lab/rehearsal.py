@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.playbook import LabIssuer, LoadedPlaybook, SecretRef
+from orchestrator.playbook import AcmeIssuer, LabIssuer, LoadedPlaybook, SecretRef
 
 KERBEROS_AUTHS = ("kerberos", "negotiate")
 
@@ -30,6 +30,9 @@ def rehearsal_playbook(loaded: LoadedPlaybook, state_dir: Path, force_ntlm: bool
         credentials = server.credentials.model_copy(update={
             "password": SecretRef(env="EXMIG_LAB_PASSWORD", lab_default=True)})
         servers.append(server.model_copy(update={"connection": connection, "credentials": credentials}))
-    issuer = LabIssuer(type="lab", ca_dir=str(state_dir / "ca"), install_root=loaded.playbook.issuer.install_root)
+    # An acme issuer stays: the lab runs pebble and named for it (LabSite points it at them); others sign with
+    # the lab CA.
+    issuer = loaded.playbook.issuer if isinstance(loaded.playbook.issuer, AcmeIssuer) else \
+        LabIssuer(type="lab", ca_dir=str(state_dir / "ca"), install_root=loaded.playbook.issuer.install_root)
     playbook = loaded.playbook.model_copy(update={"servers": servers, "issuer": issuer})
     return loaded.model_copy(update={"playbook": playbook, "path": state_dir / loaded.path.name})

@@ -29,18 +29,24 @@ from typing import Any, Self
 
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import principal_name, realm_of
+from orchestrator.lab.acme_services import LabAcme, new_eab_hmac
 from orchestrator.lab.auth import KerberosKeys
 from orchestrator.lab.ca import LabCA
 from orchestrator.lab.costs import NO_COSTS, LabCosts, LabLimits, apply_costs
 from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry, store
 from orchestrator.lab.exchange.previous import install_previous
 from orchestrator.lab.faults import FaultPlan
+from orchestrator.lab.iis_http import IisHttp
 from orchestrator.lab.kdc import LabRealm
 from orchestrator.lab.server import EXCHANGE, POWERSHELL, Endpoint, LabServer
 from orchestrator.lab.tls_services import ServedCert, TlsServices
-from orchestrator.playbook import LAB_DEFAULT_PASSWORD, LoadedPlaybook, Playbook, Server
+from orchestrator.playbook import LAB_DEFAULT_PASSWORD, AcmeIssuer, Issuer, LoadedPlaybook, Playbook, SecretRef, Server
 
 LAB_DOMAIN = "lab.exmig.test"
+
+# Where a rehearsal's client finds the lab ACME's TSIG secret and EAB key (generated per lab; set by rehearse).
+ACME_LAB_TSIG_ENV = "EXMIG_LAB_ACME_TSIG_SECRET"
+ACME_LAB_EAB_ENV = "EXMIG_LAB_ACME_EAB_HMAC"
 
 
 @dataclass
@@ -52,6 +58,8 @@ class EmulatedServer:
     username: str
     password: str
     realm: LabRealm | None = None
+    # The Default Web Site over plain HTTP, where an ACME CA fetches http-01 tokens (acme issuer only).
+    iis: IisHttp | None = None
 
     @property
     def inspector(self) -> ServerInspector:
@@ -158,6 +166,8 @@ class LabSite:
         self.limits = limits if limits is not None else LabLimits()
         self.servers: dict[str, EmulatedServer] = {}
         self.realm: LabRealm | None = None
+        # pebble and named for a playbook whose issuer is acme (acme_services.py), started with the lab.
+        self.acme: LabAcme | None = None
         self.kept_state: list[str] = []  # servers whose saved state kept them from getting a previous certificate
 
     def _start_realm(self) -> None:
@@ -171,6 +181,30 @@ class LabSite:
         shutil.rmtree(folder, ignore_errors=True)  # a new database and new keys for every start
         self.realm = LabRealm(realm, folder, users, hosts=[s.spn_hostname for s in self.playbook.servers])
         self.realm.start()
+
+    def _start_acme(self) -> None:
+        issuer = self.playbook.issuer
+        if not isinstance(issuer, AcmeIssuer):
+            return
+        names = {name: issuer.servers_for(name, self.playbook.servers, self.playbook.certificate)
+                 for name in self.playbook.certificate.domains}
+        eab = {issuer.eab.kid: new_eab_hmac()} if issuer.eab is not None else {}
+        self.acme = LabAcme(self.state_dir / "acme", names, [s.name for s in self.playbook.servers],
+                            eab_keys=eab).start()
+
+    @property
+    def issuing_roots(self) -> Path:
+        """The root(s) what the servers present must verify to: pebble's for an acme issuer, else the lab CA's."""
+        return self.acme.root_file if self.acme is not None else self.ca_file
+
+    def acme_secrets(self) -> dict[str, str]:
+        """The environment a rehearsal's client reads the lab ACME's secrets from (playbook_for_lab names them)."""
+        if self.acme is None or self.acme.dns is None:
+            return {}
+        values = {ACME_LAB_TSIG_ENV: self.acme.dns.tsig_secret}
+        for hmac in self.acme.eab_keys.values():
+            values[ACME_LAB_EAB_ENV] = hmac
+        return values
 
     def limits_for(self, name: str) -> LabLimits:
         if isinstance(self.limits, dict):
@@ -240,17 +274,24 @@ class LabSite:
                                                                                 server.tls_ports.items()}
         if not self.tls_services:
             ports = {}  # a TlsServices with no services: start() and stop() open and close nothing
+        iis = None
+        if self.acme is not None and self.acme.pebble is not None:
+            iis = IisHttp(server.name, model.fs, host=self.acme.addresses[server.name],
+                          port=self.acme.pebble.http_port, require_ssl=lambda: model.iis_require_ssl)
         return EmulatedServer(server, model, winrm, TlsServices(server.name, source, ports=ports), username, password,
-                              self.realm)
+                              self.realm, iis)
 
     def start(self) -> Self:
         try:
             self._start_realm()
+            self._start_acme()
             for server in self.playbook.servers:
                 emulated = self._build(server)
                 self.servers[server.name] = emulated
                 emulated.winrm.start()
                 emulated.tls.start()
+                if emulated.iis is not None:
+                    emulated.iis.start()
         except OSError as exc:
             self.stop()
             raise UsageError(f"the lab cannot listen: {exc}; is another lab running on the playbook's ports?") from None
@@ -263,8 +304,12 @@ class LabSite:
         for emulated in self.servers.values():
             emulated.tls.stop()
             emulated.winrm.stop()
+            if emulated.iis is not None:
+                emulated.iis.stop()
         if self.realm is not None:
             self.realm.stop()
+        if self.acme is not None:
+            self.acme.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -294,4 +339,21 @@ class LabSite:
             # Without TLS services `.ports` is empty and the playbook's own TLS ports stay.
             tls_ports = server.tls_ports.model_copy(update=dict(emulated.tls.ports))
             servers.append(server.model_copy(update={"connection": connection, "tls_ports": tls_ports}))
-        return self.playbook.model_copy(update={"servers": servers})
+        return self.playbook.model_copy(update={"servers": servers, "issuer": self._lab_issuer()})
+
+    def _lab_issuer(self) -> Issuer:
+        """An acme issuer pointed at the lab's pebble and named; the servers must trust pebble's root, which
+        exmig installs from its file (install_root). Other issuers stay as they are."""
+        issuer = self.playbook.issuer
+        if self.acme is None or not isinstance(issuer, AcmeIssuer):
+            return issuer
+        found = self.acme.issuer_overrides()
+        update: dict[str, Any] = {"directory": found["directory"], "ca_bundle": found["ca_bundle"],
+                                  "root": found["root"], "install_root": True}
+        if issuer.dns is not None:
+            dns = found["dns"]
+            assert isinstance(dns, dict)
+            update["dns"] = issuer.dns.model_copy(update={**dns, "tsig_secret": SecretRef(env=ACME_LAB_TSIG_ENV)})
+        if issuer.eab is not None:
+            update["eab"] = issuer.eab.model_copy(update={"hmac": SecretRef(env=ACME_LAB_EAB_ENV)})
+        return issuer.model_copy(update=update)

