@@ -22,8 +22,12 @@ COMMON = (
 SHOULD_PROCESS = (Parameter("Confirm", SW), Parameter("WhatIf", SW))
 
 
-def _p(*params: Parameter, should_process: bool = True) -> tuple[Parameter, ...]:
+def with_common(*params: Parameter, should_process: bool = True) -> tuple[Parameter, ...]:
+    """A cmdlet's parameters with -WhatIf/-Confirm (unless it only reads) and PowerShell's common parameters."""
     return tuple(params) + (SHOULD_PROCESS if should_process else ()) + COMMON
+
+
+_p = with_common
 
 
 def new_certificate(version: str) -> tuple[tuple[Parameter, ...], str]:
