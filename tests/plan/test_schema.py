@@ -39,6 +39,9 @@ LOADER_ONLY = {
     "server-names-differ-in-case.yml": "unique ignoring case: uniqueItems compares whole items, with case",
     "read-timeout-too-short.yml": "compares two fields' values (read_timeout > operation_timeout)",
     "files-issuer-file-missing.yml": "the named file must exist on disk: a schema sees only the text",
+    "coexistence-legacy-host-not-in-domains.yml": "compares one field's value with another's (legacy_host covered by "
+                                                  "domains, wildcards included)",
+    "uncovered-ok-covered.yml": "compares one field's values with another's (an accepted name covered by domains)",
 }
 
 
