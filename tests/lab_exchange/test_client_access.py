@@ -1,6 +1,7 @@
 """Client-access cmdlets of the lab (issue 17) driven with raw pypsrp: virtual directories with their identities and
 fresh-install URLs, the Uri values as a client receives them, URL validation errors, 2007 without ECP, Autodiscover,
-Outlook Anywhere, receive connectors, POP/IMAP names, and the state across a lab restart."""
+Outlook Anywhere, receive connectors, POP/IMAP names, and the state across a lab restart; then the declared reads of
+names_in_use and the coexistence decision run against the lab."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import pytest
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
+from orchestrator.coexistence import decide, undo, vdir_read
+from orchestrator.commands import Command, Null, Text
+from orchestrator.decision import Noop, Send
 from orchestrator.lab.exchange import EMS_2007_SNAPIN, ExchangeServerModel, LabSettings, build_registry
 from orchestrator.lab.server import LabServer
+from orchestrator.names_in_use import VDIR_BY_KEY, reads, uncovered
+from orchestrator.playbook import Coexistence, UncoveredOk
+from orchestrator.transport.psrp import to_python
 
 from .conftest import ServerFactory
 
@@ -209,3 +216,83 @@ def test_external_host_given_to_setup(make_server: ServerFactory, settings: LabS
     finally:
         pool.close()
         srv.stop()
+
+
+# --- the pure facts and decisions against the lab ------------------------------------------------------------------
+
+
+def send(pool: RunspacePool, command: Command) -> list[Any]:
+    """A Command as the PSRP transport sends it: the cmdlet and its typed parameters ($null as None, <Nil/>); the
+    output converted by the transport's own `to_python`, as the parsers receive it."""
+    params: dict[str, Any] = {}
+    for param in command.params:
+        assert param.name is not None and isinstance(param.value, (Text, Null))
+        params[param.name] = param.value.value if isinstance(param.value, Text) else None
+    return [to_python(o) for o in run(pool, (command.name, params))]
+
+
+def test_names_in_use_read_from_the_lab(server: tuple[str, ExchangeServerModel, LabServer]) -> None:
+    version, model, srv = server
+    pool = ems(srv, version)
+    try:
+        run(pool, ("Set-OwaVirtualDirectory", {"Identity": f"{model.name}\\owa (Default Web Site)",
+                                               "ExternalUrl": "https://webmail.mitserv.net/owa"}))
+        rows = [row for read in reads(model.name, int(version)) for row in read.parse(send(pool, read.command))]
+    finally:
+        pool.close()
+    settings_read = {(r.setting, r.host) for r in rows}
+    assert ("OWA ExternalUrl", "webmail.mitserv.net") in settings_read
+    assert ("Autodiscover AutoDiscoverServiceInternalUri", model.fqdn) in settings_read
+    assert (f"receive connector 'Default {model.name}' Fqdn", model.fqdn) in settings_read
+    assert ("ECP InternalUrl", model.fqdn) in settings_read if version == "2010" else \
+        not any(r.setting.startswith("ECP") for r in rows)
+    [oab] = [r for r in rows if r.setting == "OAB InternalUrl"]
+    assert oab.tls is False  # http: no certificate involved
+    accepted = [UncoveredOk(name=model.fqdn, reason="internal names")]
+    assert uncovered(rows, ["mail.mitserv.net", "autodiscover.mitserv.net", "legacy.mitserv.net"],
+                     ["IIS", "SMTP", "POP", "IMAP"], accepted) == [
+        f"{model.name}: OWA ExternalUrl uses webmail.mitserv.net (https://webmail.mitserv.net/owa), which "
+        "certificate.domains does not cover; add it to certificate.domains, or list it under "
+        "certificate.uncovered_ok with a reason"]
+
+
+@pytest.mark.parametrize("activesync", ["legacy_url", "proxy"])
+def test_coexistence_decision_applied_to_the_lab(make_server: ServerFactory, settings: LabSettings,
+                                                 activesync: str) -> None:
+    """Read, decide, send on a lab 2007 server whose setup was given mail. as external host: afterwards its
+    directories carry the legacy URLs (ActiveSync as the mode says), and a second decision is a no-op."""
+    model, _ = make_server("2007", name="EX2007A")
+    settings.external_host_at_setup = "mail.mitserv.net"
+    srv = start(model, settings)
+    spec = Coexistence(legacy_host="legacy.mitserv.net", activesync=activesync)  # type: ignore[arg-type]
+    pool = ems(srv, "2007")
+    try:
+        def facts() -> dict[str, Any]:
+            return {s: (r := vdir_read(model.name, s)).parse(send(pool, r.command)) for s in spec.service_names}
+
+        plan = decide(model.name, 2007, False, facts(), spec)
+        assert isinstance(plan.decision, Send) and len(plan.changes) == 4
+        assert {c.before for c in plan.changes} == {f"https://mail.mitserv.net{VDIR_BY_KEY[c.service].path}"
+                                                    for c in plan.changes}
+        for pipeline in plan.decision.pipelines:
+            for command in pipeline:
+                send(pool, command)
+        again = decide(model.name, 2007, False, facts(), spec)
+        assert isinstance(again.decision, Noop) and again.changes == ()
+        [sync] = run(pool, ("Get-ActiveSyncVirtualDirectory", {"Server": model.name}))
+        expected = None if activesync == "proxy" else "https://legacy.mitserv.net/Microsoft-Server-ActiveSync"
+        assert props(sync)["ExternalUrl"] == expected
+        [owa] = run(pool, ("Get-OwaVirtualDirectory", {"Server": model.name}))
+        assert props(owa)["ExternalUrl"] == "https://legacy.mitserv.net/owa"
+        # The recorded values restore the server as it was.
+        restore = undo(plan.changes)
+        assert isinstance(restore, Send)
+        for command in restore.commands:
+            send(pool, command)
+        [owa] = run(pool, ("Get-OwaVirtualDirectory", {"Server": model.name}))
+        assert props(owa)["ExternalUrl"] == "https://mail.mitserv.net/owa"
+    finally:
+        pool.close()
+        errors = srv.errors
+        srv.stop()
+        assert not errors, errors
