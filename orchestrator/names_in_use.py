@@ -20,7 +20,7 @@ organization, so -Server is always given; the parsers also keep only the server'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from orchestrator.commands import Command, Param, text
 from orchestrator.decision import Read
 from orchestrator.hostnames import name_covers
-from orchestrator.playbook import UncoveredOk
+from orchestrator.playbook import Playbook, UncoveredOk
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,27 @@ FIX = "add it to certificate.domains, or list it under certificate.uncovered_ok 
 def uncovered(rows: Sequence[NameInUse], domains: Sequence[str], services: Iterable[str],
               accepted: Sequence[UncoveredOk] = ()) -> list[str]:
     """One problem line per name in use that the certificate would serve but does not cover (empty: all covered)."""
-    return [f"{c.row.server}: {c.row.setting} uses {c.row.host} ({c.row.value}), which certificate.domains does not "
-            f"cover; {FIX}" for c in coverage(rows, domains, services, accepted) if c.status == "uncovered"]
+    return [problem_line(c.row) for c in coverage(rows, domains, services, accepted) if c.status == "uncovered"]
+
+
+def problem_line(row: NameInUse) -> str:
+    return f"{row.server}: {row.setting} uses {row.host} ({row.value}), which certificate.domains does not cover; {FIX}"
+
+
+def playbook_coverage(playbook: Playbook, rows_by_server: Mapping[str, Sequence[NameInUse]]) -> list[Coverage]:
+    """Every server's rows judged with the services the certificate is enabled for there (a server's `services`
+    overrides certificate.services), in the playbook's server order."""
+    cert = playbook.certificate
+    judged: list[Coverage] = []
+    for server in playbook.servers:
+        rows = rows_by_server.get(server.name, ())
+        judged += coverage(rows, cert.domains, [s.value for s in server.services_for(cert)], cert.uncovered_ok)
+    return judged
+
+
+def playbook_problems(playbook: Playbook, rows_by_server: Mapping[str, Sequence[NameInUse]]) -> list[str]:
+    """The lines that stop the run before the request (empty: the certificate covers every name it would serve)."""
+    return [problem_line(c.row) for c in playbook_coverage(playbook, rows_by_server) if c.status == "uncovered"]
 
 
 _SHOWN = {"covered": "covered by {detail}", "accepted": "not covered, accepted: {detail}", "uncovered": "NOT COVERED",

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from orchestrator.commands import Text
-from orchestrator.names_in_use import coverage, reads, render_table, uncovered
-from orchestrator.playbook import UncoveredOk
+from orchestrator.names_in_use import coverage, playbook_coverage, playbook_problems, reads, render_table, uncovered
+from orchestrator.playbook import UncoveredOk, load_playbook
 from orchestrator.transport.base import RemoteObject
+from tests.conftest import ROOT
 
 CASES = sorted((Path(__file__).parent / "names").glob("*.json"))
 
@@ -44,3 +45,25 @@ def test_names_in_use(path: Path) -> None:
 def test_cases_cover_both_versions() -> None:
     versions = {json.loads(p.read_text())["version"] for p in CASES}
     assert versions == {2007, 2010}
+
+
+def rows_of(case: dict[str, Any]) -> list[Any]:
+    return [row for r in reads(case["server"], case["version"])
+            for row in r.parse([remote(o) for o in case["outputs"].get(r.command.name, [])])]
+
+
+def test_playbook_problems_use_each_servers_services_and_the_accepted_names() -> None:
+    """The coexistence fixture playbook over a fresh 2007 target and a configured 2010 source: the 2007 FQDN and the
+    2010 NetBIOS IMAP name are accepted there, so only EX2010's uncovered ECP URL stops the run; with the 2007
+    server serving IIS only its connectors no longer count either way."""
+    loaded = load_playbook(ROOT / "tests" / "fixtures" / "playbooks" / "coexistence.yml")
+    fresh_2007 = json.loads((Path(__file__).parent / "names" / "2007_fresh_install.json").read_text())
+    wildcard_2010 = json.loads((Path(__file__).parent / "names" / "2010_wildcard_and_netbios.json").read_text())
+    rows = {"EX2007": rows_of(fresh_2007), "EX2010": rows_of(wildcard_2010)}
+    problems = playbook_problems(loaded.playbook, rows)
+    assert [p.split(":", 1)[0] for p in problems] == ["EX2010"] * len(problems)
+    assert any("ECP ExternalUrl uses owa.ex2010.mitserv.net" in p for p in problems)
+    assert not any("IMAP X509CertificateName uses ex2010 " in p for p in problems)
+    judged = playbook_coverage(loaded.playbook, rows)
+    assert [c.row.server for c in judged] == ["EX2010"] * len(rows["EX2010"]) + ["EX2007"] * len(rows["EX2007"])
+    assert {c.status for c in judged if c.row.server == "EX2007"} == {"accepted", "no_tls"}
