@@ -72,7 +72,7 @@ def vdir_read(server: str, service: str) -> Read[VdirFact | None]:
     def parse(output: list[Any]) -> VdirFact | None:
         for obj in output:
             identity = value_text(prop(obj, "Identity"))
-            if identity is None:
+            if identity is None or not kind.is_default(obj):
                 continue
             return VdirFact(service, identity, value_text(prop(obj, "InternalUrl")),
                             value_text(prop(obj, "ExternalUrl")))

@@ -48,16 +48,24 @@ class VdirKind:
     key: str  # the playbook's service name
     label: str  # how the admin names it
     noun: str  # Get-<noun> / Set-<noun>
+    name: str  # the IIS virtual directory: Name is "<name> (Default Web Site)"
     path: str  # the URL path of a default virtual directory
     versions: tuple[int, ...] = (2007, 2010)
 
+    def is_default(self, obj: Any) -> bool:
+        """Whether a Get- object is this kind's own directory, not another one the same cmdlet lists (2007's
+        Get-OwaVirtualDirectory also lists the legacy /Exchange, /Public, /Exchweb, /Exadmin, technet bb885041)."""
+        name = value_text(prop(obj, "Name")) or (value_text(prop(obj, "Identity")) or "").rpartition("\\")[2]
+        return name.lower().split(" (", 1)[0] == self.name.lower()
+
 
 VDIRS: tuple[VdirKind, ...] = (
-    VdirKind("owa", "OWA", "OwaVirtualDirectory", "/owa"),
-    VdirKind("ews", "EWS", "WebServicesVirtualDirectory", "/EWS/Exchange.asmx"),
-    VdirKind("activesync", "ActiveSync", "ActiveSyncVirtualDirectory", "/Microsoft-Server-ActiveSync"),
-    VdirKind("oab", "OAB", "OabVirtualDirectory", "/OAB"),
-    VdirKind("ecp", "ECP", "EcpVirtualDirectory", "/ecp", (2010,)),
+    VdirKind("owa", "OWA", "OwaVirtualDirectory", "owa", "/owa"),
+    VdirKind("ews", "EWS", "WebServicesVirtualDirectory", "EWS", "/EWS/Exchange.asmx"),
+    VdirKind("activesync", "ActiveSync", "ActiveSyncVirtualDirectory", "Microsoft-Server-ActiveSync",
+             "/Microsoft-Server-ActiveSync"),
+    VdirKind("oab", "OAB", "OabVirtualDirectory", "OAB", "/OAB"),
+    VdirKind("ecp", "ECP", "EcpVirtualDirectory", "ecp", "/ecp", (2010,)),
 )
 VDIR_BY_KEY = {k.key: k for k in VDIRS}
 
@@ -125,9 +133,12 @@ def _rows(server: str, output: Iterable[Any], make: Callable[[Any], Iterable[Nam
 
 
 def parse_vdirs(server: str, kind: VdirKind) -> Callable[[list[Any]], Rows]:
+    def label(obj: Any) -> str:
+        return kind.label if kind.is_default(obj) else f"{kind.label} '{value_text(prop(obj, 'Name')) or '?'}'"
+
     def parse(output: list[Any]) -> Rows:
         return _rows(server, output, lambda o: [
-            _row(server, f"{kind.label} {name}", prop(o, name), "IIS") for name in ("InternalUrl", "ExternalUrl")])
+            _row(server, f"{label(o)} {name}", prop(o, name), "IIS") for name in ("InternalUrl", "ExternalUrl")])
     return parse
 
 

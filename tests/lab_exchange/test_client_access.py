@@ -91,7 +91,13 @@ def test_fresh_install_virtual_directories(server: tuple[str, ExchangeServerMode
     pool = ems(srv, version)
     try:
         for noun, vdir, path in VDIRS:
-            [obj] = run(pool, (f"Get-{noun}", {"Server": name}))
+            listed = run(pool, (f"Get-{noun}", {"Server": name}))
+            if noun == "OwaVirtualDirectory" and version == "2007":
+                # 2007 (CAS and Mailbox roles) also has the legacy OWA directories for 2003/2000 mailboxes.
+                assert [props(o)["Name"] for o in listed] == [f"{n} (Default Web Site)" for n in
+                                                              ("Exadmin", "Exchange", "Exchweb", "owa", "Public")]
+                listed = [o for o in listed if props(o)["Name"].startswith("owa ")]
+            [obj] = listed
             got = props(obj)
             assert got["Identity"] == f"{name}\\{vdir} (Default Web Site)"
             assert got["Name"] == f"{vdir} (Default Web Site)" and got["Server"] == name
@@ -282,14 +288,17 @@ def test_coexistence_decision_applied_to_the_lab(make_server: ServerFactory, set
         [sync] = run(pool, ("Get-ActiveSyncVirtualDirectory", {"Server": model.name}))
         expected = None if activesync == "proxy" else "https://legacy.mitserv.net/Microsoft-Server-ActiveSync"
         assert props(sync)["ExternalUrl"] == expected
-        [owa] = run(pool, ("Get-OwaVirtualDirectory", {"Server": model.name}))
+        owa_id = f"{model.name}\\owa (Default Web Site)"
+        [owa] = run(pool, ("Get-OwaVirtualDirectory", {"Identity": owa_id}))
         assert props(owa)["ExternalUrl"] == "https://legacy.mitserv.net/owa"
+        [legacy] = run(pool, ("Get-OwaVirtualDirectory", {"Identity": f"{model.name}\\Exchange (Default Web Site)"}))
+        assert props(legacy)["ExternalUrl"] is None  # the legacy /Exchange directory is not the step's
         # The recorded values restore the server as it was.
         restore = undo(plan.changes)
         assert isinstance(restore, Send)
         for command in restore.commands:
             send(pool, command)
-        [owa] = run(pool, ("Get-OwaVirtualDirectory", {"Server": model.name}))
+        [owa] = run(pool, ("Get-OwaVirtualDirectory", {"Identity": owa_id}))
         assert props(owa)["ExternalUrl"] == "https://mail.mitserv.net/owa"
     finally:
         pool.close()

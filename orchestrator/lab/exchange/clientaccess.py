@@ -125,13 +125,10 @@ class ClientAccessCmdlets:
 
     # --- output objects -----------------------------------------------------------------------------------
 
-    def _identity(self, kind: VdirKind) -> str:
-        return f"{self.model.name}\\{kind.name} ({DEFAULT_SITE})"
-
-    def _vdir_object(self, kind: VdirKind, vdir: VirtualDirectory) -> LabObject:
+    def _vdir_object(self, kind: VdirKind, iis_name: str, vdir: VirtualDirectory) -> LabObject:
         model = self.model
-        name = f"{kind.name} ({DEFAULT_SITE})"
-        identity = self._identity(kind)
+        name = f"{iis_name} ({DEFAULT_SITE})"
+        identity = f"{model.name}\\{name}"
         domain = model.fqdn.split(".", 1)[1] if "." in model.fqdn else model.fqdn
         dc_path = ",".join(f"DC={part}" for part in domain.split("."))
         props: dict[str, Any] = {
@@ -139,7 +136,7 @@ class ClientAccessCmdlets:
             "Server": model.name,
             "InternalUrl": LabUri(vdir.internal_url) if vdir.internal_url else None,
             "ExternalUrl": LabUri(vdir.external_url) if vdir.external_url else None,
-            "MetabasePath": f"IIS://{model.fqdn}/W3SVC/1/ROOT/{kind.name}",
+            "MetabasePath": f"IIS://{model.fqdn}/W3SVC/1/ROOT/{iis_name}",
             "Path": f"{INSTALL_PATH[model.version]}\\ClientAccess\\{kind.folder}",
             "AdminDisplayName": "",
             "ExchangeVersion": EXCHANGE_VERSION[model.version],
@@ -147,7 +144,7 @@ class ClientAccessCmdlets:
                                  f"Administrative Group (FYDIBOHF23SPDLT),CN=Administrative Groups,CN=MITSERV,"
                                  f"CN=Microsoft Exchange,CN=Services,CN=Configuration,{dc_path}",
             "Identity": identity,
-            "Guid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{model.fqdn}/{kind.key}")),
+            "Guid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{model.fqdn}/{iis_name}")),
             "IsValid": True,
         }
         return LabObject([kind.type_name, *_BASE_TYPES], adapted=props, to_string=name)
@@ -219,36 +216,47 @@ class ClientAccessCmdlets:
 
     # --- virtual directories -----------------------------------------------------------------------------
 
+    def _directories(self, kind: VdirKind) -> list[tuple[str, VirtualDirectory]]:
+        """(IIS name, directory) of a kind on this server, in name order as Get- lists them (UNCONFIRMED order); 2007's
+        Get-OwaVirtualDirectory also lists the legacy directories."""
+        web = self._web()
+        found = [(kind.name, web.vdirs[kind.key])] if kind.key in web.vdirs else []
+        if kind.key == "owa":
+            found += list(web.legacy_owa.items())
+        return sorted(found, key=lambda item: item[0].lower())
+
     def get_vdir(self, kind: VdirKind) -> Callable[[CommandCall], None]:
         def handler(call: CommandCall) -> None:
             self._check_server(call)
             with self.model.lock:
-                vdir = self._web().vdirs.get(kind.key)
-                if vdir is None:
-                    return
-                if call.has("Identity") and not self._identity_matches(call.params["Identity"],
-                                                                       f"{kind.name} ({DEFAULT_SITE})"):
-                    call.write_error(self._not_found(call, call.params["Identity"]))
-                    return
-                call.write(self._vdir_object(kind, vdir))
+                found = self._directories(kind)
+                if call.has("Identity"):
+                    found = [(n, v) for n, v in found
+                             if self._identity_matches(call.params["Identity"], f"{n} ({DEFAULT_SITE})")]
+                    if not found:
+                        call.write_error(self._not_found(call, call.params["Identity"]))
+                        return
+                for name, vdir in found:
+                    call.write(self._vdir_object(kind, name, vdir))
         return handler
 
     def set_vdir(self, kind: VdirKind) -> Callable[[CommandCall], None]:
         def handler(call: CommandCall) -> None:
             identity = call.params["Identity"]
-            if not self._identity_matches(identity, f"{kind.name} ({DEFAULT_SITE})"):
-                raise self._not_found(call, identity)
             # Validated before anything changes: one bad URL leaves both URLs as they were.
             internal = self._url(call, "InternalUrl") if call.has("InternalUrl") else None
             external = self._url(call, "ExternalUrl") if call.has("ExternalUrl") else None
-            if not self._should_process(call):
-                return
             with self.model.transaction():
-                vdir = self._web().vdirs[kind.key]
+                found = [v for n, v in self._directories(kind)
+                         if self._identity_matches(identity, f"{n} ({DEFAULT_SITE})")]
+                if not found:
+                    raise self._not_found(call, identity)
+                if not self._should_process(call):
+                    return
                 if call.has("InternalUrl"):
-                    vdir.internal_url = internal
+                    found[0].internal_url = internal
                 if call.has("ExternalUrl"):
-                    vdir.external_url = external
+                    found[0].external_url = external
         return handler
 
     # --- Client Access server ------------------------------------------------------------------------------

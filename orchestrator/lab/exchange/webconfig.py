@@ -13,6 +13,10 @@ Fresh-install defaults (Exchange setup):
 * OAB's InternalUrl uses http: the OAB virtual directory does not require SSL by default (davidmtechblog 2016,
   "Exchange 2010 (SP3) - Virtual Directory Authentication Settings": all directories require SSL "except OAB,
   PowerShell"). 2007 UNCONFIRMED -> setting `oab_internal_http` (on).
+* Exchange 2007 (Client Access and Mailbox roles on one server, as the seed's) also has the legacy Outlook Web Access
+  directories /Exchange, /Public, /Exchweb and /Exadmin for Exchange 2003/2000 mailboxes, which
+  Get-OwaVirtualDirectory lists beside owa ("Exchange 2007 virtual directories installed in different
+  configurations", technet bb885041). Their URLs on a fresh install are UNCONFIRMED: the lab leaves them empty.
 * Outlook Anywhere is off until Enable-OutlookAnywhere (no Rpc virtual directory, Get-OutlookAnywhere answers
   nothing).
 * Receive connectors "Default <SERVER>" and "Client <SERVER>" with Fqdn = the server's FQDN (the hub transport
@@ -50,6 +54,7 @@ VDIR_KINDS: tuple[VdirKind, ...] = (
     VdirKind("ecp", "EcpVirtualDirectory", "ecp", "/ecp", _DS + "ADEcpVirtualDirectory", ("2010",), "ecp"),
 )
 KIND_BY_KEY = {k.key: k for k in VDIR_KINDS}
+LEGACY_OWA_2007 = ("Exadmin", "Exchange", "Exchweb", "Public")
 
 
 def kinds_for(version: str) -> tuple[VdirKind, ...]:
@@ -72,6 +77,7 @@ class ReceiveConnector:
 @dataclass
 class WebConfig:
     vdirs: dict[str, VirtualDirectory] = field(default_factory=dict)  # by kind key
+    legacy_owa: dict[str, VirtualDirectory] = field(default_factory=dict)  # 2007: by IIS name (Exchange, Public...)
     autodiscover_internal_uri: str | None = None
     outlook_anywhere_host: str | None = None  # None: Outlook Anywhere not enabled
     outlook_anywhere_ssl_offloading: bool = False
@@ -86,8 +92,10 @@ class WebConfig:
             scheme = "http" if kind.key == "oab" and oab_internal_http else "https"
             external = f"https://{external_host}{kind.path}" if external_host else None
             vdirs[kind.key] = VirtualDirectory(kind.key, f"{scheme}://{fqdn}{kind.path}", external)
+        legacy = {name: VirtualDirectory("owa", None, None) for name in LEGACY_OWA_2007} if version == "2007" else {}
         return cls(
             vdirs=vdirs,
+            legacy_owa=legacy,
             autodiscover_internal_uri=f"https://{fqdn}/Autodiscover/Autodiscover.xml",
             receive_connectors=[ReceiveConnector(f"Default {name}", fqdn), ReceiveConnector(f"Client {name}", fqdn)],
         )
@@ -95,6 +103,8 @@ class WebConfig:
     def to_json(self) -> dict[str, Any]:
         return {
             "vdirs": {k: {"internal_url": v.internal_url, "external_url": v.external_url} for k, v in self.vdirs.items()},
+            "legacy_owa": {k: {"internal_url": v.internal_url, "external_url": v.external_url}
+                           for k, v in self.legacy_owa.items()},
             "autodiscover_internal_uri": self.autodiscover_internal_uri,
             "outlook_anywhere": None if self.outlook_anywhere_host is None else {
                 "external_hostname": self.outlook_anywhere_host,
@@ -110,6 +120,8 @@ class WebConfig:
         return cls(
             vdirs={k: VirtualDirectory(k, v.get("internal_url"), v.get("external_url"))
                    for k, v in data.get("vdirs", {}).items()},
+            legacy_owa={k: VirtualDirectory("owa", v.get("internal_url"), v.get("external_url"))
+                        for k, v in data.get("legacy_owa", {}).items()},
             autodiscover_internal_uri=data.get("autodiscover_internal_uri"),
             outlook_anywhere_host=anywhere["external_hostname"] if anywhere else None,
             outlook_anywhere_ssl_offloading=bool(anywhere and anywhere.get("ssl_offloading")),
