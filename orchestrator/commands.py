@@ -44,6 +44,12 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class Null:
+    """$null: clears a property (Set-ActiveSyncVirtualDirectory -ExternalUrl $null). pypsrp sends Python None as
+    <Nil/>; the PowerShell renderer writes `$null`."""
+
+
+@dataclass(frozen=True)
 class Number:
     value: int
 
@@ -105,7 +111,7 @@ class Thumbprint:
         return self.value is not None
 
 
-Value = Text | TextList | Switch | Flag | Number | Blob | Secret | Thumbprint
+Value = Text | TextList | Switch | Flag | Null | Number | Blob | Secret | Thumbprint
 
 
 @dataclass(frozen=True)

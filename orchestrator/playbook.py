@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from orchestrator.errors import PlaybookError
+from orchestrator.hostnames import any_covers
 from orchestrator.kerberos import DEFAULT_SPN_SERVICE, check_username
 from orchestrator.yamlsource import SourceMap, load_yaml
 
@@ -211,6 +212,31 @@ def _escape_rdn(value: str) -> str:
     return value
 
 
+def check_name_in_use(name: str) -> str:
+    """A name exmig may find in use: a host name as in certificate.domains, or a server's single-label (NetBIOS) name,
+    which Exchange settings such as X509CertificateName can hold."""
+    name = name.strip().lower().rstrip(".")
+    if "." not in name and _LABEL.fullmatch(name):
+        return name
+    return check_hostname(name)
+
+
+class UncoveredOk(_Model):
+    """A name in use on a server that the new certificate need not cover (certificate.uncovered_ok)."""
+
+    name: Annotated[StrictStr, AfterValidator(check_name_in_use)] = Field(
+        description="The host name in use (e.g. ex2007.mitserv.net, or a wildcard such as *.mitserv.local).")
+    reason: StrictStr = Field(description="Why clients of this name need no certificate covering it (shown in the "
+                              "plan's table of names in use).")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        if not value or has_control(value):
+            raise ValueError("must be a non-empty reason without control characters")
+        return value
+
+
 class CertificateSpec(_Model):
     subject: Subject = Field(description="The X.500 subject of the request (New-ExchangeCertificate -SubjectName).")
     domains: Annotated[list[Hostname], Field(min_length=1, description="The names on the certificate "
@@ -229,6 +255,10 @@ class CertificateSpec(_Model):
     # parameter). Off by default: the source keeps the one exportable copy.
     exportable_on_targets: StrictBool = Field(False, description="Exchange 2010 targets: import with "
                                               "-PrivateKeyExportable (off: the source keeps the one exportable copy).")
+    uncovered_ok: list[UncoveredOk] = Field([], description="Names in use on the servers (virtual directory URLs, "
+                                            "receive connector FQDNs...) that certificate.domains need not cover, "
+                                            "each with the reason; any other uncovered name stops the run before "
+                                            "the request.")
 
     @field_validator("key_size", mode="before")
     @classmethod
@@ -262,6 +292,15 @@ class CertificateSpec(_Model):
     def _unique_services(cls, value: list[Service]) -> list[Service]:
         if len(set(value)) != len(value):
             raise ValueError("a service is listed twice")
+        return value
+
+    @field_validator("uncovered_ok")
+    @classmethod
+    def _unique_accepted(cls, value: list[UncoveredOk]) -> list[UncoveredOk]:
+        names = [a.name for a in value]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise ValueError(f"'{twice}' is listed twice")
         return value
 
     @model_validator(mode="after")
@@ -717,6 +756,49 @@ class RetryPolicy(_Model):
         return self
 
 
+class CoexistenceService(str, Enum):
+    """The Exchange 2007 virtual directories the coexistence step moves to the legacy host."""
+
+    OWA = "owa"
+    EWS = "ews"
+    OAB = "oab"
+    ACTIVESYNC = "activesync"
+
+
+class Coexistence(_Model):
+    """2007-2010 coexistence (issue 17; sources in orchestrator/coexistence.py): each Exchange 2007 target's
+    ExternalUrls move to the legacy host, while mail./autodiscover. move to Exchange 2010."""
+
+    legacy_host: Hostname = Field(description="The legacy host name of the Exchange 2007 servers, e.g. "
+                                  "legacy.example.com; must be in certificate.domains.")
+    services: list[CoexistenceService] = Field(
+        [CoexistenceService.OWA, CoexistenceService.EWS, CoexistenceService.OAB, CoexistenceService.ACTIVESYNC],
+        min_length=1, description="The 2007 virtual directories whose ExternalUrl moves: owa, ews, oab, activesync.")
+    activesync: Literal["legacy_url", "proxy"] = Field(
+        "legacy_url", description="legacy_url: ActiveSync's ExternalUrl moves to the legacy host (Exchange 2010 "
+        "redirects devices that can follow, proxies the others); proxy: it is cleared ($null) so 2010 proxies every "
+        "device.")
+    on_source: StrictBool = Field(False, description="Also change the source server (off: never).")
+
+    @field_validator("legacy_host")
+    @classmethod
+    def _not_wildcard(cls, value: str) -> str:
+        if value.startswith("*."):
+            raise ValueError(f"'{value}' is a wildcard; the legacy host is one name, e.g. legacy.example.com")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _unique(cls, value: list[CoexistenceService]) -> list[CoexistenceService]:
+        if len(set(value)) != len(value):
+            raise ValueError("a service is listed twice")
+        return value
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return tuple(s.value for s in self.services)
+
+
 class Playbook(_Model):
     certificate: CertificateSpec = Field(description="The certificate to request.")
     servers: Annotated[list[Server], Field(min_length=2, description="The Exchange servers: one source (2010) and "
@@ -739,6 +821,8 @@ class Playbook(_Model):
                                               "pfx_password when that is not generated.")
     rollback_on_failure: StrictBool = Field(False, description="When verification after enable fails on a server, "
                                             "re-enable there what served before.")
+    coexistence: Coexistence | None = Field(None, description="Exchange 2007-2010 coexistence: the 2007 targets' "
+                                            "ExternalUrls move to a legacy host name.")
 
     @field_validator("pfx_password", mode="before")
     @classmethod
@@ -918,6 +1002,22 @@ def parse_playbook(data: Any, source: SourceMap) -> Playbook:
     if problem is not None:
         raise source.error(*problem)
     return playbook
+    _check_names(playbook, source)
+    return playbook
+
+
+def _check_names(playbook: Playbook, source: SourceMap) -> None:
+    """Rules between certificate.domains and the sections that name hosts, reported at the naming field's line."""
+    domains = playbook.certificate.domains
+    for index, accepted in enumerate(playbook.certificate.uncovered_ok):
+        if any_covers(domains, accepted.name):
+            raise source.error(("certificate", "uncovered_ok", index, "name"),
+                               f"'{accepted.name}' is covered by certificate.domains; remove it from uncovered_ok")
+    coexistence = playbook.coexistence
+    if coexistence is not None and not any_covers(domains, coexistence.legacy_host):
+        raise source.error(("coexistence", "legacy_host"),
+                           f"{coexistence.legacy_host} is not in certificate.domains; add it there (the Exchange 2007 "
+                           "servers present this certificate under that name)")
 
 
 def load_playbook(path: Path | str) -> LoadedPlaybook:

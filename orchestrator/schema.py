@@ -84,6 +84,16 @@ def playbook_schema() -> dict[str, Any]:
     props["services"]["uniqueItems"] = True  # CertificateSpec._unique_services
     _string_branch(props["friendly_name"]).update(maxLength=63, pattern=NO_CONTROL)  # CertificateSpec._friendly
     props["private_key_exportable"]["const"] = True  # Playbook._roles: the key must move to the targets
+    # UncoveredOk: check_name_in_use takes a host name or a single label (a NetBIOS name); a reason as text.
+    accepted = defs["UncoveredOk"]["properties"]
+    accepted["name"]["pattern"] = f"^(?:{_LABEL}\\.*|{HOSTNAME[1:-1]})$"
+    accepted["reason"]["pattern"] = TEXT
+
+    # Coexistence: legacy_host a host name, not a wildcard (Coexistence._not_wildcard); services unique.
+    coexistence = defs["Coexistence"]["properties"]
+    coexistence["legacy_host"]["pattern"] = HOSTNAME
+    coexistence["legacy_host"]["not"] = {"pattern": "^\\*"}
+    coexistence["services"]["uniqueItems"] = True
 
     # SecretRef._one_source: exactly one of env, prompt, generate; lab_default only with env.
     secret = defs["SecretRef"]

@@ -51,6 +51,17 @@ class LabEnum:
         return self.text
 
 
+@dataclass(frozen=True)
+class LabUri:
+    """A System.Uri value: CLIXML has a primitive <URI> element for it (MS-PSRP 2.2.5.1.10), which pypsrp
+    deserializes to a str. Exchange's InternalUrl/ExternalUrl/AutoDiscoverServiceInternalUri are Uris."""
+
+    value: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class LabList:
     """A collection with explicit .NET type names (e.g. Exchange's MultiValuedProperty).

@@ -34,6 +34,7 @@ class Kind(Enum):
     BYTES = "System.Byte[]"
     SECURE_STRING = "System.Security.SecureString"
     OBJECT = "System.Object"
+    URI = "System.Uri"  # $null allowed (clears the property); a string binds as an absolute or relative Uri
 
 
 @dataclass(frozen=True)
@@ -400,10 +401,34 @@ def convert(spec: CommandSpec, param: Parameter, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
             return bytes(value)
         raise cannot(kind.value)
+    if kind is Kind.URI:
+        return _uri(spec, param, value, cannot)
     if kind is Kind.SECURE_STRING:
         if isinstance(value, Secret):
             return value
         raise cannot(kind.value)
+    return value
+
+
+def _uri(spec: CommandSpec, param: Parameter, value: Any, cannot: Callable[[str], LabError]) -> str | None:
+    """String -> System.Uri as PowerShell binds it: [Uri] is built with UriKind.RelativeOrAbsolute, so "owa" binds
+    (a relative Uri; the cmdlet decides whether it may be relative) and only a text that looks absolute but has no
+    parsable host fails in binding, with .NET's UriFormatException text in PowerShell's conversion message."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise cannot(Kind.URI.value)
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme and scheme.isalpha():
+        host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+        host = host.rsplit(":", 1)[0] if not host.startswith("[") else host
+        if not host or any(ch in host for ch in " <>\\^`{|}\"%"):
+            raise _binding_error(
+                spec,
+                f"Cannot bind parameter '{param.name}'. Cannot convert value \"{value}\" to type \"System.Uri\". "
+                "Error: \"Invalid URI: The hostname could not be parsed.\"",
+                "CannotConvertArgumentNoMessage",
+            )
     return value
 
 

@@ -5,7 +5,7 @@ deserializer yields what it yields against real Exchange (protocol notes §4.3, 
 LabObject.adapted -> <Props>, .extended -> <MS>, type names -> <TN> ending in System.Object,
 to_string -> <ToString>; LabEnum -> <Obj><I32/><TN/><ToString/></Obj>; LabList -> a
 collection with its own TN; bytes -> <BA>; plain lists -> System.Object[]; datetime -> <DT>,
-timedelta -> <TS>.
+timedelta -> <TS>; LabUri -> <URI>.
 
 Incoming (`from_ps`): parameter values and pipeline input as plain Python, SecureStrings
 decrypted into `objects.Secret`.
@@ -25,10 +25,11 @@ from psrpcore.types import (
     PSObject,
     PSSecureString,
     PSType,
+    PSUri,
     add_note_property,
 )
 
-from orchestrator.lab.objects import LabEnum, LabList, LabObject, Secret
+from orchestrator.lab.objects import LabEnum, LabList, LabObject, LabUri, Secret
 
 OBJECT_ARRAY_TYPES = ["System.Object[]", "System.Array", "System.Object"]
 _ENUM_BASE_TYPES = ["System.Enum", "System.ValueType", "System.Object"]
@@ -103,6 +104,8 @@ def to_ps(value: Any) -> Any:
     if isinstance(value, Secret):
         # The lab never sends secrets back in clear; a SecureString needs the session key.
         raise TypeError("a Secret cannot be written to an output stream")
+    if isinstance(value, LabUri):
+        return PSUri(value.value)  # <URI>, as .NET serializes System.Uri
     if isinstance(value, LabEnum):
         return _enum_member(value)
     if isinstance(value, LabList):

@@ -42,6 +42,9 @@ LOADER_ONLY = {
     "acme-zone-mismatch.yml": "compares one field's value with others' (every domain inside issuer.dns.zone)",
     "acme-client-names-unknown-server.yml": "compares one field's values with others' (client_names' servers "
                                             "among servers[].name)",
+    "coexistence-legacy-host-not-in-domains.yml": "compares one field's value with another's (legacy_host covered by "
+                                                  "domains, wildcards included)",
+    "uncovered-ok-covered.yml": "compares one field's values with another's (an accepted name covered by domains)",
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from cryptography import x509
 
 from orchestrator.lab.exchange.certutil import CERTUTIL_TEXTS
+from orchestrator.lab.exchange.clientaccess import ClientAccessCmdlets
 from orchestrator.lab.exchange.cmdlets import EMS_2007_SNAPIN, EXCHANGE_CONFIGURATION, ExchangeCertificateCmdlets
 from orchestrator.lab.exchange.inspect import TLS_SERVICES, CertView, ServerInspector
 from orchestrator.lab.exchange.model import CA, MY, REQUEST, ROOT, ExchangeServerModel, Services
@@ -28,7 +29,8 @@ __all__ = [
 
 
 def build_registry(server: ExchangeServerModel, settings: LabSettings) -> Registry:
-    """All commands of one emulated server: its Exchange cmdlets (per version) and Windows commands.
+    """All commands of one emulated server: its Exchange cmdlets (certificates, client access; per version) and
+    Windows commands.
 
     Installs `settings.third_party_roots` into the server's \\Root first (when enabled), so certificates
     issued by the lab CA validate like ones from a commercial CA.
@@ -39,5 +41,6 @@ def build_registry(server: ExchangeServerModel, settings: LabSettings) -> Regist
     server.revocation_offline = settings.revocation_offline
     registry = Registry()
     ExchangeCertificateCmdlets(server, settings).register(registry)
+    ClientAccessCmdlets(server, settings).register(registry)
     WindowsCommands(server, settings).register(registry)
     return registry

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from orchestrator.lab.exchange import pki, store
+from orchestrator.lab.exchange.webconfig import WebConfig
 from orchestrator.lab.exchange.winfs import WindowsFileSystem
 from orchestrator.lab.exchange.x500 import common_name, parse_dn
 
@@ -127,6 +128,9 @@ class ExchangeServerModel:
     imap_name: str | None = None
     pop_binding: str | None = None
     imap_binding: str | None = None
+    # Virtual directories, Autodiscover URI, Outlook Anywhere, receive connectors (issue 17): made with the fresh-install
+    # defaults the first time a client-access cmdlet runs (clientaccess.py), saved with the rest from then on.
+    web: WebConfig | None = None
     # What the machine's surroundings decide (set from LabSettings by build_registry, not saved): roots Windows
     # knows of without trusting them (root-program roots not yet in \Root: a chain ending there is Untrusted, not
     # Invalid), and whether the CA's revocation lists are out of reach.
@@ -232,6 +236,8 @@ class ExchangeServerModel:
                 "directories": sorted(self.fs.dirs.values(), key=str.lower),
                 "files": files,
             }
+            if self.web is not None:
+                state["client_access"] = self.web.to_json()
             store.write_state(self.state_dir, state)
             blobs.prune(("certs", "keys", "csrs", "files"))
 
@@ -266,6 +272,8 @@ class ExchangeServerModel:
             bindings = {"iis": first(Services.IIS), "pop": first(Services.POP), "imap": first(Services.IMAP)}
         self.iis_binding, self.pop_binding, self.imap_binding = bindings["iis"], bindings["pop"], bindings["imap"]
         self.pop_name, self.imap_name = bindings.get("pop_name"), bindings.get("imap_name")
+        if saved.get("client_access") is not None:
+            self.web = WebConfig.from_json(saved["client_access"])
         for directory in saved["directories"]:
             self.fs.dirs[directory.lower()] = directory
         for item in saved["files"]:

@@ -22,7 +22,8 @@ COMMON = (
 SHOULD_PROCESS = (Parameter("Confirm", SW), Parameter("WhatIf", SW))
 
 
-def _p(*params: Parameter, should_process: bool = True) -> tuple[Parameter, ...]:
+def with_common(*params: Parameter, should_process: bool = True) -> tuple[Parameter, ...]:
+    """A cmdlet's parameters with -WhatIf/-Confirm (unless it only reads) and PowerShell's common parameters."""
     return tuple(params) + (SHOULD_PROCESS if should_process else ()) + COMMON
 
 
@@ -49,7 +50,7 @@ def new_certificate(version: str) -> tuple[tuple[Parameter, ...], str]:
             Parameter("Services", SA, sets=crt),
             Parameter("BinaryEncoded", SW, sets=req), Parameter("GenerateRequest", SW, sets=req),
         ]
-    return _p(*common, *specific), "Certificate"
+    return with_common(*common, *specific), "Certificate"
 
 
 def import_certificate(version: str) -> tuple[tuple[Parameter, ...], str]:
@@ -60,13 +61,13 @@ def import_certificate(version: str) -> tuple[tuple[Parameter, ...], str]:
             Parameter("Path", S, mandatory=True, position=0, sets=("Path",)),
             Parameter("Instance", SA, sets=("Instance",)),
         ]
-        return _p(*common, *specific), "Path"
+        return with_common(*common, *specific), "Path"
     common += [Parameter("PrivateKeyExportable", B), Parameter("Server", S)]
     specific = [
         Parameter("FileData", BY, mandatory=True, sets=("FileData",)),
         Parameter("Instance", SA, mandatory=True, sets=("Instance",)),
     ]
-    return _p(*common, *specific), "FileData"
+    return with_common(*common, *specific), "FileData"
 
 
 def _thumbprint(positional: bool) -> Parameter:
@@ -77,11 +78,11 @@ def _thumbprint(positional: bool) -> Parameter:
 
 def export_certificate(version: str) -> tuple[Parameter, ...]:
     if version == "2007":
-        return _p(
+        return with_common(
             _thumbprint(False), Parameter("BinaryEncoded", SW), Parameter("DomainController", S),
             Parameter("Force", SW), Parameter("Password", SS), Parameter("Path", S),
         )
-    return _p(
+    return with_common(
         _thumbprint(True), Parameter("BinaryEncoded", SW), Parameter("DomainController", S),
         Parameter("Password", SS), Parameter("Server", S),
     )
@@ -97,8 +98,8 @@ def enable_certificate(version: str, settings: LabSettings) -> tuple[Parameter, 
             extra.append(Parameter("Force", SW))
         if settings.enable_2007_has_donotrequiressl:
             extra.append(Parameter("DoNotRequireSsl", SW))
-        return _p(_thumbprint(True), services, *extra)
-    return _p(
+        return with_common(_thumbprint(True), services, *extra)
+    return with_common(
         _thumbprint(True), services, Parameter("DomainController", S), Parameter("DoNotRequireSsl", SW),
         Parameter("Force", SW), Parameter("NetworkServiceAllowed", SW), Parameter("Server", S),
     )
@@ -108,14 +109,14 @@ def get_certificate(version: str) -> tuple[tuple[Parameter, ...], str]:
     sets_t, sets_i = ("Thumbprint",), ("Instance",)
     if version == "2007":
         return (
-            _p(
+            with_common(
                 Parameter("Thumbprint", S, sets=sets_t), Parameter("DomainName", SA),
                 Parameter("Instance", O, sets=sets_i), should_process=False,
             ),
             "Thumbprint",
         )
     return (
-        _p(
+        with_common(
             Parameter("Thumbprint", S, position=0, sets=sets_t), Parameter("DomainController", S),
             Parameter("DomainName", SA), Parameter("Instance", O, sets=sets_i), Parameter("Server", S),
             should_process=False,
@@ -126,5 +127,5 @@ def get_certificate(version: str) -> tuple[tuple[Parameter, ...], str]:
 
 def remove_certificate(version: str) -> tuple[Parameter, ...]:
     if version == "2007":
-        return _p(_thumbprint(False), Parameter("DomainController", S))
-    return _p(_thumbprint(True), Parameter("DomainController", S), Parameter("Server", S))
+        return with_common(_thumbprint(False), Parameter("DomainController", S))
+    return with_common(_thumbprint(True), Parameter("DomainController", S), Parameter("Server", S))

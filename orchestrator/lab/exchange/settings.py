@@ -274,6 +274,43 @@ ERROR_TEXTS: dict[str, ErrorText] = {
         confirmed=False,
         source=".NET DirectoryNotFoundException text; Exchange 2007 wrapping UNCONFIRMED",
     ),
+    # Client access (issue 17). A virtual directory, Rpc directory or connector named by -Identity that is not there:
+    # the ManagementObjectNotFoundException form of server_not_found (2010 wording; 2007's UNCONFIRMED).
+    "object_not_found": ErrorText(
+        "The operation couldn't be performed because object '{identity}' couldn't be found on "
+        "'{domain_controller}'.",
+        "8FF9A1E4",
+        ErrorCategory.ObjectNotFound,
+        "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException",
+        confirmed=False,
+    ),
+    # ExternalUrl/InternalUrl/AutoDiscoverServiceInternalUri must be absolute http(s) URLs: a relative value binds
+    # (PowerShell's [Uri] takes it) and the task's property validation refuses it. Exchange's wording UNCONFIRMED.
+    "url_not_absolute": ErrorText(
+        "The value \"{value}\" of property \"{property}\" isn't valid. The URL must be an absolute URL, for example "
+        "https://mail.contoso.com/owa.",
+        "5E2B7A10",
+        ErrorCategory.InvalidArgument,
+        "Microsoft.Exchange.Data.DataValidationException",
+        confirmed=False,
+        source="the rule (absolute http/https) per the cmdlet docs' examples; wording the lab's",
+    ),
+    "url_bad_scheme": ErrorText(
+        "The value \"{value}\" of property \"{property}\" isn't valid. The URL scheme \"{scheme}\" isn't "
+        "supported; use http or https.",
+        "5E2B7A11",
+        ErrorCategory.InvalidArgument,
+        "Microsoft.Exchange.Data.DataValidationException",
+        confirmed=False,
+        source="wording the lab's",
+    ),
+    "outlook_anywhere_enabled": ErrorText(
+        "Outlook Anywhere is already enabled on server {server}.",
+        "6C1D3B20",
+        ErrorCategory.InvalidOperation,
+        "System.InvalidOperationException",
+        confirmed=False,
+    ),
     "file_exists": ErrorText(
         "The file '{path}' already exists. Use the Force parameter to overwrite it.",
         "6A0E7F12",
@@ -362,6 +399,11 @@ class LabSettings:
     enable_keeps_iis_binding: frozenset[str] = frozenset()
     # New servers start with a previous commercial certificate beside the self-signed one (previous.py). Off.
     previous_certificate: bool = False
+    # Client access (issue 17, sources in webconfig.py): the external host name given to setup, which makes every
+    # virtual directory's ExternalUrl https://<host>/<path> on a fresh install (None: ExternalUrl empty, as when setup
+    # was not asked); whether the OAB's InternalUrl is http (2010 default; 2007 UNCONFIRMED).
+    external_host_at_setup: str | None = None
+    oab_internal_http: bool = True
     # Time source for certificate validity and Status; tests move it.
     clock: Callable[[], datetime] = _utcnow
     error_texts: dict[str, ErrorText] = field(default_factory=lambda: dict(ERROR_TEXTS))
