@@ -1001,7 +1001,6 @@ def parse_playbook(data: Any, source: SourceMap) -> Playbook:
     problem = acme_problem(playbook)
     if problem is not None:
         raise source.error(*problem)
-    return playbook
     _check_names(playbook, source)
     return playbook
 
