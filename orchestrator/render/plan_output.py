@@ -11,6 +11,7 @@ from orchestrator.commands import (
     Command,
     Flag,
     LocalFile,
+    Null,
     Number,
     Pending,
     Secret,
@@ -164,6 +165,8 @@ def _value_json(value: Value) -> Any:
         return value.value
     if isinstance(value, (Flag,)):
         return value.value
+    if isinstance(value, Null):
+        return None
     if isinstance(value, Switch):
         return {"switch": value.present}
     if isinstance(value, Thumbprint):

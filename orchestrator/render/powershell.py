@@ -16,6 +16,7 @@ from orchestrator.commands import (
     Command,
     Flag,
     LocalFile,
+    Null,
     Number,
     Param,
     Pending,
@@ -51,6 +52,8 @@ def render_value(value: Value) -> str:
         return ",".join(quote(v) for v in value.values) if value.values else "@()"
     if isinstance(value, Number):
         return str(int(value.value))
+    if isinstance(value, Null):
+        return "$null"
     if isinstance(value, Flag):
         return "$true" if value.value else "$false"
     if isinstance(value, Switch):

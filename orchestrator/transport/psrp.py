@@ -27,7 +27,7 @@ from pypsrp.powershell import PowerShell, PSInvocationState, RunspacePool
 from pypsrp.serializer import TaggedValue
 from pypsrp.wsman import SelectorSet, WSMan
 
-from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
+from orchestrator.commands import Blob, Command, Flag, Null, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
 from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget, spn
 from orchestrator.playbook import Endpoint
 from orchestrator.transport.base import (
@@ -128,6 +128,8 @@ def _value(server: str, name: str | None, value: Any, values: ValueSource) -> An
         return None if value.present else False  # pypsrp sends None as a present switch
     if isinstance(value, Flag):
         return value.value
+    if isinstance(value, Null):
+        return None  # <Nil/>: PowerShell binds $null to a typed parameter (a switch it would take as present)
     if isinstance(value, Number):
         return value.value
     if isinstance(value, Thumbprint):
