@@ -466,10 +466,10 @@ def _check(loaded: LoadedPlaybook, state: Path | None, servers: list[str] | None
     finally:
         executor.close()
     if fmt is PlanFormat.json:
-        return render_check_json(executor.planned, loaded.playbook)
+        return render_check_json(executor.planned, loaded.playbook, executor.names, executor.name_problems)
     if fmt is PlanFormat.ps1:
         return render_check_ps1(executor.planned, loaded.playbook)
-    return render_check_text(executor.planned, loaded.playbook)
+    return render_check_text(executor.planned, loaded.playbook, executor.names, executor.name_problems)
 
 
 def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None, warn_days: int,
@@ -488,7 +488,24 @@ def _verify(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serve
 
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
         console.print(findings_table(findings))
+        dns = _dns_changes(loaded)
+        if dns:
+            _echo("\n" + dns)
     return exit_code(findings)
+
+
+def _dns_changes(loaded: LoadedPlaybook) -> str:
+    """Which names must point where in coexistence: the primary names to the 2010 source, legacy. to 2007."""
+    from orchestrator.coexistence import dns_table, render_dns
+
+    playbook = loaded.playbook
+    legacy = playbook.coexistence.legacy_host if playbook.coexistence is not None else None
+    olds = [(s.name, s.connection.host) for s in playbook.targets if s.version == 2007]
+    if playbook.source.version != 2010 or not olds:
+        return ""
+    return render_dns(dns_table(list(playbook.certificate.domains), (playbook.source.name,
+                                                                      playbook.source.connection.host),
+                                legacy, olds if legacy else []))
 
 
 def _verify_findings(loaded: LoadedPlaybook, state: Path | None, servers: list[str] | None, warn_days: int,
@@ -780,7 +797,7 @@ def rehearse(
     from orchestrator.lab.kdc import require_kerberos
     from orchestrator.lab.options import LabBehaviour
     from orchestrator.lab.rehearsal import rehearsal_playbook
-    from orchestrator.lab.site import LabSite, playbook_realm
+    from orchestrator.lab.site import LabSite, lab_fqdn, playbook_realm
     from orchestrator.playbook import load_playbook
 
     loaded = load_playbook(playbook)
@@ -791,8 +808,10 @@ def rehearse(
         if realm is not None:
             require_kerberos(f"rehearsing {playbook} with Kerberos (realm {realm})",
                              f"or rehearse with NTLM: exmig rehearse {playbook} --auth ntlm")
+        # The twin keeps production's FQDNs, which a fresh install's URLs use (names in use are checked).
+        fqdns = {s.name: lab_fqdn(s.name, s.connection.host) for s in loaded.playbook.servers}
         site = LabSite(lab_loaded.playbook, state_dir, use_playbook_ports=False,
-                       costs=_lab_costs(costs, cost_scale))
+                       costs=_lab_costs(costs, cost_scale), fqdns=fqdns)
         behaviour = LabBehaviour(untrusted_root, rawdata_only, no_services, revocation_offline, previous_certificate,
                                  tuple(enable_keeps_iis_binding or ()))
         behaviour.check([s.name for s in lab_loaded.playbook.servers])

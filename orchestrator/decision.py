@@ -39,6 +39,9 @@ class Send:
     # then: "changed", or "ok" for commands that change nothing (the export).
     effects: frozenset[str] = field(default_factory=frozenset)
     outcome: str = "changed"
+    # What the executor journals before sending (each change with its value before), so `exmig rollback` can
+    # undo it: dataclass values (orchestrator/coexistence.py UrlChange).
+    record: tuple[Any, ...] = ()
 
     @property
     def commands(self) -> tuple[Command, ...]:

@@ -13,6 +13,7 @@ step does is decided in orchestrator/steps.py, without I/O, and sent here exactl
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from cryptography import x509
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks, reads, roots, steps, troubleshoot, trust, workstation
+from orchestrator import checks, names_in_use, reads, roots, steps, troubleshoot, trust, workstation
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.commands import Command, Text
 from orchestrator.decision import Noop, Read, Send
@@ -67,6 +68,17 @@ class RunOptions:
 
 
 SessionFactory = Callable[[Server], ServerSession]
+
+
+class NamesNotCovered(ExmigError):
+    """Names in use on the servers that the certificate would serve but not cover: found before the request."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} name(s) in use are not covered by certificate.domains; nothing was "
+                         "changed:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
 
 
 class TargetsFailed(ExmigError):
@@ -114,6 +126,9 @@ class Executor:
         self.options = options
         self.check = check
         self.planned: list[Planned] = []
+        # --check: the names in use judged against the certificate, and what would stop the run before the request.
+        self.names: list[names_in_use.Coverage] = []
+        self.name_problems: list[str] = []
         options.check(loaded)
         self._session_factory = sessions
         self._sessions: dict[str, ServerSession] = {}
@@ -324,9 +339,11 @@ class Executor:
             try:
                 names = {s.server for s in self._selected(self.plan()).steps} - {WORKSTATION}
 
+                requesting = self._requesting()
+
                 def read(server: Server) -> None:
                     self._local.in_preflight = True
-                    for declared in reads.server_reads(server):
+                    for declared in reads.preflight(server, requesting):
                         if not self.server_facts(server).known(declared.name):
                             self.read(server, declared)
 
@@ -334,12 +351,36 @@ class Executor:
                 with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers) or 1)),
                                         thread_name_prefix="exmig-preflight") as pool:
                     list(pool.map(read, servers))  # re-raises the first server's error
+                if requesting:
+                    problems = names_in_use.grouped_problems(self.playbook, self.names_in_use())
+                    if problems:
+                        raise NamesNotCovered(problems)
                 issuing = any(s.name is StepName.ISSUE for s in self._selected(self.plan()).steps)
                 if isinstance(self.playbook.issuer, AcmeIssuer) and self._issued is None and issuing:
                     workstation.acme_preflight(self.loaded, self.journal, self.secrets)
                 self._preflight_done = True
             finally:
                 self._local.in_preflight = False
+
+    def _requesting(self) -> bool:
+        """Whether this run may make the certificate request (it is selected, and no CSR is known yet)."""
+        return self.journal.csr_pem is None and any(
+            s.name is StepName.REQUEST for s in self._selected(self.plan()).steps)
+
+    def names_in_use(self) -> dict[str, list[Any]]:
+        """Per server, the host names its settings use (orchestrator/names_in_use.py), read side by side."""
+        def rows(server: Server) -> list[Any]:
+            found: list[Any] = []
+            for declared in names_in_use.reads(server.name, server.version):
+                if not self.server_facts(server).known(declared.name):
+                    self.read(server, declared)
+                found += self.server_facts(server).extra[declared.name]
+            return found
+
+        servers = self.playbook.servers
+        with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers))),
+                                thread_name_prefix="exmig-names") as pool:
+            return dict(zip((s.name for s in servers), pool.map(rows, servers), strict=True))
 
     def _chain_top(self) -> x509.Certificate | None:
         """Cached per issued thumbprint: for lab and files issuers it means reading the CA's files."""
@@ -411,6 +452,9 @@ class Executor:
             with self._state_lock:
                 self._state = self._state.after(server.name, decision)
             return decision.outcome, decision.reason
+        if decision.record:
+            # Journaled before the change is sent: `exmig rollback` restores these values.
+            self.journal.record_changes(step.key, [dataclasses.asdict(c) for c in decision.record])
         try:
             results = self._send(server, decision)
             reason = self._conclude(step, server, decision, results)
@@ -539,6 +583,10 @@ class Executor:
         if not self.check:
             self.journal.runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
             self.journal.save()
+        elif self._requesting():
+            rows = self.names_in_use()
+            self.names = names_in_use.playbook_coverage(self.playbook, rows)
+            self.name_problems = names_in_use.grouped_problems(self.playbook, rows)
         targets = {t.name for t in self.playbook.targets}
         try:
             index = 0

@@ -68,6 +68,9 @@ class Journal:
     chain_pems: list[str] = field(default_factory=list)
     steps: dict[str, StepRecord] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # What a step changed, recorded before it sent the change (the coexistence step's URLs before), per step key:
+    # what `exmig rollback` restores.
+    changes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Targets run side by side. `_lock` guards the data above (changes and the snapshot a write
     # takes); `_commit` guards the group-commit counters below. Never both held at once, so a
     # caller holding `_lock` may call save() without deadlocking against a writer.
@@ -100,6 +103,15 @@ class Journal:
             if record is not None:
                 record.warnings.append(text)
 
+    def record_changes(self, key: str, changes: list[dict[str, Any]]) -> None:
+        """Before a change is sent: what it changes, with the value before. A change recorded by an earlier attempt
+        keeps its value before (the first one is the server's own; a later read may see the lost attempt's)."""
+        with self._lock:
+            kept = self.changes.setdefault(key, [])
+            known = {(c.get("server"), c.get("service"), c.get("property")) for c in kept}
+            kept += [c for c in changes if (c.get("server"), c.get("service"), c.get("property")) not in known]
+        self.save()
+
     def finish(self, key: str, outcome: str, message: str | None = None, attempts: int = 1) -> None:
         with self._lock:
             record = self.steps[key]
@@ -122,6 +134,7 @@ class Journal:
                 "chain_pems": list(self.chain_pems),
                 "steps": {k: v.to_json() for k, v in self.steps.items()},
                 "runs": [dict(run) for run in self.runs],
+                "changes": {k: [dict(c) for c in v] for k, v in self.changes.items()},
             }
 
     def save(self) -> None:
@@ -192,6 +205,7 @@ def load(path: Path, playbook: Path) -> Journal:
             chain_pems=list(data.get("chain_pems") or []),
             steps={k: StepRecord(**v) for k, v in (data.get("steps") or {}).items()},
             runs=list(data.get("runs") or []),
+            changes={k: list(v) for k, v in (data.get("changes") or {}).items()},  # absent in older journals
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ExmigError(

@@ -258,6 +258,22 @@ def playbook_problems(playbook: Playbook, rows_by_server: Mapping[str, Sequence[
     return [problem_line(c.row) for c in playbook_coverage(playbook, rows_by_server) if c.status == "uncovered"]
 
 
+def grouped_problems(playbook: Playbook, rows_by_server: Mapping[str, Sequence[NameInUse]]) -> list[str]:
+    """One line per server and uncovered name, with every setting that uses it (a fresh install's FQDN is in a
+    dozen settings: one line says it)."""
+    found: dict[tuple[str, str], list[NameInUse]] = {}
+    for judged in playbook_coverage(playbook, rows_by_server):
+        if judged.status == "uncovered":
+            found.setdefault((judged.row.server, judged.row.host), []).append(judged.row)
+    lines = []
+    for (server, host), rows in found.items():
+        settings = ", ".join(r.setting for r in rows)
+        example = rows[0].value if rows[0].value != host else ""
+        lines.append(f"{server}: {host} is used by {settings}" + (f" ({example})" if example else "")
+                     + f", which certificate.domains does not cover; {FIX}")
+    return lines
+
+
 _SHOWN = {"covered": "covered by {detail}", "accepted": "not covered, accepted: {detail}", "uncovered": "NOT COVERED",
           "no_tls": "{detail}", "not_served": "not served by this certificate ({detail} not enabled)"}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from orchestrator.acme_issue.http01 import CHALLENGE_FOLDER as ACME_CHALLENGE_FOLDER
-from orchestrator.commands import Blob, Command, LocalFile, Pending, Text, Thumbprint
+from orchestrator.commands import Blob, Command, LocalFile, Null, Param, Pending, Text, Thumbprint, text
 from orchestrator.dialects import (
     Dialect,
     add_to_ca_store,
@@ -26,7 +26,7 @@ from orchestrator.dialects import (
     test_path,
     write_file,
 )
-from orchestrator.playbook import AcmeIssuer, FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
+from orchestrator.playbook import AcmeIssuer, Coexistence, FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
 
 
 class StepName(str, Enum):
@@ -39,6 +39,7 @@ class StepName(str, Enum):
     COPY = "copy"
     IMPORT = "import"
     CLEANUP = "cleanup"
+    COEXISTENCE = "coexistence"
     VERIFY = "verify"
 
 
@@ -55,6 +56,9 @@ STEP_DESCRIPTIONS: dict[StepName, str] = {
     StepName.COPY: "2007 targets: write the PFX into the working folder (2007 imports from -Path)",
     StepName.IMPORT: "targets: Import-ExchangeCertificate with the PFX and its password (2007 -Path, 2010 -FileData)",
     StepName.CLEANUP: "2007 targets: remove the PFX from the working folder",
+    StepName.COEXISTENCE: "2007 targets, with a coexistence section: the listed virtual directories' ExternalUrl moved "
+                          "to the legacy host (Set-OwaVirtualDirectory ... -ExternalUrl https://legacy...), where "
+                          "different; the values before are journaled for exmig rollback",
     StepName.VERIFY: "every server: Get-ExchangeCertificate by thumbprint reads the result back",
 }
 
@@ -101,6 +105,7 @@ class BranchName(str, Enum):
     WITH_ENABLE = "with-enable"  # complete/import: this server's Enable in the same pipeline
     COPY = "copy"  # 2007 import: write this run's PFX first
     DISCARD = "discard"  # 2007 import: remove the PFX after a failed import
+    WHERE_DIFFERENT = "where-different"  # coexistence: each URL set only where it differs
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,41 @@ def _certificates_read(dialect: Dialect, server: Server) -> tuple[Command, ...]:
     return (dialect.list_certificates(server),)
 
 
+def _coexistence_step(server: Server, spec: Coexistence) -> Step:
+    from orchestrator.coexistence import vdir_read, wanted
+    from orchestrator.names_in_use import VDIR_BY_KEY
+
+    reads = tuple(vdir_read(server.name, service).command for service in spec.service_names)
+    sets: list[Command] = []
+    for service in spec.service_names:
+        kind = VDIR_BY_KEY[service]
+        url = wanted(service, spec)
+        # The identity the read returns; a default install's is shown ("EX2007\owa (Default Web Site)").
+        identity = f"{server.name}\\{kind.name} (Default Web Site)"
+        sets.append(Command(f"Set-{kind.noun}", (text("Identity", identity),
+                                                 Param("ExternalUrl", Text(url) if url is not None else Null())),
+                            affects=frozenset({"virtual_directories"})))
+    return Step(StepName.COEXISTENCE, server.name,
+                f"Exchange 2007 keeps serving its own mailboxes under {spec.legacy_host} once the primary names move "
+                "to Exchange 2010.", reads=reads,
+                branches=(Branch(BranchName.WHERE_DIFFERENT, "for each virtual directory whose ExternalUrl differs "
+                                 "(the value before is journaled first, for exmig rollback)", tuple(sets)),))
+
+
+def _with_coexistence(playbook: Playbook, spec: Coexistence, steps: list[Step]) -> list[Step]:
+    """The coexistence step after each 2007 server's enable (the certificate that covers the legacy host is in
+    place there first); the source only with coexistence.on_source."""
+    out: list[Step] = []
+    for step in steps:
+        out.append(step)
+        if step.name is not StepName.ENABLE:
+            continue
+        server = playbook.server(step.server)
+        if server.version == 2007 and (server.role is Role.TARGET or spec.on_source):
+            out.append(_coexistence_step(server, spec))
+    return out
+
+
 def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
     source = playbook.source
     cert = playbook.certificate
@@ -341,6 +381,9 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
         steps.append(Step(StepName.ENABLE, target.name,
                           "Bind the certificate to the services; -Force answers the SMTP overwrite prompt.",
                           (enable,), reads=reads, reads_when="unless this run imported the certificate"))
+
+    if playbook.coexistence is not None:
+        steps = _with_coexistence(playbook, playbook.coexistence, steps)
 
     for server in playbook.servers:
         # Read back fresh, and found by thumbprint (unique, unlike the names) in the server's list.

@@ -41,13 +41,17 @@ class ServerFacts:
     batches: frozenset[Shell] = frozenset()
     # Reads made during the current attempt of the current step (a decision that wants a fresh read asks once).
     fresh: frozenset[str] = frozenset()
+    # Other declared reads by name (names in use "names.*", virtual directories "coexistence.*"): parsed values.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def known(self, name: str) -> bool:
         if name == CERTIFICATES:
             return self.certificates is not None
         if name == STORES:
             return self.stores is not None
-        return name.removeprefix(PATH) in self.paths
+        if name.startswith(PATH):
+            return name.removeprefix(PATH) in self.paths
+        return name in self.extra
 
     def with_value(self, name: str, value: Any) -> ServerFacts:
         fresh = self.fresh | {name}
@@ -55,7 +59,9 @@ class ServerFacts:
             return replace(self, certificates=tuple(value), fresh=fresh)
         if name == STORES:
             return replace(self, stores=value, fresh=fresh)
-        return replace(self, paths={**self.paths, name.removeprefix(PATH): bool(value)}, fresh=fresh)
+        if name.startswith(PATH):
+            return replace(self, paths={**self.paths, name.removeprefix(PATH): bool(value)}, fresh=fresh)
+        return replace(self, extra={**self.extra, name: value}, fresh=fresh)
 
     def without(self, affected: frozenset[str]) -> ServerFacts:
         """After a change that can touch `affected` (Command.affects) or whose reply was lost."""
@@ -65,6 +71,7 @@ class ServerFacts:
             stores=None if affected & {"ca_store", "root_store"} else self.stores,
             # Files: the commands that write or remove them are the run's own; a path is re-read when asked.
             paths={} if "files" in affected else self.paths,
+            extra={} if "virtual_directories" in affected else self.extra,
         )
 
 
@@ -102,3 +109,11 @@ def server_reads(server: Server) -> tuple[Read[Any], ...]:
     if server.system_endpoint != server.exchange_endpoint:
         return certificates(server), stores()
     return (certificates(server),)
+
+
+def preflight(server: Server, requesting: bool) -> tuple[Read[Any], ...]:
+    """What the run reads of a server before its first change anywhere: `server_reads`, and while the request is
+    still to make, the host names its settings use (they must be covered before the request: names_in_use.py)."""
+    from orchestrator import names_in_use
+
+    return server_reads(server) + (names_in_use.reads(server.name, server.version) if requesting else ())

@@ -117,6 +117,22 @@ def check_answers(answers: Answers) -> None:
         raise UsageError(f"--issuer {answers.issuer}: use one of {', '.join(ISSUERS)}")
 
 
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _lab_fqdn(server: ServerAnswer) -> str:
+    from orchestrator.lab.site import lab_fqdn
+
+    return lab_fqdn(server.name, "127.0.0.1")
+
+
 def _scalar(value: str) -> str:
     if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
         return value
@@ -175,6 +191,14 @@ def render(answers: Answers, path: Path) -> str:
         _noted("  private_key_exportable: true", "must be true: the certificate is exported to the targets"),
         f"  friendly_name: {_scalar(a.domain[:63])}",
         _noted("  services: [IIS, SMTP, POP, IMAP]", "IIS, SMTP, POP, IMAP, UM; a server's `services:` overrides it"),
+        "  # Names in use on the servers (virtual directory URLs, Autodiscover, connectors, POP/IMAP) that the",
+        "  # certificate does not cover stop `exmig run` before the request. A fresh install uses each server's own",
+        "  # name: accepted below so the first run can go. Move those URLs to a name in domains and remove these.",
+        "  uncovered_ok:",
+        *[line for server in [a.source, *a.targets] for line in (
+            f"    - name: {_scalar(_lab_fqdn(server) if lab else server.host)}",
+            "      reason: the server's own name in a default install's internal URLs",
+        ) if lab or not _is_address(server.host)],
         "",
         "issuer:",
     ]

@@ -18,14 +18,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator import checks, reads, status, trust
+from orchestrator import checks, coexistence, reads, status, trust
 from orchestrator.certs import load_csr
 from orchestrator.commands import Command, Shell, Text, Thumbprint
 from orchestrator.decision import Noop, Read, Send
 from orchestrator.dialects import dialect_for
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.plan import WORKSTATION, BranchName, Step, StepName
-from orchestrator.playbook import Playbook, Server
+from orchestrator.playbook import Playbook, Role, Server
 from orchestrator.reads import ServerFacts
 
 
@@ -362,6 +362,21 @@ def _verify(step: Step, server: Server, facts: ServerFacts, run: RunState, attem
     return Noop(f"certificate {thumb}: private key, status {found.status or 'not reported'}, {services}")
 
 
+def _coexistence(step: Step, server: Server, facts: ServerFacts, run: RunState, attempt: Attempt) -> Decision:
+    spec = run.playbook.coexistence
+    assert spec is not None
+    declared = [coexistence.vdir_read(server.name, service) for service in spec.service_names]
+    unknown = tuple(r for r in declared if not facts.known(r.name))
+    if unknown:
+        return Need(unknown, "the virtual directories' URLs now")
+    planned = coexistence.decide(server.name, server.version, server.role is Role.SOURCE,
+                                 {r.name.removeprefix("coexistence."): facts.extra[r.name] for r in declared}, spec)
+    decision = planned.decision
+    if isinstance(decision, Send):
+        return replace(decision, record=planned.changes)
+    return decision
+
+
 _DECIDE = {
     StepName.REQUEST: _request,
     StepName.INSTALL_CHAIN: _install_chain,
@@ -371,6 +386,7 @@ _DECIDE = {
     StepName.COPY: _copy,
     StepName.IMPORT: _import,
     StepName.CLEANUP: _cleanup,
+    StepName.COEXISTENCE: _coexistence,
     StepName.VERIFY: _verify,
 }
 

@@ -119,6 +119,19 @@ def _auth_schemes(server: Server) -> tuple[str, ...]:
     )
 
 
+def lab_fqdn(name: str, host: str) -> str:
+    """A lab server's FQDN: the playbook's host where it is a DNS name (the twin of production), else
+    <name>.lab.exmig.test."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if "." in host and host.lower() != "localhost":
+            return host.lower()
+    return f"{name.lower()}.{LAB_DOMAIN}"
+
+
 def playbook_realm(playbook: Playbook) -> str | None:
     """The Kerberos realm a lab for this playbook runs: that of the user names of its Kerberos servers."""
     realms: dict[str, str] = {}
@@ -150,7 +163,8 @@ class LabSite:
 
     def __init__(self, loaded: LoadedPlaybook | Playbook, state_dir: Path, settings: LabSettings | None = None,
                  latency: float = 0.0, use_playbook_ports: bool = True, tls_services: bool = True,
-                 costs: LabCosts = NO_COSTS, limits: LabLimits | dict[str, LabLimits] | None = None) -> None:
+                 costs: LabCosts = NO_COSTS, limits: LabLimits | dict[str, LabLimits] | None = None,
+                 fqdns: dict[str, str] | None = None) -> None:
         self.playbook = loaded.playbook if isinstance(loaded, LoadedPlaybook) else loaded
         self.state_dir = Path(state_dir)
         self.ca = LabCA.load_or_create(self.state_dir / "ca")
@@ -165,6 +179,8 @@ class LabSite:
         self.costs = costs
         self.limits = limits if limits is not None else LabLimits()
         self.servers: dict[str, EmulatedServer] = {}
+        # Each server's FQDN, which a fresh install's URLs and connectors use (rehearse: the production host).
+        self.fqdns = dict(fqdns or {})
         self.realm: LabRealm | None = None
         # pebble and named for a playbook whose issuer is acme (acme_services.py), started with the lab.
         self.acme: LabAcme | None = None
@@ -228,7 +244,7 @@ class LabSite:
                 f"servers[{server.name}].connection: the lab serves both endpoints on one port; set system_port "
                 f"to {ep.port} (the same as port)"
             )
-        fqdn = f"{server.name.lower()}.{LAB_DOMAIN}"
+        fqdn = self.fqdns.get(server.name) or lab_fqdn(server.name, server.connection.host)
         fresh = store.read_state(self.state_dir / server.name) is None
         model = ExchangeServerModel.load_or_create(self.state_dir / server.name, name=server.name,
                                                    version=str(server.version), fqdn=fqdn)

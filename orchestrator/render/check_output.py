@@ -9,6 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.decision import Noop, Send
+from orchestrator.names_in_use import Coverage, render_table
 from orchestrator.plan import WORKSTATION
 from orchestrator.playbook import Playbook, Server
 from orchestrator.render.plan_output import _server_heading, command_json, rendered_lines
@@ -29,8 +30,21 @@ def _action(entry: Planned) -> str:
     return "workstation" if entry.server == WORKSTATION else "reads-only"
 
 
-def render_check_text(planned: list[Planned], playbook: Playbook) -> str:
-    lines: list[str] = []
+def names_lines(names: list[Coverage], problems: list[str]) -> list[str]:
+    """The names in use on the servers and what the certificate does for each (read before the request)."""
+    if not names:
+        return []
+    lines = ["names in use on the servers (read before the request):"]
+    lines += ["  " + line for line in render_table(names).splitlines()]
+    if problems:
+        lines.append(f"a run stops before the request: {len(problems)} name(s) not covered")
+        lines += [f"  {p}" for p in problems]
+    return [*lines, ""]
+
+
+def render_check_text(planned: list[Planned], playbook: Playbook, names: list[Coverage] | None = None,
+                      problems: list[str] | None = None) -> str:
+    lines: list[str] = names_lines(names or [], problems or [])
     current: str | None = None
     for number, entry in enumerate(planned, 1):
         if entry.server != current:
@@ -60,7 +74,8 @@ def render_check_text(planned: list[Planned], playbook: Playbook) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_check_json(planned: list[Planned], playbook: Playbook) -> str:
+def render_check_json(planned: list[Planned], playbook: Playbook, names: list[Coverage] | None = None,
+                      problems: list[str] | None = None) -> str:
     steps: list[dict[str, Any]] = []
     for entry in planned:
         server = _server(playbook, entry.server)
@@ -73,7 +88,10 @@ def render_check_json(planned: list[Planned], playbook: Playbook) -> str:
             "changes": isinstance(entry.decision, Send) and entry.decision.outcome == "changed",
             "requests": [[command_json(c, server) for c in pipeline] for pipeline in pipelines],
         })
-    return json.dumps({"steps": steps}, indent=2) + "\n"
+    judged = [{"server": c.row.server, "setting": c.row.setting, "name": c.row.host, "value": c.row.value,
+               "status": c.status, "detail": c.detail} for c in names or []]
+    return json.dumps({"names_in_use": judged, "stops_before_request": problems or [], "steps": steps},
+                      indent=2) + "\n"
 
 
 def render_check_ps1(planned: list[Planned], playbook: Playbook) -> str:

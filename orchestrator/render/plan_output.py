@@ -111,8 +111,25 @@ def step_lines(step: Step, server: Server | None, indent: str = "      ") -> lis
     return lines
 
 
+def preflight_lines(plan: Plan, playbook: Playbook) -> list[str]:
+    """The reads before the run's first change, per server the plan touches (orchestrator/reads.py preflight)."""
+    from orchestrator.plan import StepName
+    from orchestrator.reads import preflight
+
+    requesting = any(s.name is StepName.REQUEST for s in plan.steps)
+    lines = ["before the first change, each server the run touches is read (a wrong password, host or name in use "
+             "stops the run with nothing changed)" + (":" if plan.steps else "")]
+    for name in plan.servers:
+        if name == WORKSTATION:
+            continue
+        server = playbook.server(name)
+        lines.append(f"  {server.name}:")
+        lines.extend(_command_lines(server, tuple(r.command for r in preflight(server, requesting)), "      "))
+    return lines
+
+
 def render_text(plan: Plan, playbook: Playbook) -> str:
-    lines: list[str] = []
+    lines: list[str] = preflight_lines(plan, playbook) if plan.steps else []
     current: str | None = None
     for number, step in enumerate(plan.steps, 1):
         if step.server != current:

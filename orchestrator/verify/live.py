@@ -17,6 +17,7 @@ from orchestrator import checks, status
 from orchestrator.certs import IssuedCertificate, thumbprint
 from orchestrator.commands import Command, Param, Shell, Text
 from orchestrator.dialects import dialect_for
+from orchestrator.hostnames import name_covers
 from orchestrator.playbook import Playbook, Server, Service
 from orchestrator.transport.base import InvocationResult, ServerSession
 from orchestrator.verify.checks import TlsCheck, run_tls_checks
@@ -78,6 +79,7 @@ def management_findings(server: Server, session: ServerSession, playbook: Playbo
         else:
             findings.append(Finding(server.name, service.value, None, Verdict.WRONG_CERTIFICATE,
                                     f"certificate {expected} is not enabled for {service.value}", expected))
+    findings += url_findings(server, call, playbook, issued)
     wanted = [thumbprint(c) for c in issued.intermediates]
     if wanted:
         store = checks.store_thumbprints(call(Command(
@@ -86,6 +88,31 @@ def management_findings(server: Server, session: ServerSession, playbook: Playbo
         decision = checks.ca_store_has(store, wanted)
         findings.append(Finding(server.name, "CA store", None,
                                 Verdict.OK if decision.done else Verdict.MISSING_INTERMEDIATE, decision.reason))
+    return findings
+
+
+def url_findings(server: Server, call: Callable[[Command], InvocationResult], playbook: Playbook,
+                 issued: IssuedCertificate) -> list[Finding]:
+    """Every https URL configured on the server is covered by the certificate it should present (issue 17): a URL
+    that is not is a name mismatch for its clients. One finding per host name in use."""
+    from orchestrator.coexistence import urls_presented
+    from orchestrator.names_in_use import reads
+
+    rows = []
+    for declared in reads(server.name, server.version):
+        rows += declared.parse(call(declared.command).output)
+    san = issued.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = san.get_values_for_type(x509.DNSName)
+    accepted = playbook.certificate.uncovered_ok
+    # A name the playbook accepts as uncovered (certificate.uncovered_ok, with its reason) is no finding.
+    rows = [r for r in rows if not any(name_covers(a.name, r.host) for a in accepted)]
+    problems = urls_presented(rows, names)
+    findings = [Finding(server.name, "URLs", None, Verdict.NAME_MISMATCH, problem, issued.thumbprint)
+                for problem in problems]
+    served = sorted({r.host for r in rows if r.tls and r.service == "IIS"})
+    if not problems and served:
+        findings.append(Finding(server.name, "URLs", None, Verdict.OK, "every https URL configured is covered: "
+                                + ", ".join(served), issued.thumbprint))
     return findings
 
 

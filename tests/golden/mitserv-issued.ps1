@@ -101,6 +101,18 @@ Get-ExchangeCertificate
 # then, unless the server holds the result already:
 Enable-ExchangeCertificate -Thumbprint '8CBBB551635404C15FA7886174E941CA24224B38' -Services 'IIS','SMTP','POP','IMAP' -Force
 
+# --- coexistence: Exchange 2007 keeps serving its own mailboxes under legacy.mitserv.net once the primary names move to Exchange 2010.
+# reads first:
+Get-OwaVirtualDirectory -Server 'EX2007'
+Get-WebServicesVirtualDirectory -Server 'EX2007'
+Get-OabVirtualDirectory -Server 'EX2007'
+Get-ActiveSyncVirtualDirectory -Server 'EX2007'
+# only for each virtual directory whose ExternalUrl differs (the value before is journaled first, for exmig rollback):
+Set-OwaVirtualDirectory -Identity 'EX2007\owa (Default Web Site)' -ExternalUrl 'https://legacy.mitserv.net/owa'
+Set-WebServicesVirtualDirectory -Identity 'EX2007\EWS (Default Web Site)' -ExternalUrl 'https://legacy.mitserv.net/EWS/Exchange.asmx'
+Set-OabVirtualDirectory -Identity 'EX2007\OAB (Default Web Site)' -ExternalUrl 'https://legacy.mitserv.net/OAB'
+Set-ActiveSyncVirtualDirectory -Identity 'EX2007\Microsoft-Server-ActiveSync (Default Web Site)' -ExternalUrl 'https://legacy.mitserv.net/Microsoft-Server-ActiveSync'
+
 # --- verify: Read the certificate back and find it by thumbprint (unique, unlike the names).
 # reads first:
 Get-ExchangeCertificate

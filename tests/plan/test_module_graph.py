@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[2] / "orchestrator"
 IO = ("orchestrator.transport", "orchestrator.execute", "orchestrator.connect", "orchestrator.journal",
       "orchestrator.fileio", "orchestrator.secrets_store", "orchestrator.workstation", "orchestrator.lab",
       "orchestrator.verify", "orchestrator.troubleshoot", "orchestrator.cli", "pypsrp", "winrm", "requests",
-      "socket", "subprocess", "ssl", "urllib")
+      "socket", "subprocess", "ssl", "urllib.request", "http.client")
 PURE = ("orchestrator.steps", "orchestrator.decision", "orchestrator.reads", "orchestrator.plan",
         "orchestrator.dialects", "orchestrator.commands", "orchestrator.checks")
 

@@ -76,7 +76,9 @@ def checked_requests(planned: list[Planned]) -> dict[str, list[tuple[tuple[str, 
     return out
 
 
-READS = {"Get-ExchangeCertificate", "Get-ChildItem", "Test-Path"}
+def _reads(command: str) -> bool:
+    """A request of reads only (the facts a run gathers: every Get- cmdlet, Test-Path)."""
+    return all(n.startswith("Get-") or n == "Test-Path" for n in command.split(" + "))
 
 
 def sent_requests(events: list[dict[str, Any]]) -> dict[str, list[tuple[tuple[str, tuple[str, ...]], ...]]]:
@@ -84,7 +86,7 @@ def sent_requests(events: list[dict[str, Any]]) -> dict[str, list[tuple[tuple[st
     answered: a request retried after a lost reply is sent again, and counted once)."""
     out: dict[str, list[tuple[tuple[str, tuple[str, ...]], ...]]] = {}
     for e in events:
-        if e.get("event") != "command" or e["command"] in READS or e["outcome"] != "ok":
+        if e.get("event") != "command" or _reads(e["command"]) or e["outcome"] != "ok":
             continue
         names = e["command"].split(" + ")
         out.setdefault(e["server"], []).append(tuple(zip(names, (tuple(p) for p in e["parameters"]), strict=True)))

@@ -31,7 +31,10 @@ from orchestrator.steps import Attempt, Need, RunState, decide
 HERE = Path(__file__).parent
 PLAYBOOK = HERE.parents[1] / "playbooks" / "lab.yml"
 STEP_DIRS = {s.value for s in StepName}
-CASES = sorted(p for p in HERE.glob("*/*.json") if p.parent.name in STEP_DIRS)
+# A folder with a test module of its own (test_<folder>.py: coexistence, retire, ...) holds cases in that module's
+# form, for the decision function it tests directly.
+OWN_FORM = {p.stem.removeprefix("test_") for p in HERE.glob("test_*.py")}
+CASES = sorted(p for p in HERE.glob("*/*.json") if p.parent.name in STEP_DIRS and p.parent.name not in OWN_FORM)
 INTERMEDIATE = "1111111111111111111111111111111111111111"
 
 
@@ -116,4 +119,4 @@ def test_decision(case: Path) -> None:
 
 def test_every_step_has_cases() -> None:
     covered = {p.parent.name for p in CASES}
-    assert covered >= STEP_DIRS - {StepName.ISSUE.value}, STEP_DIRS - covered
+    assert covered | OWN_FORM >= STEP_DIRS - {StepName.ISSUE.value}, STEP_DIRS - covered - OWN_FORM
