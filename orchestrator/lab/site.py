@@ -164,7 +164,7 @@ class LabSite:
     def __init__(self, loaded: LoadedPlaybook | Playbook, state_dir: Path, settings: LabSettings | None = None,
                  latency: float = 0.0, use_playbook_ports: bool = True, tls_services: bool = True,
                  costs: LabCosts = NO_COSTS, limits: LabLimits | dict[str, LabLimits] | None = None,
-                 fqdns: dict[str, str] | None = None) -> None:
+                 fqdns: dict[str, str] | None = None, acme_blocked: tuple[str, ...] = ()) -> None:
         self.playbook = loaded.playbook if isinstance(loaded, LoadedPlaybook) else loaded
         self.state_dir = Path(state_dir)
         self.ca = LabCA.load_or_create(self.state_dir / "ca")
@@ -181,6 +181,8 @@ class LabSite:
         self.servers: dict[str, EmulatedServer] = {}
         # Each server's FQDN, which a fresh install's URLs and connectors use (rehearse: the production host).
         self.fqdns = dict(fqdns or {})
+        # Names the lab's ACME CA refuses to issue for (pebble's domainBlocklist): to rehearse a CA's refusal.
+        self.acme_blocked = acme_blocked
         self.realm: LabRealm | None = None
         # pebble and named for a playbook whose issuer is acme (acme_services.py), started with the lab.
         self.acme: LabAcme | None = None
@@ -206,7 +208,7 @@ class LabSite:
                  for name in self.playbook.certificate.domains}
         eab = {issuer.eab.kid: new_eab_hmac()} if issuer.eab is not None else {}
         self.acme = LabAcme(self.state_dir / "acme", names, [s.name for s in self.playbook.servers],
-                            eab_keys=eab).start()
+                            eab_keys=eab, blocked=self.acme_blocked).start()
 
     @property
     def issuing_roots(self) -> Path:
