@@ -642,10 +642,24 @@ def _report_text(loaded: LoadedPlaybook, state: Path | None, fmt: ReportFormat, 
         matrix = verify_not_run("no certificate has been issued yet, so there is nothing to verify")
     else:
         matrix = _bounded_verify(loaded, state, ca_file, timeout, verify_within)
+    from orchestrator.coexistence import dns_table
+    from orchestrator.report.model import SectionTable
+
+    names = SectionTable(("server", "setting", "name", "certificate"), tuple(
+        (n["server"], n["setting"], n["name"], n["status"] + (f": {n['detail']}" if n.get("detail") else ""))
+        for n in journal.names_in_use)) if journal is not None and journal.names_in_use else None
+    playbook = loaded.playbook
+    olds = [(t.name, t.connection.host) for t in playbook.targets if t.version == 2007]
+    legacy = playbook.coexistence.legacy_host if playbook.coexistence is not None else None
+    dns = SectionTable(("name", "points to", "why"), tuple(
+        (r.name, r.points_to, r.why) for r in dns_table(list(playbook.certificate.domains),
+                                                         (playbook.source.name, playbook.source.connection.host),
+                                                         legacy, olds if legacy else []))) \
+        if playbook.source.version == 2010 and olds else None
     data = build_report(
         loaded.playbook, str(loaded.path), render_ps1(plan, loaded.playbook),
         [PlannedStep(s.name.value, s.why) for s in plan.for_server(WORKSTATION)], journal, matrix,
-        datetime.now(UTC).isoformat(timespec="seconds"), version("exmig"))
+        datetime.now(UTC).isoformat(timespec="seconds"), version("exmig"), names_in_use=names, dns_changes=dns)
     return render_html(data) if fmt is ReportFormat.html else render_markdown(data)
 
 

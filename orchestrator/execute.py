@@ -352,7 +352,12 @@ class Executor:
                                         thread_name_prefix="exmig-preflight") as pool:
                     list(pool.map(read, servers))  # re-raises the first server's error
                 if requesting:
-                    problems = names_in_use.grouped_problems(self.playbook, self.names_in_use())
+                    rows = self.names_in_use()
+                    self.journal.names_in_use = [
+                        {"server": c.row.server, "setting": c.row.setting, "name": c.row.host, "status": c.status,
+                         "detail": c.detail} for c in names_in_use.playbook_coverage(self.playbook, rows)]
+                    self.journal.save()
+                    problems = names_in_use.grouped_problems(self.playbook, rows)
                     if problems:
                         raise NamesNotCovered(problems)
                 issuing = any(s.name is StepName.ISSUE for s in self._selected(self.plan()).steps)

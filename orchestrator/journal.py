@@ -71,6 +71,8 @@ class Journal:
     # What a step changed, recorded before it sent the change (the coexistence step's URLs before), per step key:
     # what `exmig rollback` restores.
     changes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The names in use on the servers as read before the request, judged against the certificate (names_in_use.py).
+    names_in_use: list[dict[str, str]] = field(default_factory=list)
     # Targets run side by side. `_lock` guards the data above (changes and the snapshot a write
     # takes); `_commit` guards the group-commit counters below. Never both held at once, so a
     # caller holding `_lock` may call save() without deadlocking against a writer.
@@ -135,6 +137,7 @@ class Journal:
                 "steps": {k: v.to_json() for k, v in self.steps.items()},
                 "runs": [dict(run) for run in self.runs],
                 "changes": {k: [dict(c) for c in v] for k, v in self.changes.items()},
+                "names_in_use": [dict(n) for n in self.names_in_use],
             }
 
     def save(self) -> None:
@@ -206,6 +209,7 @@ def load(path: Path, playbook: Path) -> Journal:
             steps={k: StepRecord(**v) for k, v in (data.get("steps") or {}).items()},
             runs=list(data.get("runs") or []),
             changes={k: list(v) for k, v in (data.get("changes") or {}).items()},  # absent in older journals
+            names_in_use=list(data.get("names_in_use") or []),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ExmigError(

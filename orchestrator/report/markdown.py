@@ -46,7 +46,7 @@ def _steps(steps: Sequence[StepOutcome]) -> list[str]:
 
 def _section_table(table: SectionTable | None, what: str) -> list[str]:
     if table is None:
-        return [f"_{what} not available in this version of exmig._"]
+        return [f"_{what} not known yet: the servers are read when exmig run first connects (exmig run --check shows it now)._"]
     if not table.rows:
         return ["_None._"]
     return _table(table.columns, table.rows)

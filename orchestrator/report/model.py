@@ -121,7 +121,8 @@ class Report:
     workstation_plan: tuple[PlannedStep, ...] = ()
     workstation_steps: tuple[StepOutcome, ...] = ()
     verify: VerifyMatrix = field(default_factory=lambda: VerifyMatrix("not_run", "not asked for"))
-    # Issue 17 (not merged yet): None means the section says it is not available in this version.
+    # None: not known yet: the names in use are read when a run first connects (run --check shows them now); the
+    # DNS changes exist where a 2010 source has 2007 targets.
     names_in_use: SectionTable | None = None
     dns_changes: SectionTable | None = None
 

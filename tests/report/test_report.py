@@ -65,8 +65,9 @@ def test_fresh_plan(tmp_path: Path, browser: Chromium, capsys: pytest.CaptureFix
     assert dom["status"].strip() == "Plan: planned, not run yet"
     assert all(rows == [] for rows in dom["steps"].values())
     assert dom["verify_note"] == "Not verified: no certificate has been issued yet, so there is nothing to verify."
-    assert "not available in this version of exmig" in dom["names_in_use"]
-    assert "not available in this version of exmig" in dom["dns_changes"]
+    assert "not known yet: the servers are read when exmig run first connects" in dom["names_in_use"]
+    # The DNS still to change is known from the playbook alone: the primary names to the 2010 source.
+    assert "mail.mitserv.net" in dom["dns_changes"] and "EX2010" in dom["dns_changes"]
 
     capsys.readouterr()
     assert main(["report", str(playbook), "--format", "md"]) == 0
