@@ -35,3 +35,11 @@ def problem(status: str | None) -> str | None:
         return None
     cause = _CAUSES.get(status)
     return f"status {status}: {cause}" if cause else f"status {status}"
+
+
+def certificate_problems(has_private_key: bool | None, status: str | None) -> list[str]:
+    """What makes a certificate on a server unusable for Exchange: a missing key, a Status that is a problem
+    (what a run's verify step and `exmig verify` both judge)."""
+    found = ["no private key"] if has_private_key is False else []
+    trouble = problem(status)
+    return found + ([trouble] if trouble else [])

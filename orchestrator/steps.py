@@ -343,12 +343,7 @@ def _verify(step: Step, server: Server, facts: ServerFacts, run: RunState, attem
     found = checks.find(_certs(facts), thumb)
     if found is None:
         raise VerifyFailed(f"{server.name}: certificate {thumb} not found")
-    problems = []
-    if found.has_private_key is False:
-        problems.append("no private key")
-    trouble = status.problem(found.status)
-    if trouble:
-        problems.append(trouble)
+    problems = status.certificate_problems(found.has_private_key, found.status)
     wanted = {s.value for s in server.services_for(run.playbook.certificate)}
     if found.services is not None and not wanted <= found.services:
         problems.append("not enabled for " + ", ".join(sorted(wanted - found.services)))

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from orchestrator.errors import UsageError
-from orchestrator.lab.children import die_with_parent, find_program, free_port
+from orchestrator.lab.children import die_with_parent, find_program, free_port, stop_child
 from orchestrator.lab.tls_services import check_loopback
 
 PEBBLE_HINT = "apt-get install pebble"
@@ -122,15 +122,7 @@ class _Child:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_child(process)
 
 
 def _private_folder(directory: Path) -> None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 
 # Where Debian puts system programs; PATH first for other layouts.
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -56,3 +57,15 @@ def free_port(host: str, udp: bool = True) -> int:
                     continue
             return port
     raise OSError(f"no free port on {host}")
+
+
+def stop_child(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate a child and wait for it (killed when it does not end within 5 s)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)

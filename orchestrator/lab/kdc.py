@@ -37,7 +37,7 @@ from typing import Self
 
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import principal_name
-from orchestrator.lab.children import die_with_parent, find_program, free_port
+from orchestrator.lab.children import die_with_parent, find_program, free_port, stop_child
 from orchestrator.lab.environ import overridden
 
 KDC_PROGRAMS = ("krb5kdc", "kdb5_util", "kadmin.local")
@@ -264,15 +264,7 @@ class LabRealm:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_child(process)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -53,12 +53,7 @@ def management_findings(server: Server, session: ServerSession, playbook: Playbo
     if found is None:
         return [Finding(server.name, "certificate", None, Verdict.WRONG_CERTIFICATE,
                         f"certificate {expected} is not on the server")]
-    problems = []
-    if found.has_private_key is False:
-        problems.append("no private key")
-    trouble = status.problem(found.status)
-    if trouble:
-        problems.append(trouble)
+    problems = status.certificate_problems(found.has_private_key, found.status)
     caution = status.warning(found.status)
     if problems:
         findings.append(Finding(server.name, "certificate", None, Verdict.WRONG_CERTIFICATE,
