@@ -26,6 +26,7 @@ from orchestrator.dialects import (
     write_file,
 )
 from orchestrator.playbook import FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
+from orchestrator.retire import PREVIOUS, export_backup, remove_certificate
 
 
 class StepName(str, Enum):
@@ -39,6 +40,7 @@ class StepName(str, Enum):
     IMPORT = "import"
     CLEANUP = "cleanup"
     VERIFY = "verify"
+    RETIRE = "retire"
 
 
 STEP_DESCRIPTIONS: dict[StepName, str] = {
@@ -55,6 +57,9 @@ STEP_DESCRIPTIONS: dict[StepName, str] = {
     StepName.IMPORT: "targets: Import-ExchangeCertificate with the PFX and its password (2007 -Path, 2010 -FileData)",
     StepName.CLEANUP: "2007 targets: remove the PFX from the working folder",
     StepName.VERIFY: "every server: Get-ExchangeCertificate by thumbprint reads the result back",
+    StepName.RETIRE: "with retire_previous: every server: each certificate that served before and serves nothing "
+                     "now is backed up (Export-ExchangeCertificate, a 0600 PFX beside the journal) and removed "
+                     "(Remove-ExchangeCertificate by thumbprint)",
 }
 
 WORKSTATION = "workstation"
@@ -100,6 +105,9 @@ class BranchName(str, Enum):
     WITH_ENABLE = "with-enable"  # complete/import: this server's Enable in the same pipeline
     COPY = "copy"  # 2007 import: write this run's PFX first
     DISCARD = "discard"  # 2007 import: remove the PFX after a failed import
+    BACKUP = "backup"  # retire: export a certificate before its removal
+    REMOVE = "remove"  # retire: remove it
+    ROLLBACK = "rollback"  # verify, with rollback_on_failure: enable what served before again
 
 
 @dataclass(frozen=True)
@@ -329,7 +337,32 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
 
     for server in playbook.servers:
         # Read back fresh, and found by thumbprint (unique, unlike the names) in the server's list.
+        dialect = dialect_for(server)
+        rollback: tuple[Branch, ...] = ()
+        if playbook.rollback_on_failure:
+            rollback = (Branch(BranchName.ROLLBACK, "if the verification fails (rollback_on_failure): each certificate "
+                               "recorded as serving before is enabled again for the services it had (a retired one "
+                               "imported from its backup first), then the run stops",
+                               (dialect.enable(server, PREVIOUS, server.services_for(cert)),)),)
         steps.append(Step(StepName.VERIFY, server.name,
                           "Read the certificate back and find it by thumbprint (unique, unlike the names).",
-                          reads=_certificates_read(dialect_for(server), server)))
+                          reads=_certificates_read(dialect, server), branches=rollback))
+        if playbook.retire_previous:
+            steps.append(_retire(server))
     return Plan(tuple(steps))
+
+
+def _retire(server: Server) -> Step:
+    """The thumbprints are facts of the server (the preflight's record, the certificates and TLS endpoints now):
+    the plan shows the commands for one such certificate."""
+    return Step(StepName.RETIRE, server.name,
+                "The certificate that served before is removed by exact thumbprint once nothing uses it (no TLS "
+                "endpoint presents it, IIS is not bound to it, it is not the default SMTP certificate), after its "
+                "backup is on the workstation's disk; reads the certificates and what each TLS endpoint presents.",
+                reads=_certificates_read(dialect_for(server), server),
+                branches=(Branch(BranchName.BACKUP, "for each certificate that served before and serves nothing now: "
+                                 "its PFX, written 0600 beside the journal and opened with the backup password before "
+                                 "anything is removed", export_backup(server, PREVIOUS)),
+                          Branch(BranchName.REMOVE, "then each such certificate (never the new one, one still bound, "
+                                 "the default SMTP certificate, or Exchange's self-signed one unless "
+                                 "retire_self_signed)", (remove_certificate(server, PREVIOUS),))))

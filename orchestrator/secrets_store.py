@@ -20,11 +20,10 @@ from collections.abc import Iterable
 
 from orchestrator.errors import ExmigError, UsageError
 from orchestrator.playbook import LAB_DEFAULT_PASSWORD, Playbook, SecretRef, Server
+from orchestrator.secret_keys import BACKUP_PASSWORD, PFX_PASSWORD
 from orchestrator.troubleshoot import add_secrets
 
-PFX_PASSWORD = "pfx-password"
-# The retired certificates' backups (orchestrator/backups.py): backup_password, else a pfx_password the admin knows.
-BACKUP_PASSWORD = "backup-password"
+__all__ = ["BACKUP_PASSWORD", "PFX_PASSWORD", "SecretStore"]
 
 
 class SecretStore:

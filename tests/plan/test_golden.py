@@ -78,4 +78,4 @@ def test_steps_lists_every_step_in_order(exmig: Callable) -> None:
     result = exmig("steps")
     names = [line.split()[0] for line in result.out.splitlines()]
     assert names == ["request", "issue", "install-chain", "complete", "enable", "export", "copy", "import",
-                     "cleanup", "verify"]
+                     "cleanup", "verify", "retire"]
