@@ -68,6 +68,9 @@ class Journal:
     chain_pems: list[str] = field(default_factory=list)
     steps: dict[str, StepRecord] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # What served each server before the first run changed anything (orchestrator/previous.py served_before),
+    # by server name; recorded once, so a resumed run keeps the first run's record. Absent in older journals.
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Targets run side by side. `_lock` guards the data above (changes and the snapshot a write
     # takes); `_commit` guards the group-commit counters below. Never both held at once, so a
     # caller holding `_lock` may call save() without deadlocking against a writer.
@@ -79,6 +82,15 @@ class Journal:
     _writing: bool = field(default=False, init=False, repr=False, compare=False)  # one writer at a time
 
     # -- queries ----------------------------------------------------------------------------
+
+    def record_previous(self, server: str, record: dict[str, Any]) -> bool:
+        """Keep what served `server` before, unless a record is there already (the first run's). Saved."""
+        with self._lock:
+            if server in self.previous:
+                return False
+            self.previous[server] = record
+        self.save()
+        return True
 
     def done(self, key: str) -> bool:
         record = self.steps.get(key)
@@ -122,6 +134,7 @@ class Journal:
                 "chain_pems": list(self.chain_pems),
                 "steps": {k: v.to_json() for k, v in self.steps.items()},
                 "runs": [dict(run) for run in self.runs],
+                "previous": json.loads(json.dumps(self.previous)),  # plain data, copied
             }
 
     def save(self) -> None:
@@ -192,6 +205,7 @@ def load(path: Path, playbook: Path) -> Journal:
             chain_pems=list(data.get("chain_pems") or []),
             steps={k: StepRecord(**v) for k, v in (data.get("steps") or {}).items()},
             runs=list(data.get("runs") or []),
+            previous=dict(data.get("previous") or {}),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ExmigError(

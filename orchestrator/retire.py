@@ -58,9 +58,12 @@ class RetireOptions:
                    backup_password_source(playbook) is not None)
 
 
+BACKUP_CAPTURE = "Backup_"
+
+
 def backup_capture(thumbprint: str) -> str:
     """The dry-run's variable for a backup's bytes, and the executor's key for them."""
-    return f"Backup_{thumbprint.upper()}"
+    return f"{BACKUP_CAPTURE}{thumbprint.upper()}"
 
 
 def backup_file_name(thumbprint: str) -> str:
