@@ -27,6 +27,7 @@ from orchestrator.dialects import (
 )
 from orchestrator.playbook import FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
 from orchestrator.retire import PREVIOUS, export_backup, remove_certificate
+from orchestrator.rollback import restore_backup
 
 
 class StepName(str, Enum):
@@ -342,8 +343,9 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
         if playbook.rollback_on_failure:
             rollback = (Branch(BranchName.ROLLBACK, "if the verification fails (rollback_on_failure): each certificate "
                                "recorded as serving before is enabled again for the services it had (a retired one "
-                               "imported from its backup first), then the run stops",
-                               (dialect.enable(server, PREVIOUS, server.services_for(cert)),)),)
+                               "imported from its backup first, the Import lines), then the run stops",
+                               (*restore_backup(server, "PREVIOUS", None),
+                                dialect.enable(server, PREVIOUS, server.services_for(cert)))),)
         steps.append(Step(StepName.VERIFY, server.name,
                           "Read the certificate back and find it by thumbprint (unique, unlike the names).",
                           reads=_certificates_read(dialect, server), branches=rollback))
