@@ -27,7 +27,7 @@ from orchestrator.dialects import dialect_for
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.plan import WORKSTATION, BranchName, Step, StepName
 from orchestrator.playbook import Playbook, Server, Service
-from orchestrator.previous import SERVICES
+from orchestrator.previous import SERVICES, TLS_KIND
 from orchestrator.reads import ServerFacts, TlsRead
 
 
@@ -400,6 +400,12 @@ def _retire(step: Step, server: Server, facts: ServerFacts, run: RunState, attem
     if need is not None:
         return need
     assert facts.held is not None and facts.presented is not None
+    # Verified from outside first: every endpoint of this server's services hands clients the new certificate.
+    new = run.thumbprint.upper()
+    unverified = [f"{TLS_KIND[s]} presents {facts.presented.get(TLS_KIND[s]) or 'nothing (no answer)'}"
+                  for s in _services(server, run) if (facts.presented.get(TLS_KIND[s]) or "").upper() != new]
+    if unverified:
+        return Noop(f"nothing retired: the new certificate {new} is not verified over TLS ({'; '.join(unverified)})")
     # One command per request: each backup's bytes are written to disk before the next request (the removal).
     return retire.retire(server, facts.held, before, run.thumbprint, facts.presented,
                          retire.RetireOptions.from_playbook(run.playbook), _default_smtp(server, run),

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from orchestrator.certs import thumbprint
 from orchestrator.playbook import Playbook, SecretRef
 from orchestrator.verify.tls_probe import SERVICE_KINDS, probe
-from tests.e2e.conftest import Lab, build_lab
+from tests.e2e.conftest import Lab, build_lab, write_playbook
 from tests.e2e.test_migration import exchange_certificates
 
 BACKUP_ENV = "RETIRE_TEST_BACKUP_PASSWORD"
@@ -149,3 +149,29 @@ def test_exmig_rollback_after_a_good_run_restores_the_previous_certificate_every
     assert again.returncode == 0, again.stderr
     ends = [json.loads(x) for x in again.stdout.splitlines() if x.startswith("{")]
     assert {e["outcome"] for e in ends if e["event"] == "step" and e.get("phase") == "end"} == {"ok"}
+
+
+def test_check_shows_the_retirement_a_run_then_makes(make_lab: Any) -> None:
+    """Migrated without retire_previous, then turned on: `run --check` shows the backup and the removal and sends
+    neither; the run then sends exactly those."""
+    lab = make_lab()
+    before = _before(lab)
+    proc, _ = _run(lab)
+    assert proc.returncode == 0, proc.stderr
+    write_playbook(lab.playbook.model_copy(update={"retire_previous": True}), lab.playbook_path)
+    check = lab.exmig("run", str(lab.playbook_path), "--check", "--format", "json",
+                      env_extra={BACKUP_ENV: BACKUP_PW})
+    assert check.returncode == 0, check.stderr
+    planned = {(s["server"], s["step"]): s for s in json.loads(check.stdout)["steps"]}
+    for name in SERVERS:
+        assert before[name][0] in _held(lab, name)  # --check removed nothing
+        sent = [c["command"] for r in planned[(name, "retire")]["requests"] for c in r]
+        assert sent[-1] == "Remove-ExchangeCertificate" and "Export-ExchangeCertificate" in sent, planned[(name,
+                                                                                                           "retire")]
+    proc, events = _run(lab)
+    assert proc.returncode == 0, proc.stderr
+    for name in SERVERS:
+        assert before[name][0] not in _held(lab, name)
+        sent = [e["command"] for e in events if e["event"] == "command" and e["step"] == "retire"
+                and e["server"] == name and e["command"] != "Get-ExchangeCertificate"]
+        assert sent == [c["command"] for r in planned[(name, "retire")]["requests"] for c in r], name

@@ -5,6 +5,7 @@ SMTP one), and that what it sends is what the plan shows (issue 18)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,13 @@ def test_old_journals_load_and_the_first_record_is_kept(tmp_path: Path) -> None:
     assert not journal.record_previous("EX2010", {"services": {"IIS": "BB"}})
     again: Journal = load(path, Path("p.yml"))
     assert again.previous == {"EX2010": {"services": {"IIS": "AA"}}}
+
+
+def test_nothing_is_retired_until_every_endpoint_presents_the_new_certificate() -> None:
+    case = _case("backed_up_then_removed_2010")
+    playbook = _playbook()
+    facts = _facts(case)
+    for down in ({"smtp": None}, {"https": case["before"]["services"]["IIS"]}):
+        decision = decide(_step(playbook, "EX2010"), replace(facts, presented={**case["presented_now"], **down}),
+                          _run(playbook, case))
+        assert isinstance(decision, Noop) and "is not verified over TLS" in decision.reason, decision
