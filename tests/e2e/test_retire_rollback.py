@@ -116,6 +116,15 @@ def test_retire_previous_removes_the_old_certificate_after_its_backup(make_lab: 
     assert [e["command"] for e in events2 if e["event"] == "command" and "Remove" in e["command"]] == []
     assert _journal(lab)["previous"] == journal["previous"]  # the first run's record is kept
 
+    # Rolled back after the retirement: the previous certificate comes back from its backup.
+    back = lab.exmig("rollback", str(lab.playbook_path), "--yes", "--json", env_extra={BACKUP_ENV: BACKUP_PW})
+    assert back.returncode == 0, back.stderr
+    for name in SERVERS:
+        assert _presented(lab, name) == dict.fromkeys(SERVICE_KINDS, before[name][0]), name
+        assert before[name][0] in _held(lab, name)
+    reasons = [json.loads(x)["reason"] for x in back.stdout.splitlines() if '"phase": "end"' in x]
+    assert all("from its backup" in r for r in reasons) and len(reasons) == 2, reasons
+
 
 def test_rollback_on_failure_puts_the_previous_certificate_back_on_the_failing_server(make_lab: Any) -> None:
     lab = make_lab(frozenset({"EX2007"}), rollback_on_failure=True)
