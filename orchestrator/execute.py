@@ -13,6 +13,7 @@ step does is decided in orchestrator/steps.py, without I/O, and sent here exactl
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -713,17 +714,15 @@ class Executor:
             journal.finish(step.key, outcome, reason, attempts)
         self.events.step_finished(step.server, step.name.value, outcome, reason, time.monotonic() - start)
 
-
     # -- rolling back ------------------------------------------------------------------------------------
 
     def _rollback_after(self, server: Server, failure: VerifyFailed) -> None:
         """rollback_on_failure: the server is rolled back; the verification's failure still ends the run, and a
         rollback that fails too is shown and journaled beside it."""
         self.events.note(f"{server.name}: verification failed ({failure}); rolling back (rollback_on_failure)")
-        try:
+        # A failed rollback is shown and journaled by rollback_server; the verification's failure is what is raised.
+        with contextlib.suppress(Exception):
             self.rollback_server(server)
-        except Exception:  # noqa: BLE001 - shown and journaled by rollback_server; the verify failure is raised
-            pass
 
     def rollback(self, servers: list[Server]) -> None:
         """`exmig rollback`: each server back to what served it before this migration, then verified over TLS.
