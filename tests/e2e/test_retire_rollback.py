@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from orchestrator.certs import thumbprint
+from orchestrator.lab.faults import FaultKind, FaultRule
 from orchestrator.playbook import Playbook, SecretRef
 from orchestrator.verify.tls_probe import SERVICE_KINDS, probe
 from tests.e2e.conftest import Lab, build_lab, write_playbook
@@ -184,3 +185,28 @@ def test_check_shows_the_retirement_a_run_then_makes(make_lab: Any) -> None:
         sent = [e["command"] for e in events if e["event"] == "command" and e["step"] == "retire"
                 and e["server"] == name and e["command"] != "Get-ExchangeCertificate"]
         assert sent == [c["command"] for r in planned[(name, "retire")]["requests"] for c in r], name
+
+
+# The backup's export is EX2010's second Export (the first is the PFX's, the export step).
+@pytest.mark.parametrize(("cmdlet", "nth"), [("Export-ExchangeCertificate", 2), ("Remove-ExchangeCertificate", 1)])
+def test_a_lost_reply_in_the_retire_step_is_read_again_not_repeated(make_lab: Any, cmdlet: str, nth: int) -> None:
+    """The server acted and the reply was lost: the step reads again and finishes without a second removal; the
+    backup is on disk either way."""
+    lab = make_lab(retire_previous=True)
+    before = _before(lab)
+    lab.server("EX2010").winrm.faults.add(FaultRule(FaultKind.RESET_AFTER, request=nth, cmdlet=cmdlet))
+    proc, events = _run(lab)
+    assert proc.returncode == 0, proc.stderr
+    assert not lab.server("EX2010").winrm.faults.rules  # the fault fired
+    previous = before["EX2010"][0]
+    assert previous not in _held(lab, "EX2010")
+    assert (lab.tmp / ".exmig" / "lab.journal.backups" / f"EX2010-{previous}.pfx").exists()
+    sent = [(e["command"], e["outcome"]) for e in events if e["event"] == "command" and e["server"] == "EX2010"
+            and e["step"] == "retire" and e["command"] != "Get-ExchangeCertificate"]
+    if cmdlet.startswith("Export"):  # exported again, then removed once
+        assert sent == [(cmdlet, "transient-error"), (cmdlet, "ok"), ("Remove-ExchangeCertificate", "ok")], sent
+    else:  # removed by the attempt whose reply was lost: not sent again
+        assert sent == [("Export-ExchangeCertificate", "ok"), (cmdlet, "transient-error")], sent
+    [retired] = [e for e in events if e["event"] == "step" and e.get("phase") == "end" and e["server"] == "EX2010"
+                 and e["step"] == "retire"]
+    assert retired["outcome"] == "changed", retired
