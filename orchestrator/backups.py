@@ -18,17 +18,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from orchestrator.certs import thumbprint as sha1_thumbprint
 from orchestrator.errors import ExmigError
 from orchestrator.fileio import write_atomic
-from orchestrator.playbook import Playbook, SecretRef
+from orchestrator.secret_keys import backup_password_source
+
+__all__ = ["backup_folder", "backup_password_source", "backup_path", "check_backup", "write_backup"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def backup_password_source(playbook: Playbook) -> SecretRef | None:
-    """Where the backups' password comes from: `backup_password`, else `pfx_password`; None when that is generated
-    (never shown, so a backup could never be opened: the --save-pfx rule of orchestrator/execute.py; the playbook
-    refuses retire_previous without a known password unless retire_without_backup says so)."""
-    ref = playbook.backup_password or playbook.pfx_password
-    return None if ref.generate else ref
 
 
 def backup_folder(journal: Path) -> Path:

@@ -15,6 +15,7 @@ import typer
 from orchestrator.errors import ExitCode, ExmigError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast
+    from orchestrator.journal import Journal
     from orchestrator.lab.costs import LabCosts
     from orchestrator.plan import Plan
     from orchestrator.playbook import LoadedPlaybook, Server
@@ -317,6 +318,76 @@ def run(
         raise typer.Exit(code)
 
 
+@app.command(epilog=_example("exmig rollback playbooks/mitserv.yml",
+                             "exmig rollback playbooks/mitserv.yml --server EX2007 --yes --json"))
+def rollback(
+    playbook: PlaybookArg,
+    server: ServerOpt = None,
+    state: Annotated[Path | None, typer.Option("--state", help="Journal file (default .exmig/ beside the playbook).")]
+    = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON event per line.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing servers.")] = False,
+    verbose: VerboseOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Put back the certificate that served before the migration.
+
+    Per server and service (IIS, SMTP, POP, IMAP) the certificate the journal records as serving before the first
+    run is enabled again (a retired one is imported from its backup first; without a backup exmig says so and
+    changes nothing there), then each TLS endpoint is checked to present it again."""
+    _troubleshooting(verbose, debug)
+    from orchestrator import journal as journal_mod
+    from orchestrator.playbook import load_playbook
+
+    loaded = load_playbook(playbook)
+    _check_selection(loaded, server, None)
+    journal_path = state or journal_mod.default_path(loaded.path)
+    journal = journal_mod.load(journal_path, loaded.path)
+    selected = _selected_servers(loaded, server)
+    unrecorded = [s.name for s in selected if s.name not in journal.previous]
+    if unrecorded:
+        raise UsageError(f"{journal_path}: no record of what served {', '.join(unrecorded)} before (a run records it "
+                         "before its first change); nothing to roll back to there")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("a rollback changes servers; add --yes to run without a terminal")
+        if not typer.confirm(f"Roll back {', '.join(s.name for s in selected)} to the certificates that served "
+                             "before?"):
+            raise typer.Abort()
+    code = _rollback(loaded, journal, json_output, selected)
+    if code:
+        raise typer.Exit(code)
+
+
+def _rollback(loaded: LoadedPlaybook, journal: Journal, json_output: bool, selected: list[Server]) -> int:
+    from orchestrator.backups import backup_path
+    from orchestrator.connect import session_factory
+    from orchestrator.events import ConsoleEvents, JsonEvents
+    from orchestrator.execute import Executor, RunOptions
+    from orchestrator.secret_keys import backup_password_source
+    from orchestrator.secrets_store import SecretStore
+
+    secrets = SecretStore(loaded.playbook)
+    restores = any(backup_path(journal.path, s.name, thumb).exists()
+                   for s in selected for thumb in (journal.previous[s.name].get("services") or {}).values() if thumb)
+    secrets.resolve(selected, False, backup_password=restores and backup_password_source(loaded.playbook) is not None)
+    events = JsonEvents() if json_output else ConsoleEvents()
+
+    def warn(text: str) -> None:
+        if json_output:
+            sys.stderr.write(text + "\n")
+        else:
+            events.note(text)
+
+    options = RunOptions(servers=[s.name for s in selected])
+    executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)
+    try:
+        executor.rollback(selected)
+    finally:
+        events.finish()
+    return int(ExitCode.OK)
+
+
 def _selected_servers(loaded: LoadedPlaybook, servers: list[str] | None) -> list[Server]:
     wanted = {n.lower() for n in servers or []}
     return [s for s in loaded.playbook.servers if not wanted or s.name.lower() in wanted]
@@ -332,6 +403,16 @@ def _needs_pfx_password(steps: list[str] | None, from_step: str | None) -> bool:
         names = [s.value for s in StepName]
         return any(names.index(u) >= names.index(from_step) for u in users if u in names)
     return True
+
+
+def _needs_backup_password(loaded: LoadedPlaybook, steps: list[str] | None, from_step: str | None) -> bool:
+    """The retire step backs up each certificate it removes (or rollback_on_failure may restore one)."""
+    from orchestrator.secret_keys import backup_password_source
+
+    playbook = loaded.playbook
+    if backup_password_source(playbook) is None or not (playbook.retire_previous or playbook.rollback_on_failure):
+        return False
+    return not steps or bool({"retire", "verify"} & set(steps))
 
 
 def _verify_after(loaded: LoadedPlaybook, state: Path | None, json_output: bool, servers: list[str] | None,
@@ -365,7 +446,7 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
     involved = _selected_servers(loaded, servers)
     if needs_pfx and loaded.playbook.source not in involved:
         involved.append(loaded.playbook.source)  # the PFX is exported there, whichever target imports it
-    secrets.resolve(involved, needs_pfx)
+    secrets.resolve(involved, needs_pfx, backup_password=_needs_backup_password(loaded, steps, from_step))
     events = JsonEvents() if json_output else ConsoleEvents()
 
     def warn(text: str) -> None:

@@ -13,6 +13,7 @@ step does is decided in orchestrator/steps.py, without I/O, and sent here exactl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -26,8 +27,21 @@ from cryptography import x509
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential, wait_random
 
-from orchestrator import checks, names_in_use, reads, roots, steps, troubleshoot, trust, workstation
+from orchestrator import (
+    checks,
+    coexistence,
+    names_in_use,
+    previous,
+    reads,
+    roots,
+    steps,
+    troubleshoot,
+    trust,
+    workstation,
+)
+from orchestrator.backups import backup_path, check_backup, write_backup
 from orchestrator.certs import IssuedCertificate, der
+from orchestrator.certs import thumbprint as sha1_thumbprint
 from orchestrator.commands import Command, Text
 from orchestrator.decision import Noop, Read, Send
 from orchestrator.dialects import native_failure
@@ -39,9 +53,11 @@ from orchestrator.issuance import WaitingForCA, issued_from_journal, issued_to_p
 from orchestrator.journal import Journal
 from orchestrator.plan import WORKSTATION, BranchName, Facts, Plan, Step, StepName, build_plan
 from orchestrator.playbook import AcmeIssuer, LoadedPlaybook, Server
-from orchestrator.reads import ServerFacts
+from orchestrator.reads import ServerFacts, TlsRead
+from orchestrator.retire import BACKUP_CAPTURE
+from orchestrator.secret_keys import BACKUP_PASSWORD
 from orchestrator.secrets_store import SecretStore
-from orchestrator.steps import Attempt, DependencyError, Need, RunState
+from orchestrator.steps import Attempt, DependencyError, Need, RunState, VerifyFailed
 from orchestrator.transport.base import InvocationResult, RemoteError, ServerSession, TransientError, first_line
 
 
@@ -105,6 +121,10 @@ class Planned:
     decision: Send | Noop | None  # None: the step only reads (verify) or runs on the workstation
     reason: str
 
+
+# What a TLS endpoint presents, asked with this bound per handshake (all of a server's endpoints side by side): an
+# endpoint that does not answer in time presents "not known".
+PROBE_TIMEOUT = 5.0
 
 # A decision asks for reads a few times at most (certificates, then files); a bound against a decision
 # that keeps asking.
@@ -211,7 +231,8 @@ class Executor:
         with self._state_lock:
             return replace(self._state, csr_pem=self.journal.csr_pem, thumbprint=self.thumbprint,
                            intermediates=intermediates, chain_top=self._chain_top(), pfx_held="pfx" in self._blobs,
-                           pfx_wanted=wanted, enable_pending=pending)
+                           pfx_wanted=wanted, enable_pending=pending, previous=dict(self.journal.previous),
+                           finished=frozenset(k for k in self.journal.steps if self.journal.done(k)))
 
     def server_facts(self, server: Server) -> ServerFacts:
         with self._state_lock:
@@ -227,9 +248,13 @@ class Executor:
             if known is not None:
                 self._server_facts[server.name] = ServerFacts() if affected is None else known.without(affected)
 
-    def read(self, server: Server, read: Read[Any]) -> None:
+    def read(self, server: Server, read: Read[Any] | TlsRead) -> None:
         """Send one declared read and keep its parsed value among the server's facts."""
-        value = read.parse(self.call(server, read.command).output)
+        if isinstance(read, TlsRead):
+            self._set_facts(server, self.server_facts(server).with_value(read.name, self.presented(server)))
+            return
+        output = self.call(server, read.command).output
+        value = read.parse(output)
         if read.name == reads.STORES and value is None:
             # A server that does not say which store an object is from: one read per store.
             ca, root = (self.call(server, r.command).output for r in reads.store_fallback())
@@ -240,7 +265,30 @@ class Executor:
         shell = read.command.shell
         if shell not in facts.batches and self.session(server).can_batch(shell):
             facts = replace(facts, batches=facts.batches | {shell})
-        self._set_facts(server, facts.with_value(read.name, value))
+        facts = facts.with_value(read.name, value)
+        if read.name in (reads.CERTIFICATES, reads.HELD):
+            # One Get-ExchangeCertificate, two views of it: no second request for the other.
+            other = reads.held(server) if read.name == reads.CERTIFICATES else reads.certificates(server)
+            facts = facts.with_value(other.name, other.parse(output))
+        self._set_facts(server, facts)
+
+    def presented(self, server: Server) -> dict[str, str | None]:
+        """TLS probe kind -> the leaf thumbprint each of the server's endpoints presents now (None: not known)."""
+        from orchestrator.verify.tls_probe import probe
+
+        sni = server.names_for(self.playbook.certificate)[0]
+
+        def one(item: tuple[str, int]) -> tuple[str, str | None]:
+            kind, port = item
+            try:
+                seen = probe(server.connection.host, port, kind, sni, timeout=PROBE_TIMEOUT)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - a probe that fails records "not known"
+                return kind, None
+            return kind, sha1_thumbprint(seen.leaf) if seen.leaf is not None else None
+
+        ports = server.tls_ports.items()
+        with ThreadPoolExecutor(max_workers=len(ports), thread_name_prefix="exmig-probe") as pool:
+            return dict(pool.map(one, ports))
 
     def certificates(self, server: Server) -> list[checks.CertInfo]:
         facts = self.server_facts(server)
@@ -346,6 +394,7 @@ class Executor:
                     for declared in reads.preflight(server, requesting):
                         if not self.server_facts(server).known(declared.name):
                             self.read(server, declared)
+                    self._record_previous(server)
 
                 servers = [s for s in self.playbook.servers if s.name in names]
                 with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers) or 1)),
@@ -386,6 +435,19 @@ class Executor:
         with ThreadPoolExecutor(max_workers=max(1, min(self.options.parallel, len(servers))),
                                 thread_name_prefix="exmig-names") as pool:
             return dict(zip((s.name for s in servers), pool.map(rows, servers), strict=True))
+
+    def _record_previous(self, server: Server) -> None:
+        """What served this server before the run's first change, into the journal once (a resumed run keeps the
+        first run's record): its certificates (the preflight's read) and what its TLS endpoints present."""
+        if server.name in self.journal.previous:
+            return
+        facts = self.server_facts(server)
+        if facts.held is None:
+            self.read(server, reads.held(server))
+            facts = self.server_facts(server)
+        assert facts.held is not None
+        record = previous.served_before(server.name, facts.held, self.presented(server))
+        self.journal.record_previous(server.name, record)
 
     def _chain_top(self) -> x509.Certificate | None:
         """Cached per issued thumbprint: for lab and files issuers it means reading the CA's files."""
@@ -520,7 +582,18 @@ class Executor:
                 if failure:
                     raise RemoteError(server.name, next(c.name for c in pipeline if c.native), failure)
             results.append(result)
+            for command in pipeline:
+                if command.capture and command.capture.startswith(BACKUP_CAPTURE):
+                    # Before the next request (the removal): on disk, 0600, and opening with the password.
+                    self._keep_backup(server, command.capture.removeprefix(BACKUP_CAPTURE), result.output)
         return results
+
+    def _keep_backup(self, server: Server, thumb: str, output: list[Any]) -> None:
+        data = checks.pfx_bytes(output)
+        check_backup(data, self.secrets.secret(BACKUP_PASSWORD), thumb)
+        path, written = write_backup(self.journal.path, server.name, thumb, data)
+        self.events.note(f"{server.name}: certificate {thumb} backed up to {path}" if written else
+                         f"{server.name}: certificate {thumb}: the backup {path} from an earlier run is kept")
 
     def _conclude(self, step: Step, server: Server, send: Send, results: list[InvocationResult]) -> str:
         """Keep what the commands answered (the CSR, the PFX) and check an import took; the step's reason."""
@@ -701,6 +774,9 @@ class Executor:
             if journal is not None:
                 journal.finish(step.key, "failed", message, attempts)
             self.events.step_finished(step.server, step.name.value, "failed", message, time.monotonic() - start)
+            if (isinstance(exc, VerifyFailed) and step.name is StepName.VERIFY and self.playbook.rollback_on_failure
+                    and journal is not None):
+                self._rollback_after(self.playbook.server(step.server), exc)
             raise
         if outcome == "ok" and self._local.maybe_changed:
             # The re-read found the state in place: the attempt whose reply was lost made the change.
@@ -708,6 +784,113 @@ class Executor:
         if journal is not None:
             journal.finish(step.key, outcome, reason, attempts)
         self.events.step_finished(step.server, step.name.value, outcome, reason, time.monotonic() - start)
+
+    # -- rolling back ------------------------------------------------------------------------------------
+
+    def _rollback_after(self, server: Server, failure: VerifyFailed) -> None:
+        """rollback_on_failure: the server is rolled back; the verification's failure still ends the run, and a
+        rollback that fails too is shown and journaled beside it."""
+        self.events.note(f"{server.name}: verification failed ({failure}); rolling back (rollback_on_failure)")
+        # A failed rollback is shown and journaled by rollback_server; the verification's failure is what is raised.
+        with contextlib.suppress(Exception):
+            self.rollback_server(server)
+
+    def rollback(self, servers: list[Server]) -> None:
+        """`exmig rollback`: each server back to what served it before this migration, then verified over TLS.
+        Every server is tried; the first failure is raised once all were (several: TargetsFailed)."""
+        # Nothing is recorded now: the journal's record is of before the migration.
+        self._preflight_done = self._roots_checked = True
+        failures: list[tuple[str, BaseException]] = []
+        try:
+            for server in servers:
+                try:
+                    self.rollback_server(server)
+                except Exception as exc:  # noqa: BLE001 - reported per server below
+                    failures.append((server.name, exc))
+        finally:
+            self.close()
+        if len(failures) == 1:
+            raise failures[0][1]
+        if failures:
+            raise TargetsFailed(failures, len(servers))
+
+    def rollback_server(self, server: Server) -> str:
+        """Re-enable, per service, the certificate recorded as serving before (a retired one from its backup),
+        then check over TLS that each endpoint presents it again. Journaled as the server's rollback step."""
+        name = "rollback"
+        key = f"{server.name}:{name}"
+        self._local.step, self._local.step_key = name, key
+        self._local.maybe_changed = False
+        self.events.step_started(server.name, name)
+        start = time.monotonic()
+        self.journal.begin(key, name, server.name)
+        outcome = "ok"
+        try:
+            record = self.journal.previous.get(server.name, {})
+            backups = {}
+            for thumb in previous.previous_services(record):
+                path = backup_path(self.journal.path, server.name, thumb)
+                if path.exists():
+                    backups[thumb] = path
+                    self._blobs[f"backup:{thumb}"] = path.read_bytes()
+            self._set_facts(server, replace(self.server_facts(server), fresh=frozenset()))
+            decision: Any = None
+            for _ in range(MAX_ROUNDS):
+                decision = steps.rollback_decision(server, self.server_facts(server), self.run_state(), backups)
+                if not isinstance(decision, Need):
+                    break
+                for declared in decision.reads:
+                    self.read(server, declared)
+            reason = decision.reason
+            if isinstance(decision, Send):
+                self._send(server, decision)
+                outcome = "changed"
+            reason += "; " + self._verify_rollback(server, record)
+            undone = self._undo_coexistence(server)
+            if undone:
+                outcome, reason = "changed", f"{reason}; {undone}"
+        except BaseException as exc:
+            message = str(exc) or type(exc).__name__
+            self.journal.finish(key, "failed", message)
+            self.events.step_finished(server.name, name, "failed", message, time.monotonic() - start)
+            raise
+        self.journal.finish(key, outcome, reason)
+        self.events.step_finished(server.name, name, outcome, reason, time.monotonic() - start)
+        return reason
+
+    def _undo_coexistence(self, server: Server) -> str | None:
+        """The coexistence step's URLs back to the values journaled before it changed them; the record goes once
+        they are restored (a later run's coexistence step records afresh)."""
+        key = f"{server.name}:{StepName.COEXISTENCE.value}"
+        recorded = self.journal.changes.get(key)
+        if not recorded:
+            return None
+        decision = coexistence.undo([coexistence.UrlChange(**c) for c in recorded])
+        if not isinstance(decision, Send):
+            return None
+        self._send(server, decision)
+        self.journal.changes.pop(key, None)
+        self.journal.save()
+        return decision.reason
+
+    def _verify_rollback(self, server: Server, record: dict[str, Any]) -> str:
+        """Each endpoint presents the certificate recorded for its service again (services of this playbook with a
+        recorded thumbprint)."""
+        now = self.presented(server)
+        wanted = set(server.services_for(self.playbook.certificate))
+        wrong = []
+        checked = []
+        for service in previous.SERVICES:
+            thumb = record.get("services", {}).get(service.value)
+            if service not in wanted or not thumb:
+                continue
+            seen = now.get(previous.TLS_KIND[service])
+            checked.append(service.value)
+            if seen != thumb.upper():
+                wrong.append(f"{service.value} presents {seen or 'nothing (no answer)'}, not {thumb}")
+        if wrong:
+            raise VerifyFailed(f"{server.name}: after the rollback " + "; ".join(wrong))
+        return "presented again on " + (", ".join(checked) if checked else "no recorded service")
 
 
 def _with_export(plan: Plan, chosen: Plan) -> Plan:

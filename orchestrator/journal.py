@@ -73,6 +73,9 @@ class Journal:
     changes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # The names in use on the servers as read before the request, judged against the certificate (names_in_use.py).
     names_in_use: list[dict[str, str]] = field(default_factory=list)
+    # What served each server before the first run changed anything (orchestrator/previous.py served_before),
+    # by server name; recorded once, so a resumed run keeps the first run's record. Absent in older journals.
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Targets run side by side. `_lock` guards the data above (changes and the snapshot a write
     # takes); `_commit` guards the group-commit counters below. Never both held at once, so a
     # caller holding `_lock` may call save() without deadlocking against a writer.
@@ -84,6 +87,15 @@ class Journal:
     _writing: bool = field(default=False, init=False, repr=False, compare=False)  # one writer at a time
 
     # -- queries ----------------------------------------------------------------------------
+
+    def record_previous(self, server: str, record: dict[str, Any]) -> bool:
+        """Keep what served `server` before, unless a record is there already (the first run's). Saved."""
+        with self._lock:
+            if server in self.previous:
+                return False
+            self.previous[server] = record
+        self.save()
+        return True
 
     def done(self, key: str) -> bool:
         record = self.steps.get(key)
@@ -138,6 +150,7 @@ class Journal:
                 "runs": [dict(run) for run in self.runs],
                 "changes": {k: [dict(c) for c in v] for k, v in self.changes.items()},
                 "names_in_use": [dict(n) for n in self.names_in_use],
+                "previous": json.loads(json.dumps(self.previous)),  # plain data, copied
             }
 
     def save(self) -> None:
@@ -210,6 +223,7 @@ def load(path: Path, playbook: Path) -> Journal:
             runs=list(data.get("runs") or []),
             changes={k: list(v) for k, v in (data.get("changes") or {}).items()},  # absent in older journals
             names_in_use=list(data.get("names_in_use") or []),
+            previous=dict(data.get("previous") or {}),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ExmigError(

@@ -27,6 +27,8 @@ from orchestrator.dialects import (
     write_file,
 )
 from orchestrator.playbook import AcmeIssuer, Coexistence, FilesIssuer, LabIssuer, ManualIssuer, Playbook, Role, Server
+from orchestrator.retire import PREVIOUS, export_backup, remove_certificate
+from orchestrator.rollback import restore_backup
 
 
 class StepName(str, Enum):
@@ -41,6 +43,7 @@ class StepName(str, Enum):
     CLEANUP = "cleanup"
     COEXISTENCE = "coexistence"
     VERIFY = "verify"
+    RETIRE = "retire"
 
 
 STEP_DESCRIPTIONS: dict[StepName, str] = {
@@ -60,6 +63,9 @@ STEP_DESCRIPTIONS: dict[StepName, str] = {
                           "to the legacy host (Set-OwaVirtualDirectory ... -ExternalUrl https://legacy...), where "
                           "different; the values before are journaled for exmig rollback",
     StepName.VERIFY: "every server: Get-ExchangeCertificate by thumbprint reads the result back",
+    StepName.RETIRE: "with retire_previous: every server: each certificate that served before and serves nothing "
+                     "now is backed up (Export-ExchangeCertificate, a 0600 PFX beside the journal) and removed "
+                     "(Remove-ExchangeCertificate by thumbprint)",
 }
 
 WORKSTATION = "workstation"
@@ -106,6 +112,9 @@ class BranchName(str, Enum):
     COPY = "copy"  # 2007 import: write this run's PFX first
     DISCARD = "discard"  # 2007 import: remove the PFX after a failed import
     WHERE_DIFFERENT = "where-different"  # coexistence: each URL set only where it differs
+    BACKUP = "backup"  # retire: export a certificate before its removal
+    REMOVE = "remove"  # retire: remove it
+    ROLLBACK = "rollback"  # verify, with rollback_on_failure: enable what served before again
 
 
 @dataclass(frozen=True)
@@ -387,7 +396,33 @@ def build_plan(playbook: Playbook, facts: Facts = Facts()) -> Plan:
 
     for server in playbook.servers:
         # Read back fresh, and found by thumbprint (unique, unlike the names) in the server's list.
+        dialect = dialect_for(server)
+        rollback: tuple[Branch, ...] = ()
+        if playbook.rollback_on_failure:
+            rollback = (Branch(BranchName.ROLLBACK, "if the verification fails (rollback_on_failure): each certificate "
+                               "recorded as serving before is enabled again for the services it had (a retired one "
+                               "imported from its backup first, the Import lines), then the run stops",
+                               (*restore_backup(server, "PREVIOUS", None),
+                                dialect.enable(server, PREVIOUS, server.services_for(cert)))),)
         steps.append(Step(StepName.VERIFY, server.name,
                           "Read the certificate back and find it by thumbprint (unique, unlike the names).",
-                          reads=_certificates_read(dialect_for(server), server)))
+                          reads=_certificates_read(dialect, server), branches=rollback))
+        if playbook.retire_previous:
+            steps.append(_retire(server))
     return Plan(tuple(steps))
+
+
+def _retire(server: Server) -> Step:
+    """The thumbprints are facts of the server (the preflight's record, the certificates and TLS endpoints now):
+    the plan shows the commands for one such certificate."""
+    return Step(StepName.RETIRE, server.name,
+                "The certificate that served before is removed by exact thumbprint once nothing uses it (no TLS "
+                "endpoint presents it, IIS is not bound to it, it is not the default SMTP certificate), after its "
+                "backup is on the workstation's disk; reads the certificates and what each TLS endpoint presents.",
+                reads=_certificates_read(dialect_for(server), server),
+                branches=(Branch(BranchName.BACKUP, "for each certificate that served before and serves nothing now: "
+                                 "its PFX, written 0600 beside the journal and opened with the backup password before "
+                                 "anything is removed", export_backup(server, PREVIOUS)),
+                          Branch(BranchName.REMOVE, "then each such certificate (never the new one, one still bound, "
+                                 "the default SMTP certificate, or Exchange's self-signed one unless "
+                                 "retire_self_signed)", (remove_certificate(server, PREVIOUS),))))

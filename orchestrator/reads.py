@@ -18,8 +18,11 @@ from orchestrator.commands import Shell
 from orchestrator.decision import Read
 from orchestrator.dialects import dialect_for, read_store, read_stores, test_path
 from orchestrator.playbook import Server
+from orchestrator.previous import Held, held_certificates
 
 CERTIFICATES = "certificates"
+HELD = "certificates held"  # the same Get-ExchangeCertificate, parsed for retiring and rolling back
+PRESENTED = "presented"  # what each TLS endpoint presents now (a handshake, not a command)
 STORES = "stores"  # LocalMachine\CA and LocalMachine\Root
 PATH = "path:"  # + the remote path: whether it exists
 
@@ -31,12 +34,28 @@ class Stores:
 
 
 @dataclass(frozen=True)
+class TlsRead:
+    """What the server's TLS endpoints present now: the leaf each hands a client (orchestrator/verify/tls_probe.py,
+    bounded timeouts; an endpoint that does not answer presents None, "not known"). A read over the network, not
+    a command: the executor makes it."""
+
+    name: str = PRESENTED
+
+
+def presented() -> TlsRead:
+    return TlsRead()
+
+
+@dataclass(frozen=True)
 class ServerFacts:
     """What is known of one server now. None: not read (or dropped since a change)."""
 
     certificates: tuple[checks.CertInfo, ...] | None = None
     stores: Stores | None = None
     paths: Mapping[str, bool] = field(default_factory=dict)
+    held: tuple[Held, ...] | None = None
+    # TLS probe kind ("https", "smtp", "pop3s", "imaps") -> the leaf's thumbprint, or None: nothing learned.
+    presented: Mapping[str, str | None] | None = None
     # Shells whose session takes several statements in one request (PSRP 2.2+): a fact of the session.
     batches: frozenset[Shell] = frozenset()
     # Reads made during the current attempt of the current step (a decision that wants a fresh read asks once).
@@ -49,6 +68,10 @@ class ServerFacts:
             return self.certificates is not None
         if name == STORES:
             return self.stores is not None
+        if name == HELD:
+            return self.held is not None
+        if name == PRESENTED:
+            return self.presented is not None
         if name.startswith(PATH):
             return name.removeprefix(PATH) in self.paths
         return name in self.extra
@@ -59,6 +82,10 @@ class ServerFacts:
             return replace(self, certificates=tuple(value), fresh=fresh)
         if name == STORES:
             return replace(self, stores=value, fresh=fresh)
+        if name == HELD:
+            return replace(self, held=tuple(value), fresh=fresh)
+        if name == PRESENTED:
+            return replace(self, presented=dict(value), fresh=fresh)
         if name.startswith(PATH):
             return replace(self, paths={**self.paths, name.removeprefix(PATH): bool(value)}, fresh=fresh)
         return replace(self, extra={**self.extra, name: value}, fresh=fresh)
@@ -68,6 +95,9 @@ class ServerFacts:
         return replace(
             self,
             certificates=None if "certificates" in affected else self.certificates,
+            held=None if "certificates" in affected else self.held,
+            # An Enable or Remove changes what the endpoints present.
+            presented=None if "certificates" in affected else self.presented,
             stores=None if affected & {"ca_store", "root_store"} else self.stores,
             # Files: the commands that write or remove them are the run's own; a path is re-read when asked.
             paths={} if "files" in affected else self.paths,
@@ -77,6 +107,10 @@ class ServerFacts:
 
 def certificates(server: Server) -> Read[list[checks.CertInfo]]:
     return Read(CERTIFICATES, dialect_for(server).list_certificates(server), checks.certificates)
+
+
+def held(server: Server) -> Read[list[Held]]:
+    return held_certificates(server)
 
 
 def _stores(output: list[Any]) -> Stores | None:

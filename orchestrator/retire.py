@@ -29,14 +29,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.backups import backup_password_source
-from orchestrator.commands import Command, Param, Secret, Switch, Text, text
+from orchestrator.commands import Command, Param, Secret, Switch, Text, Thumbprint, Value, text
 from orchestrator.decision import Decision, Noop, Send
 from orchestrator.dialects import CERTIFICATES, FILES_ONLY, ensure_folder, read_file, remote_path, remove_file
 from orchestrator.errors import ExmigError
 from orchestrator.playbook import Playbook, Server, Service
 from orchestrator.previous import SERVICES, Held, previous_services, serving
-from orchestrator.secrets_store import BACKUP_PASSWORD
+from orchestrator.secret_keys import BACKUP_PASSWORD, backup_password_source
 
 BACKUP_SECRET = Secret(BACKUP_PASSWORD, "the backup password")
 
@@ -59,13 +58,28 @@ class RetireOptions:
                    backup_password_source(playbook) is not None)
 
 
+BACKUP_CAPTURE = "Backup_"
+
+
 def backup_capture(thumbprint: str) -> str:
     """The dry-run's variable for a backup's bytes, and the executor's key for them."""
-    return f"Backup_{thumbprint.upper()}"
+    return f"{BACKUP_CAPTURE}{thumbprint.upper()}"
 
 
 def backup_file_name(thumbprint: str) -> str:
     return f"exmig-backup-{thumbprint.upper()}.pfx"
+
+
+# The plan shows the retire step's commands before the thumbprints are known (they are facts of the server).
+PREVIOUS = Thumbprint(None, "thumbprint of a certificate that served before")
+
+
+def _thumb(thumbprint: str | Thumbprint) -> Value:
+    return Text(thumbprint) if isinstance(thumbprint, str) else thumbprint
+
+
+def _name(thumbprint: str | Thumbprint) -> str:
+    return thumbprint if isinstance(thumbprint, str) else thumbprint.value or "PREVIOUS"
 
 
 def _server_param(server: Server) -> tuple[Param, ...]:
@@ -73,26 +87,26 @@ def _server_param(server: Server) -> tuple[Param, ...]:
     return (text("Server", server.name),) if server.version == 2010 else ()
 
 
-def export_backup(server: Server, thumbprint: str) -> tuple[Command, ...]:
+def export_backup(server: Server, thumbprint: str | Thumbprint) -> tuple[Command, ...]:
     """Export-ExchangeCertificate -BinaryEncoded -Password: 2010 answers the bytes (FileData); 2007 writes a file,
     which is read back and deleted (2007 has no FileData output, see dialects.Dialect.export)."""
-    params = (Param("Thumbprint", Text(thumbprint)), Param("BinaryEncoded", Switch()),
+    params = (Param("Thumbprint", _thumb(thumbprint)), Param("BinaryEncoded", Switch()),
               Param("Password", BACKUP_SECRET))
-    capture = backup_capture(thumbprint)
+    capture = backup_capture(_name(thumbprint))
     if server.version == 2010:
         return (Command("Export-ExchangeCertificate", (*params, *_server_param(server)), capture=capture,
                         changes=False),)
-    path = remote_path(server, backup_file_name(thumbprint))
+    path = remote_path(server, backup_file_name(_name(thumbprint)))
     return (ensure_folder(server),
             Command("Export-ExchangeCertificate", (*params, text("Path", path)), affects=FILES_ONLY),
             read_file(server, path, capture=capture),
             remove_file(server, path))
 
 
-def remove_certificate(server: Server, thumbprint: str) -> Command:
+def remove_certificate(server: Server, thumbprint: str | Thumbprint) -> Command:
     # -Confirm:$false: Remove has ConfirmImpact High and prompts otherwise (reference §1.6, §3.1).
     return Command("Remove-ExchangeCertificate",
-                   (Param("Thumbprint", Text(thumbprint)), Param("Confirm", Switch(False)), *_server_param(server)),
+                   (Param("Thumbprint", _thumb(thumbprint)), Param("Confirm", Switch(False)), *_server_param(server)),
                    affects=CERTIFICATES)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.commands import Blob, Command, Flag, LocalFile, Param, Thumbprint, text
+from orchestrator.commands import Blob, Command, Flag, LocalFile, Param, Pending, Thumbprint, text
 from orchestrator.decision import Decision, Noop, Send
 from orchestrator.dialects import Dialect, ensure_folder, remote_path, remove_file, write_file
 from orchestrator.errors import ExmigError
@@ -28,9 +28,11 @@ class RollbackImpossible(ExmigError):
     """What served before cannot be brought back; nothing was sent."""
 
 
-def restore_backup(server: Server, thumbprint: str, backup: Path) -> tuple[Command, ...]:
-    """Import the backup PFX (exportable again on 2010, as it was when it was exported)."""
-    data = Blob(f"backup:{thumbprint.upper()}", LocalFile(str(backup)))
+def restore_backup(server: Server, thumbprint: str, backup: Path | None) -> tuple[Command, ...]:
+    """Import the backup PFX (exportable again on 2010, as it was when it was exported). `backup` None: the plan's
+    placeholder (which certificate, and so which file, is a fact of the run)."""
+    origin = LocalFile(str(backup)) if backup is not None else Pending("the backup PFX beside the journal")
+    data = Blob(f"backup:{thumbprint.upper()}", origin)
     if server.version == 2010:
         return (Command("Import-ExchangeCertificate",
                         (Param("FileData", data), Param("Password", BACKUP_SECRET),

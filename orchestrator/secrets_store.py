@@ -20,14 +20,10 @@ from collections.abc import Iterable
 
 from orchestrator.errors import ExmigError, UsageError
 from orchestrator.playbook import LAB_DEFAULT_PASSWORD, AcmeIssuer, Playbook, SecretRef, Server
+from orchestrator.secret_keys import ACME_EAB_HMAC, ACME_TSIG_SECRET, BACKUP_PASSWORD, PFX_PASSWORD
 from orchestrator.troubleshoot import add_secrets
 
-PFX_PASSWORD = "pfx-password"
-# The retired certificates' backups (orchestrator/backups.py): backup_password, else a pfx_password the admin knows.
-BACKUP_PASSWORD = "backup-password"
-# The issuer's secrets (issuer type acme): the EAB HMAC key and the TSIG secret for dns-01.
-ACME_EAB_HMAC = "acme-eab-hmac"
-ACME_TSIG_SECRET = "acme-tsig-secret"
+__all__ = ["ACME_EAB_HMAC", "ACME_TSIG_SECRET", "BACKUP_PASSWORD", "PFX_PASSWORD", "SecretStore"]
 
 
 class SecretStore:

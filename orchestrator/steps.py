@@ -11,22 +11,24 @@ says what it becomes when a `Send` succeeded, for the executor and `--check` ali
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from orchestrator import checks, coexistence, reads, status, trust
+from orchestrator import checks, coexistence, reads, retire, rollback, status, trust
 from orchestrator.certs import load_csr
 from orchestrator.commands import Command, Shell, Text, Thumbprint
 from orchestrator.decision import Noop, Read, Send
 from orchestrator.dialects import dialect_for
 from orchestrator.errors import ExitCode, ExmigError
 from orchestrator.plan import WORKSTATION, BranchName, Step, StepName
-from orchestrator.playbook import Playbook, Role, Server
-from orchestrator.reads import ServerFacts
+from orchestrator.playbook import Playbook, Role, Server, Service
+from orchestrator.previous import SERVICES, TLS_KIND
+from orchestrator.reads import ServerFacts, TlsRead
 
 
 class DependencyError(ExmigError):
@@ -51,7 +53,7 @@ PFX_REMOVED = "pfx-removed"
 class Need:
     """Read these first, then decide again. `fresh`: read even what is known (the state may be moving)."""
 
-    reads: tuple[Read[Any], ...]
+    reads: tuple[Read[Any] | TlsRead, ...]
     reason: str
     fresh: bool = False
     # Settling: the server may still be carrying out a command whose reply was lost; the executor re-reads
@@ -79,6 +81,9 @@ class RunState:
     pfx_held: bool = False  # the PFX bytes are in memory
     pfx_wanted: bool = False  # a target still needs the PFX, or --save-pfx asks for it
     enable_pending: frozenset[str] = frozenset()  # servers whose enable step is selected and not done
+    # The journal's record of what served before this run, per server (orchestrator/previous.py served_before).
+    previous: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    finished: frozenset[str] = frozenset()  # step keys the journal holds as done (earlier runs and this one)
 
     def after(self, server: str, send: Send) -> RunState:
         def add(names: frozenset[str], effect: str) -> frozenset[str]:
@@ -372,6 +377,67 @@ def _coexistence(step: Step, server: Server, facts: ServerFacts, run: RunState, 
     return decision
 
 
+def _services(server: Server, run: RunState) -> list[Service]:
+    """The playbook's services for this server that a previous certificate is recorded for (not UM)."""
+    wanted = set(server.services_for(run.playbook.certificate))
+    return [s for s in SERVICES if s in wanted]
+
+
+def _default_smtp(server: Server, run: RunState) -> str | None:
+    """This run's Enable -Services SMTP -Force made the new certificate the default SMTP certificate (retire.py):
+    known once this server's enable step is done."""
+    enabled = f"{server.name}:{StepName.ENABLE.value}" in run.finished or server.name in run.enabled_now
+    if run.thumbprint and enabled and Service.SMTP in _services(server, run):
+        return run.thumbprint
+    return None
+
+
+def _need_now(server: Server, facts: ServerFacts, why: str) -> Need | None:
+    if reads.HELD in facts.fresh and reads.PRESENTED in facts.fresh:
+        return None
+    return Need((reads.held(server), reads.presented()), why, fresh=True)
+
+
+def _retire(step: Step, server: Server, facts: ServerFacts, run: RunState, attempt: Attempt) -> Decision:
+    before = run.previous.get(server.name)
+    if before is None:
+        return Noop("nothing is recorded as serving before this run (a run's preflight records it before its first "
+                    "change)")
+    if run.thumbprint is None:
+        # Only `run --check` gets here before the CA has answered.
+        return Noop("the certificate that served before is retired once the new one serves")
+    need = _need_now(server, facts, "the certificates and what the TLS endpoints present now")
+    if need is not None:
+        return need
+    assert facts.held is not None and facts.presented is not None
+    # Verified from outside first: every endpoint of this server's services hands clients the new certificate.
+    new = run.thumbprint.upper()
+    unverified = [f"{TLS_KIND[s]} presents {facts.presented.get(TLS_KIND[s]) or 'nothing (no answer)'}"
+                  for s in _services(server, run) if (facts.presented.get(TLS_KIND[s]) or "").upper() != new]
+    if unverified:
+        return Noop(f"nothing retired: the new certificate {new} is not verified over TLS ({'; '.join(unverified)})")
+    # One command per request: each backup's bytes are written to disk before the next request (the removal).
+    return retire.retire(server, facts.held, before, run.thumbprint, facts.presented,
+                         retire.RetireOptions.from_playbook(run.playbook), _default_smtp(server, run),
+                         _services(server, run))
+
+
+def rollback_decision(server: Server, facts: ServerFacts, run: RunState, backups: Mapping[str, Path]) -> Decision:
+    """Re-enable what served before (orchestrator/rollback.py) over fresh reads; `backups`: thumbprint -> the backup
+    PFX on the workstation, for retired certificates. The commands are the verify step's rollback branch (and the
+    backup's import)."""
+    before = run.previous.get(server.name)
+    if before is None:
+        raise rollback.RollbackImpossible(
+            f"{server.name}: the journal holds no record of what served before (a run records it before its first "
+            "change); enable the old certificate by hand (Enable-ExchangeCertificate -Thumbprint ... -Services ...)")
+    need = _need_now(server, facts, "the certificates and what the TLS endpoints present now")
+    if need is not None:
+        return need
+    assert facts.held is not None and facts.presented is not None
+    return rollback.rollback(server, facts.held, before, facts.presented, backups, None, _services(server, run))
+
+
 _DECIDE = {
     StepName.REQUEST: _request,
     StepName.INSTALL_CHAIN: _install_chain,
@@ -383,6 +449,7 @@ _DECIDE = {
     StepName.CLEANUP: _cleanup,
     StepName.COEXISTENCE: _coexistence,
     StepName.VERIFY: _verify,
+    StepName.RETIRE: _retire,
 }
 
 # Steps that need the CA's certificate (its thumbprint) before a run can send anything for them.

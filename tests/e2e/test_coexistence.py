@@ -88,5 +88,11 @@ def test_coexistence_moves_2007_to_the_legacy_host_once_and_verify_prints_the_dn
         dns = verify.stdout[verify.stdout.index("DNS"):]
         assert "mail.mitserv.net" in dns and "EX2010" in dns.split("mail.mitserv.net", 1)[1].splitlines()[0]
         assert LEGACY in dns and "EX2007" in dns.split(LEGACY, 1)[1].splitlines()[0]
+
+        # exmig rollback restores the URLs as they were before (journaled before the change): none on a fresh lab.
+        rolled = lab.exmig("rollback", str(lab.playbook_path), "--yes")
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        for cmdlet in URLS:
+            assert _external_url(lab, cmdlet) is None, cmdlet
     finally:
         lab.site.stop()

@@ -10,6 +10,7 @@ from tests.conftest import ROOT
 MITSERV = ROOT / "playbooks" / "mitserv.yml"
 FILES_2010 = ROOT / "tests" / "fixtures" / "playbooks" / "files-2010.yml"
 ISSUED = ROOT / "tests" / "fixtures" / "issued"
+RETIRE = ROOT / "tests" / "fixtures" / "playbooks" / "retire.yml"
 
 
 def test_mitserv_plan_text_before_the_ca_answers(exmig: Callable, golden: Callable, monkeypatch) -> None:
@@ -78,4 +79,19 @@ def test_steps_lists_every_step_in_order(exmig: Callable) -> None:
     result = exmig("steps")
     names = [line.split()[0] for line in result.out.splitlines()]
     assert names == ["request", "issue", "install-chain", "complete", "enable", "export", "copy", "import",
-                     "cleanup", "coexistence", "verify"]
+                     "cleanup", "coexistence", "verify", "retire"]
+
+
+def test_retire_and_rollback_are_planned(exmig: Callable, golden: Callable, monkeypatch) -> None:
+    """Every command the retire step and verify's rollback can send is printed, with placeholders for the
+    thumbprints the servers' facts decide (issue 18)."""
+    monkeypatch.chdir(ROOT)
+    result = exmig("plan", str(RETIRE))
+    assert result.code == 0, result.err
+    golden("retire.txt", result.out)
+    steps = [line.split()[1] for line in result.out.splitlines() if line[:5].strip().rstrip(".").isdigit()]
+    assert steps[-4:] == ["verify:", "retire:", "verify:", "retire:"]
+    for cmdlet in ("Export-ExchangeCertificate -Thumbprint <thumbprint of a certificate that served before>",
+                   "Remove-ExchangeCertificate -Thumbprint <thumbprint of a certificate that served before>",
+                   "Enable-ExchangeCertificate -Thumbprint <thumbprint of a certificate that served before>"):
+        assert result.out.count(cmdlet) == 2, cmdlet  # on both servers
