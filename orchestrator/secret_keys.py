@@ -8,6 +8,9 @@ from orchestrator.playbook import Playbook, SecretRef
 PFX_PASSWORD = "pfx-password"
 # The retired certificates' backups (orchestrator/backups.py): backup_password, else a pfx_password the admin knows.
 BACKUP_PASSWORD = "backup-password"
+# The issuer's secrets (issuer type acme): the EAB HMAC key and the TSIG secret for dns-01.
+ACME_EAB_HMAC = "acme-eab-hmac"
+ACME_TSIG_SECRET = "acme-tsig-secret"
 
 
 def backup_password_source(playbook: Playbook) -> SecretRef | None:

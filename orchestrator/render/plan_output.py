@@ -125,6 +125,9 @@ def preflight_lines(plan: Plan, playbook: Playbook) -> list[str]:
         server = playbook.server(name)
         lines.append(f"  {server.name}:")
         lines.extend(_command_lines(server, tuple(r.command for r in preflight(server, requesting)), "      "))
+        kinds = ", ".join(f"{kind} {port}" for kind, port in server.tls_ports.items())
+        lines.append(f"      # and, once, what its TLS endpoints present is recorded as served before ({kinds}): "
+                     "exmig rollback's record")
     return lines
 
 
