@@ -8,11 +8,18 @@ from collections.abc import Callable
 from orchestrator.dialects import add_snapin
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import check_ticket, check_username, principal_name
-from orchestrator.playbook import LoadedPlaybook, Server
+from orchestrator.playbook import Endpoint, LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
-from orchestrator.transport.base import ServerSession, SessionSpec
+from orchestrator.transport.base import FULL_LANGUAGE, NO_LANGUAGE, ServerSession, SessionSpec
 
 log = logging.getLogger(__name__)
+
+
+def language(endpoint: Endpoint) -> str:
+    """Exchange 2010's remote PowerShell endpoint (Microsoft.Exchange) runs commands only and refuses script text
+    ("The syntax is not supported by this runspace...": exchange-cmdlets reference §4.2, [S14]);
+    Microsoft.PowerShell (/wsman, and 2007's session) is a FullLanguage endpoint."""
+    return NO_LANGUAGE if endpoint.configuration.lower() == "microsoft.exchange" else FULL_LANGUAGE
 
 
 def session_spec(server: Server) -> SessionSpec:
@@ -25,6 +32,8 @@ def session_spec(server: Server) -> SessionSpec:
         prelude=(snapin,) if snapin is not None else (),
         # Exchange 2010's /PowerShell (IIS) takes Kerberos only (jborean93/pypsrp issue #187).
         kerberos_only=server.version == 2010,
+        exchange_language=language(server.exchange_endpoint),
+        system_language=language(server.system_endpoint),
     )
 
 

@@ -16,6 +16,12 @@ words for native-program arguments; a bare `$Var` only when the caller declares 
 (`orchestrator/render/winrs_script.py`): a command after one fixed stdin-reading prelude line per
 SecureString, a byte-write chunk, and a SHA-256 hash check. Those fixed texts are written out
 again here rather than imported, so the round-trip tests compare two independent spellings.
+
+`dispatched_commands` reads the one script a FullLanguage PowerShell 2.0 session is sent for several
+commands in one pipeline (`orchestrator/transport/psrp.DISPATCHER`, spelled again here): exactly that
+text, with its single typed argument -Commands, each item [name, Hashtable of named parameters, list of
+positional arguments]. The lab runs the commands that argument names, bound from its values; any other
+script text is refused.
 """
 
 from __future__ import annotations
@@ -304,3 +310,40 @@ def parse_winrs_script(text: str) -> WinrsScript:
     if sorted(used) != sorted(s.lower() for s in secrets):
         raise ParseError("each SecureString read from stdin must be used exactly once")
     return WinrsCommand(command, tuple(secrets))
+
+
+# --- the PSRP dispatcher (PowerShell 2.0 FullLanguage sessions) --------------------------------------
+
+_DISPATCHER = "\n".join([
+    "param([object[]]$Commands)",
+    "$ErrorActionPreference = 'Stop'",
+    "foreach ($exmigCommand in $Commands) {",
+    "    $exmigName = $exmigCommand[0]",
+    "    $exmigNamed = $exmigCommand[1]",
+    "    $exmigPositional = $exmigCommand[2]",
+    "    & $exmigName @exmigPositional @exmigNamed",
+    "}",
+])
+
+
+def is_dispatcher(text: str) -> bool:
+    return text.replace("\r\n", "\n") == _DISPATCHER
+
+
+def dispatched_commands(arguments: list[tuple[str | None, Any]]) -> list[tuple[str, list[tuple[str | None, Any]]]]:
+    """The dispatcher's -Commands as (name, [(parameter name or None, value)]), positional first as the
+    splatting binds them; ParseError for any other argument shape."""
+    if len(arguments) != 1 or (arguments[0][0] or "").lower() != "commands" or not isinstance(arguments[0][1], list):
+        raise ParseError("the dispatcher takes one argument, -Commands, a list")
+    out: list[tuple[str, list[tuple[str | None, Any]]]] = []
+    for item in arguments[0][1]:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], dict) and isinstance(item[2], list)):
+            raise ParseError("each dispatched command is [name, Hashtable, list]")
+        name, named, positional = item
+        if not _NAME.fullmatch(name):
+            raise ParseError(f"not a command name: {name!r}")
+        args: list[tuple[str | None, Any]] = [(None, v) for v in positional]
+        args += [(str(k), v) for k, v in named.items()]
+        out.append((name, args))
+    return out

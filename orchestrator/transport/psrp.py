@@ -7,8 +7,11 @@ SecureStrings are encrypted with the session key exchanged first.
 
 Where the server speaks PSRP 2.2 or later (PowerShell 3.0+), several commands can share one pipeline,
 one statement each (AddStatement; MS-PSRP sends them in the PowerShell object's ExtraCmds): one
-Command + Receive instead of one per command. PowerShell 2.0 servers (protocol 2.1) get one command
-per pipeline, and the 2007 snap-in its own pipeline.
+Command + Receive instead of one per command. PowerShell 2.0 servers (protocol 2.1) have no ExtraCmds;
+there a FullLanguage endpoint (/wsman's Microsoft.PowerShell, 2007's session) gets the commands as the
+typed argument of one fixed script, `DISPATCHER` (AddScript + AddParameter -Commands: never a value in
+script text; SecureStrings stay SecureString, bytes byte[]), and the 2007 snap-in rides in it. A
+no-language endpoint (2010's Microsoft.Exchange, which refuses script) keeps one command per pipeline.
 """
 
 from __future__ import annotations
@@ -224,6 +227,21 @@ def _multi_statement(pool: RunspacePool) -> bool:
         return False
 
 
+# Several commands in one pipeline without ExtraCmds (PowerShell 2.0): each item of -Commands is
+# [name, named parameters (a Hashtable), positional arguments (a list)], invoked with splatting, which binds
+# a Hashtable by name and a list by position (about_Splatting; a native program such as certutil.exe gets
+# the list as its argv and its output lines come back as strings). 'Stop' turns the first error, also a
+# non-terminating one, into the terminating error record of that command: the rest does not run and the
+# pipeline fails with the server's own text (about_Preference_Variables).
+DISPATCHER = """param([object[]]$Commands)
+$ErrorActionPreference = 'Stop'
+foreach ($exmigCommand in $Commands) {
+    $exmigName = $exmigCommand[0]
+    $exmigNamed = $exmigCommand[1]
+    $exmigPositional = $exmigCommand[2]
+    & $exmigName @exmigPositional @exmigNamed
+}"""
+
 MAX_POLLS = 10_000  # with idle_polls, a bound on polling a command that keeps sending something
 
 
@@ -291,7 +309,7 @@ class PsrpServerSession:
         self._pools[key] = pool
         if self._spec.prelude and endpoint == self._spec.exchange:
             # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
-            if _multi_statement(pool):
+            if _multi_statement(pool) or self._spec.runs_scripts(Shell.EXCHANGE):
                 self._snapin_pending.add(key)
             else:
                 ps = PowerShell(pool)
@@ -337,9 +355,10 @@ class PsrpServerSession:
         return self.invoke_batch((command,), values)
 
     def can_batch(self, shell: Shell) -> bool:
-        """Whether several commands for this shell can go as the statements of one pipeline."""
+        """Whether several commands for this shell can go in one pipeline: as its statements (PSRP 2.2+) or
+        through the dispatcher script (a FullLanguage endpoint)."""
         _, pool = self._pool(self._endpoint(shell))
-        return _multi_statement(pool)
+        return _multi_statement(pool) or self._spec.runs_scripts(shell)
 
     def invoke_batch(self, commands: Sequence[Command], values: ValueSource) -> InvocationResult:
         """The commands as the statements of one pipeline (all for the same shell; see can_batch). Their
@@ -347,9 +366,12 @@ class PsrpServerSession:
         shells = {c.shell for c in commands}
         if len(shells) != 1:
             raise ValueError("a batch goes to one shell")
-        key, pool = self._pool(self._endpoint(commands[0].shell))
-        if len(commands) > 1 and not _multi_statement(pool):
-            raise ValueError(f"{self.name}: PSRP {pool.protocol_version} runs one statement per pipeline")
+        shell = commands[0].shell
+        key, pool = self._pool(self._endpoint(shell))
+        statements = _multi_statement(pool)
+        if len(commands) > 1 and not statements and not self._spec.runs_scripts(shell):
+            raise ValueError(f"{self.name}: PSRP {pool.protocol_version} runs one statement per pipeline and "
+                             "this endpoint runs no script")
         needs_key = any(isinstance(p.value, Secret) for c in commands for p in c.params)
         if needs_key and key not in self._keyed:
             try:
@@ -360,11 +382,16 @@ class PsrpServerSession:
         ps = PowerShell(pool)
         names = [c.name for c in commands]
         snapin = key in self._snapin_pending
+        prelude = self._spec.prelude if snapin else ()
         if snapin:
-            self._add_commands(ps, self._spec.prelude, None)
-            ps.add_statement()
-            names[:0] = [c.name for c in self._spec.prelude]
-        self._add_commands(ps, commands, values)
+            names[:0] = [c.name for c in prelude]
+        if statements or len(prelude) + len(commands) == 1:
+            if prelude:
+                self._add_commands(ps, prelude, None)
+                ps.add_statement()
+            self._add_commands(ps, commands, values)
+        else:
+            self._add_dispatch(ps, prelude, commands, values)
         try:
             result = self._run(ps, " + ".join(names))
         except BaseException:
@@ -389,6 +416,28 @@ class PsrpServerSession:
                 else:
                     ps.add_parameter(param.name, value)
             if self._on_send is not None and values is not None:
+                self._on_send(self.name, command)
+
+    def _add_dispatch(self, ps: PowerShell, prelude: Sequence[Command], commands: Sequence[Command],
+                      values: ValueSource) -> None:
+        """The commands as the one typed argument of DISPATCHER."""
+        items: list[list[Any]] = []
+        for command, resolve in [*((c, _NO_VALUES) for c in prelude), *((c, values) for c in commands)]:
+            named: dict[str, Any] = {}
+            positional: list[Any] = []
+            for param in command.params:
+                value = _value(self.name, param.name, param.value, resolve)
+                if isinstance(param.value, Switch):
+                    value = param.value.present  # splatting binds a switch from a boolean
+                if param.name is None:
+                    positional.append(value)
+                else:
+                    named[param.name] = value
+            items.append([command.name, named, positional])
+        ps.add_script(DISPATCHER)
+        ps.add_parameter("Commands", items)
+        if self._on_send is not None:
+            for command in commands:
                 self._on_send(self.name, command)
 
     def _drop(self, key: tuple[str, int, str, str]) -> None:
