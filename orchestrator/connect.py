@@ -11,6 +11,7 @@ from orchestrator.kerberos import check_ticket, check_username, principal_name
 from orchestrator.playbook import Endpoint, LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
 from orchestrator.transport.base import FULL_LANGUAGE, NO_LANGUAGE, ServerSession, SessionSpec
+from orchestrator.transport.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,15 @@ def session_spec(server: Server) -> SessionSpec:
         # Exchange 2010's /PowerShell (IIS) takes Kerberos only (jborean93/pypsrp issue #187).
         kerberos_only=server.version == 2010,
         exchange_language=language(server.exchange_endpoint),
+        exchange_throttled=server.exchange_endpoint.configuration.lower() == "microsoft.exchange",
         system_language=language(server.system_endpoint),
     )
+
+
+def limits(loaded: LoadedPlaybook) -> Limits:
+    given = loaded.playbook.limits
+    return Limits(shells=given.max_shells_per_user, operations=given.max_operations_per_user,
+                  exchange_sessions=given.exchange_max_sessions, idle_timeout=given.idle_timeout)
 
 
 def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
@@ -72,6 +80,7 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
             verify_tls=verify,
             operation_timeout=policy.operation_timeout,
             read_timeout=policy.read_timeout,
+            limits=limits(loaded),
         )
         if server.connection.transport == "winrs":
             from orchestrator.render.winrs_script import EXSHELL_CONSOLE_FILE

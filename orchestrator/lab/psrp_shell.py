@@ -166,6 +166,7 @@ class _Pipeline:
     worker: threading.Thread | None = None
     host_answers: dict[int, Any] = field(default_factory=dict)  # PipelineHostResponse results by call id
     strict: bool = False  # the first error stops the pipeline ($ErrorActionPreference = 'Stop')
+    dispatched: list[str] | None = None  # the dispatcher's commands (fault rules match on them)
 
 
 class ShellClosed(Exception):
@@ -416,6 +417,7 @@ class PsrpShell:
             except pslang.ParseError as exc:
                 raise engine.script_not_supported_error(f"{exc}: {statements[0][0].name}") from None
             pipe.strict = True
+            pipe.dispatched = [name for name, _ in commands]
             return [[engine.Invocation(name=name, arguments=args)] for name, args in commands]
         if self.protocol < MULTI_STATEMENT_PROTOCOL:
             # Statements after the first travel in the PowerShell object's ExtraCmds, which protocol 2.2
@@ -596,6 +598,8 @@ class PsrpShell:
             metadata = pipe.pipeline.metadata if pipe is not None else None
             if pipe is None or metadata is None or not pipe.finished or self._queues.get(pid):
                 return None
+            if pipe.dispatched is not None:  # the dispatcher script: the commands its argument named
+                return list(pipe.dispatched)
             return [cmd.command_text for cmd in getattr(metadata, "commands", [])]
 
     def send(self, command_id: str | None, data: bytes) -> None:

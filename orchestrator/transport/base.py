@@ -125,6 +125,9 @@ class SessionSpec:
     # PowerShell 2.0); Exchange 2010's Microsoft.Exchange endpoint is NoLanguage (commands only).
     exchange_language: str = FULL_LANGUAGE
     system_language: str = FULL_LANGUAGE
+    # The Exchange endpoint is Exchange 2010's own /PowerShell (IIS-hosted): its sessions count against
+    # Exchange's throttling policy, not against WinRM's shells per user.
+    exchange_throttled: bool = False
 
     def endpoint(self, shell: Shell) -> Endpoint:
         return self.exchange if shell is Shell.EXCHANGE else self.system

@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -45,6 +46,7 @@ from orchestrator.transport.base import (
     classify_kerberos_error,
     first_line,
 )
+from orchestrator.transport.limits import Budget, Limits
 from orchestrator.troubleshoot import watch_wsman
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,12 @@ class ConnectionSettings:
     # Kerberos (auth kerberos/negotiate): the SPN asked for is <spn_service>/<spn_hostname>.
     spn_service: str | None = None
     spn_hostname: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    # How long a request waits for room within the server's limits before it counts as a transient failure.
+    limit_wait: float = 120.0
+
+    def budget(self, server: str) -> Budget:
+        return Budget(server, self.host, self.username, self.limits, self.limit_wait)
 
     def __repr__(self) -> str:  # never show the password
         return f"ConnectionSettings(host={self.host!r}, auth={self.auth!r}, username={self.username!r})"
@@ -265,6 +273,8 @@ class PsrpServerSession:
         self._snapin_pending: set[tuple[str, int, str, str]] = set()
         self._endpoints: dict[tuple[str, int, str, str], Endpoint] = {}
         self._on_send = on_send
+        self._budget = settings.budget(spec.name)
+        self._last_used: dict[tuple[str, int, str, str], float] = {}
 
     def _wsman(self, endpoint: Endpoint) -> WSMan:
         s = self._settings
@@ -298,15 +308,27 @@ class PsrpServerSession:
     def _pool(self, endpoint: Endpoint) -> tuple[tuple[str, int, str, str], RunspacePool]:
         key = (endpoint.scheme, endpoint.port, endpoint.path.lower(), endpoint.configuration)
         pool = self._pools.get(key)
+        idle = self._idle_for(key)
+        if pool is not None and idle >= 0.75 * self._settings.limits.idle_timeout:
+            # The server deletes a shell idle for its IdleTimeout (a long wait for the CA): rather than find it
+            # gone mid-step, start a new one before sending anything (three quarters of the timeout: what runs
+            # next fits in the rest). Past the whole timeout the server has deleted it already.
+            self._drop(key, delete=idle < self._settings.limits.idle_timeout)
+            pool = None
         if pool is not None:
             return key, pool
         pool = RunspacePool(self._wsman(endpoint), configuration_name=endpoint.configuration)
         self._endpoints[key] = endpoint
+        throttled = self._throttled(endpoint)
+        self._budget.open_shell(endpoint.port, throttled)
         try:
-            pool.open()
+            with self._budget.operation(endpoint.port):
+                pool.open()
         except Exception as exc:  # noqa: BLE001 - classified below
+            self._budget.close_shell(endpoint.port, throttled)
             raise self._classify(exc) from exc
         self._pools[key] = pool
+        self._touch(key)
         if self._spec.prelude and endpoint == self._spec.exchange:
             # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
             if _multi_statement(pool) or self._spec.runs_scripts(Shell.EXCHANGE):
@@ -317,13 +339,29 @@ class PsrpServerSession:
                 self._run(ps, " + ".join(c.name for c in self._spec.prelude))
         return key, pool
 
+    def _throttled(self, endpoint: Endpoint) -> bool:
+        return self._spec.exchange_throttled and endpoint == self._spec.exchange
+
+    def _touch(self, key: tuple[str, int, str, str]) -> None:
+        self._last_used[key] = time.monotonic()
+
+    def _idle_for(self, key: tuple[str, int, str, str]) -> float:
+        last = self._last_used.get(key)
+        return 0.0 if last is None else time.monotonic() - last
+
     def _run(self, ps: PowerShell, name: str) -> InvocationResult:
+        key = next((k for k, p in self._pools.items() if p is ps.runspace_pool), None)
+        endpoint = self._endpoints.get(key) if key is not None else None
         try:
-            output = self._invoke(ps, name)
+            with self._budget.operation(endpoint.port if endpoint is not None else 0):
+                output = self._invoke(ps, name)
         except TransientError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
             raise self._classify(exc) from exc
+        finally:
+            if key is not None:
+                self._touch(key)
         errors = [str(e) for e in ps.streams.error]
         if ps.had_errors or errors:
             first = ps.streams.error[0] if ps.streams.error else None
@@ -375,7 +413,8 @@ class PsrpServerSession:
         needs_key = any(isinstance(p.value, Secret) for c in commands for p in c.params)
         if needs_key and key not in self._keyed:
             try:
-                pool.exchange_keys()
+                with self._budget.operation(self._endpoints[key].port):
+                    pool.exchange_keys()
             except Exception as exc:  # noqa: BLE001
                 raise self._classify(exc) from exc
             self._keyed.add(key)
@@ -440,15 +479,23 @@ class PsrpServerSession:
             for command in commands:
                 self._on_send(self.name, command)
 
-    def _drop(self, key: tuple[str, int, str, str]) -> None:
+    def _drop(self, key: tuple[str, int, str, str], delete: bool = True) -> None:
         pool = self._pools.pop(key, None)
         self._keyed.discard(key)
         self._snapin_pending.discard(key)
+        self._last_used.pop(key, None)
         if pool is not None:
+            endpoint = self._endpoints[key]
             try:
-                pool.close()
+                if delete:
+                    with self._budget.operation(endpoint.port):
+                        pool.close()
+                else:
+                    pool.connection.close()
             except Exception as exc:  # noqa: BLE001 - best effort; the server expires the shell
                 log.debug("closing a pool on %s failed: %s", self.name, first_line(exc))
+            finally:
+                self._budget.close_shell(endpoint.port, self._throttled(endpoint))
 
     def reopen(self) -> None:
         """Drop the pools; the next command opens new ones.
@@ -460,10 +507,17 @@ class PsrpServerSession:
         pools, self._pools = self._pools, {}
         self._keyed.clear()
         self._snapin_pending.clear()
+        self._last_used.clear()
         for key, pool in pools.items():
-            self._abandon(self._endpoints[key], pool)
-            with contextlib.suppress(Exception):
-                pool.connection.close()
+            endpoint = self._endpoints[key]
+            try:
+                with self._budget.operation(endpoint.port):
+                    self._abandon(endpoint, pool)
+                with contextlib.suppress(Exception):
+                    pool.connection.close()
+            finally:
+                # Deleted, or (a dead server) expired by it: either way not ours to count any more.
+                self._budget.close_shell(endpoint.port, self._throttled(endpoint))
 
     def _abandon(self, endpoint: Endpoint, pool: RunspacePool) -> None:
         shell_id = pool.shell.id

@@ -199,6 +199,8 @@ class WinrsServerSession:
         self.console_file = console_file
         self._protocol: Protocol | None = None
         self._shell_id: str | None = None
+        self._budget = settings.budget(spec.name)
+        self._last_used = 0.0
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -207,9 +209,20 @@ class WinrsServerSession:
         host = f"[{self._settings.host}]" if ":" in self._settings.host else self._settings.host
         return f"{ep.scheme}://{host}:{ep.port}/wsman"  # the cmd shell lives at /wsman
 
+    def _port(self) -> int:
+        return self._spec.exchange.port
+
     def _shell(self) -> tuple[Protocol, str]:
         if self._protocol is not None and self._shell_id is not None:
-            return self._protocol, self._shell_id
+            idle = time.monotonic() - self._last_used
+            if idle < 0.75 * self._settings.limits.idle_timeout:
+                return self._protocol, self._shell_id
+            # The server deletes a shell idle for its IdleTimeout: a new one before sending anything (past the
+            # whole timeout the server has deleted it already).
+            if idle < self._settings.limits.idle_timeout:
+                self.close()
+            else:
+                self.reopen()
         s = self._settings
         https = self._spec.exchange.scheme == "https"
         verify = s.verify_tls
@@ -223,17 +236,24 @@ class WinrsServerSession:
             service=s.spn_service or DEFAULT_SPN_SERVICE["winrs"], kerberos_hostname_override=s.spn_hostname,
         )
         watch_protocol(protocol, self.name)
+        self._budget.open_shell(self._port(), exchange=False)  # WinRS's cmd shell is a WinRM shell
         try:
-            shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+            with self._budget.operation(self._port()):
+                shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
         except Exception as exc:
+            self._budget.close_shell(self._port(), exchange=False)
             raise classify(self.name, exc, self._kerberos) from exc
         self._protocol, self._shell_id = protocol, shell_id
+        self._last_used = time.monotonic()
         return protocol, shell_id
 
     def reopen(self) -> None:
-        """Forget the shell without a Delete (the connection is suspect); the server expires it."""
+        """Forget the shell without a Delete (the connection is suspect); the server expires it. It no longer
+        counts against this session's budget: the lab shows the old shell gone by the time a new one opens
+        (the reset or the fault that caused this ended it), and a real server expires it after IdleTimeout."""
         protocol, self._protocol, self._shell_id = self._protocol, None, None
         if protocol is not None:
+            self._budget.close_shell(self._port(), exchange=False)
             try:
                 protocol.transport.close_session()
             except Exception as exc:  # noqa: BLE001 - best effort
@@ -244,9 +264,12 @@ class WinrsServerSession:
         self._protocol, self._shell_id = None, None
         if protocol is not None and shell_id is not None:
             try:
-                protocol.close_shell(shell_id)
+                with self._budget.operation(self._port()):
+                    protocol.close_shell(shell_id)
             except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
                 log.debug("closing the shell on %s failed: %s", self.name, first_line(exc))
+            finally:
+                self._budget.close_shell(self._port(), exchange=False)
 
     # -- one process -------------------------------------------------------------------------------
 
@@ -265,6 +288,14 @@ class WinrsServerSession:
         if length > winrs_script.CMD_EXE_LIMIT:
             raise ExmigError(f"{self.name}: the command is {length} characters, over cmd.exe's "
                              f"{winrs_script.CMD_EXE_LIMIT}; WinRS cannot send it")
+        try:
+            with self._budget.operation(self._port()):
+                return self._run_process(protocol, shell_id, args, stdin)
+        finally:
+            self._last_used = time.monotonic()
+
+    def _run_process(self, protocol: Protocol, shell_id: str, args: list[str],
+                     stdin: bytes | None) -> tuple[str, str, int]:
         try:
             command_id = protocol.run_command(shell_id, winrs_script.POWERSHELL_EXE, args)
             if stdin is not None:
