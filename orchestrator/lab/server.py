@@ -8,6 +8,8 @@ Every request ends up in the request log.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import base64
 import os
 import ssl
@@ -184,6 +186,7 @@ class LabServer:
         self.limits = limits
         # Highest use seen per user (benchmarks and tests check that exmig stays within the limits).
         self.peaks: dict[str, int] = {"shells": 0, "exchange_sessions": 0, "operations": 0}
+        self.pool_opens: Counter[str] = Counter()  # runspace pools opened, per configuration (benchmarks)
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
         self._bound_port: int | None = None
@@ -575,6 +578,7 @@ class LabServer:
             shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language, ep.powershell)
             shell.create(creation.text or "")
             # Opening the runspace is the server's work (Exchange builds the user's cmdlets and RBAC scope).
+            self.pool_opens[ep.configuration] += 1
             pause = self.costs.pool_open(ep.configuration)
             if pause:
                 time.sleep(pause)
