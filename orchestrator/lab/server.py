@@ -8,8 +8,6 @@ Every request ends up in the request log.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import base64
 import os
 import ssl
@@ -17,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
