@@ -93,10 +93,12 @@ def _session_note(server: Server, command: Command) -> str | None:
     return None
 
 
-def _command_lines(server: Server | None, commands: tuple[Command, ...], indent: str) -> list[str]:
+def _command_lines(server: Server | None, commands: tuple[Command, ...], indent: str,
+                   grouped: bool = True) -> list[str]:
+    """`grouped` False: each command its own request (reads: the executor sends each read on its own)."""
     lines: list[str] = []
     last_note: str | None = None
-    for request in requests(server, commands):
+    for request in requests(server, commands) if grouped else tuple((c,) for c in commands):
         note = _session_note(server, request[0]) if server else None
         if note and note != last_note:
             lines.append(indent + note)
@@ -114,7 +116,7 @@ def step_lines(step: Step, server: Server | None, indent: str = "      ") -> lis
     lines: list[str] = []
     if step.reads:
         lines.append(indent + "# " + _reads_heading(step))
-        lines.extend(_command_lines(server, step.reads, indent))
+        lines.extend(_command_lines(server, step.reads, indent, grouped=False))
         if step.commands:
             lines.append(indent + "# then, unless the server holds the result already:")
     lines.extend(_command_lines(server, step.commands, indent))
@@ -236,7 +238,7 @@ def step_json(number: int, step: Step, server: Server | None = None) -> dict[str
         "branches": [{"branch": b.name.value, "when": b.when, "commands": [command_json(c, server) for c in b.commands]}
                      for b in step.branches],
     }
-    sent = winrs_json(server, (*(requests(server, step.reads)), *requests(server, step.commands),
+    sent = winrs_json(server, (*((c,) for c in step.reads), *requests(server, step.commands),
                                *(r for b in step.branches for r in requests(server, b.commands))))
     if sent is not None:
         out["winrs"] = sent  # each request as the WinRS server gets it: one powershell.exe
