@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +201,30 @@ def test_command_lines_split_back_to_the_rendered_arguments() -> None:
     assert split_command_line(" ".join(["powershell.exe", *args]))[1:] == [
         "-NoLogo", "-NoProfile", "-NonInteractive", "-PSConsoleFile", winrs_script.EXSHELL_CONSOLE_FILE,
         "-OutputFormat", "xml", "-EncodedCommand", winrs_script.encode(script)]
+
+
+def test_an_idle_shell_is_replaced_before_anything_is_sent(lab: InProcessLab) -> None:
+    """limits.idle_timeout known (0.4 s here): idle for three quarters of it, the shell is deleted and a new one
+    opened first; idle past it, a new one without the Delete (the server has expired it). No request meets a
+    deleted shell either way."""
+    from dataclasses import replace
+
+    from orchestrator.transport.limits import Limits
+
+    quick = replace(settings(lab), limits=Limits(idle_timeout=0.4))
+    log = lab.server("EX2007").winrm.log
+    probe = Command("Test-Path", (Param("Path", Text("C:\\Certs")),), shell=Shell.SYSTEM)
+    session = WinrsServerSession(session_spec(lab.loaded.playbook.server("EX2007")), quick)
+    start = len(log.records())
+    try:
+        session.invoke(probe, Values())
+        creates, deletes = log.count("Create"), log.count("Delete")
+        time.sleep(0.32)
+        assert session.invoke(probe, Values()).output == [True]
+        assert (log.count("Create"), log.count("Delete")) == (creates + 1, deletes + 1)
+        time.sleep(0.45)
+        assert session.invoke(probe, Values()).output == [True]
+        assert (log.count("Create"), log.count("Delete")) == (creates + 2, deletes + 1)
+    finally:
+        session.close()
+    assert not any(r.wsman_fault for r in log.records()[start:])
