@@ -204,14 +204,14 @@ def test_command_lines_split_back_to_the_rendered_arguments() -> None:
 
 
 def test_an_idle_shell_is_replaced_before_anything_is_sent(lab: InProcessLab) -> None:
-    """limits.idle_timeout known (0.4 s here): idle for three quarters of it, the shell is deleted and a new one
+    """limits.idle_timeout known (2 s here): idle for three quarters of it, the shell is deleted and a new one
     opened first; idle past it, a new one without the Delete (the server has expired it). No request meets a
     deleted shell either way."""
     from dataclasses import replace
 
     from orchestrator.transport.limits import Limits
 
-    quick = replace(settings(lab), limits=Limits(idle_timeout=0.4))
+    quick = replace(settings(lab), limits=Limits(idle_timeout=2.0))
     log = lab.server("EX2007").winrm.log
     probe = Command("Test-Path", (Param("Path", Text("C:\\Certs")),), shell=Shell.SYSTEM)
     session = WinrsServerSession(session_spec(lab.loaded.playbook.server("EX2007")), quick)
@@ -219,10 +219,10 @@ def test_an_idle_shell_is_replaced_before_anything_is_sent(lab: InProcessLab) ->
     try:
         session.invoke(probe, Values())
         creates, deletes = log.count("Create"), log.count("Delete")
-        time.sleep(0.32)
+        time.sleep(1.6)  # within 1.5..2 s: a Delete, then a new shell
         assert session.invoke(probe, Values()).output == [True]
         assert (log.count("Create"), log.count("Delete")) == (creates + 1, deletes + 1)
-        time.sleep(0.45)
+        time.sleep(2.1)  # past 2 s: the server expired it
         assert session.invoke(probe, Values()).output == [True]
         assert (log.count("Create"), log.count("Delete")) == (creates + 2, deletes + 1)
     finally:
