@@ -250,6 +250,17 @@ foreach ($exmigCommand in $Commands) {
     & $exmigName @exmigPositional @exmigNamed
 }"""
 
+def _failed_command(name: str, record: Any) -> str:
+    """Of a request "A + B", the command whose error record this is (its CategoryInfo activity, or the name it
+    was invoked by), so the one-line error names it; the request's name when the record names none of them."""
+    names = name.split(" + ")
+    for said in (getattr(record, "activity", None), getattr(record, "invocation_name", None)):
+        for candidate in names:
+            if said and str(said).lower() == candidate.lower():
+                return candidate
+    return name
+
+
 MAX_POLLS = 10_000  # with idle_polls, a bound on polling a command that keeps sending something
 
 
@@ -366,7 +377,7 @@ class PsrpServerSession:
         if ps.had_errors or errors:
             first = ps.streams.error[0] if ps.streams.error else None
             message = errors[0] if errors else "the command failed"
-            raise RemoteError(self.name, name, message, getattr(first, "fq_error", None))
+            raise RemoteError(self.name, _failed_command(name, first), message, getattr(first, "fq_error", None))
         return InvocationResult(
             output=[to_python(o) for o in output],
             # pypsrp's InformationalRecord keeps the text in .message (MS-PSRP 2.2.3.16); str() of it is "None".

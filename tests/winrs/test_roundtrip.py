@@ -109,7 +109,8 @@ def check_round_trip(command: Command, blob: bytes = b"") -> None:
 
 def check_request(commands: tuple[Command, ...]) -> None:
     """A request's script decodes to the same commands and values: secrets and bytes as the stdin variables."""
-    if any(c.unresolved for c in commands):
+    # A thumbprint the CA has not given yet cannot be in a script; bytes not known yet can (they go on stdin).
+    if any(isinstance(p.value, Thumbprint) and not p.value.known for c in commands for p in c.params):
         with pytest.raises(winrs_script.NotSendable):
             winrs_script.request_script(commands)
         return
