@@ -37,6 +37,7 @@ from orchestrator.issuance import from_lab_ca
 from orchestrator.plan import Facts, IntermediateFact, StepName, build_plan
 from orchestrator.playbook import LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
+from orchestrator.transport.base import ServerSession
 
 OPERATION_TIMEOUT = 20  # seconds a Receive may be held (bounded; the lab caps it at 60)
 READ_TIMEOUT = 30
@@ -76,15 +77,37 @@ class TimedEvents(JsonEvents):
         super().step_finished(server, step, outcome, reason, seconds)
 
 
-def run_exmig(farm: LabFarm, parallel: int | None = None, label: str = "exmig") -> RunResult:
-    """`exmig run --yes --json` in-process: the journal, secrets, sessions and options as the CLI builds them."""
+class OneCommandPerRequest:
+    """A session that never batches: WinRS as it was before issue 19, one powershell.exe per command."""
+
+    def __init__(self, inner: ServerSession) -> None:
+        self._inner = inner
+        self.name = inner.name
+
+    def can_batch(self, shell: Shell) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def run_exmig(farm: LabFarm, parallel: int | None = None, label: str = "exmig",
+              one_command_per_request: bool = False) -> RunResult:
+    """`exmig run --yes --json` in-process: the journal, secrets, sessions and options as the CLI builds them.
+    `one_command_per_request`: every request carries one command (the WinRS baseline)."""
     loaded = farm.loaded()
     path = farm.state_dir / "journal.json"
     journal = journal_mod.load(path, loaded.path)
     secrets = SecretStore(loaded.playbook, interactive=False)
     events = TimedEvents()
     options = RunOptions() if parallel is None else RunOptions(parallel=parallel)
-    executor = Executor(loaded, journal, session_factory(loaded, secrets), secrets, events, options)
+    factory = session_factory(loaded, secrets)
+    if one_command_per_request:
+        inner = factory
+
+        def factory(server: Server) -> ServerSession:  # type: ignore[misc]
+            return OneCommandPerRequest(inner(server))  # type: ignore[return-value]
+    executor = Executor(loaded, journal, factory, secrets, events, options)
     start = time.monotonic()
     executor.run()
     wall = time.monotonic() - start

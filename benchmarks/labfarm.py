@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from orchestrator.lab.ca import LabCA
+from orchestrator.lab.costs import NO_COSTS, UNLIMITED, LabCosts, LabLimits, apply_costs
 from orchestrator.lab.exchange import ExchangeServerModel, LabSettings, ServerInspector, build_registry
 from orchestrator.lab.rehearsal import rehearsal_playbook
 from orchestrator.lab.requestlog import RequestLog
@@ -99,7 +100,14 @@ class LabFarm:
     """
 
     def __init__(self, state_dir: Path, ca: LabCA, targets: int = 1, latency: float = 0.0,
-                 powershell: str = "2.0") -> None:
+                 powershell: str = "2.0", costs: LabCosts = NO_COSTS, limits: LabLimits = UNLIMITED,
+                 winrs_targets: bool = False) -> None:
+        """`costs`, `limits`: the lab's cost profile and quotas (costs.py); `winrs_targets`: the 2007 targets
+        over WinRS (powershell.exe -PSConsoleFile in a cmd shell) instead of PSRP."""
+        self.costs = costs
+        self.limits = limits
+        self.winrs_targets = winrs_targets
+        self.exshells: dict[str, Any] = {}
         if not 1 <= targets <= MAX_TARGETS:
             raise ValueError(f"targets must be between 1 and {MAX_TARGETS}")
         self.state_dir = state_dir
@@ -121,10 +129,15 @@ class LabFarm:
         # what the benchmark measures, and they would take CPU and I/O from the client on one machine.
         model = ExchangeServerModel.load_or_create(None, name=server.name, version=str(server.version), fqdn=fqdn)
         registry = build_registry(model, self.settings)
+        if self.winrs_targets and server.version == 2007:
+            from orchestrator.lab.exshell import register_exshell
+
+            self.exshells[server.name] = register_exshell(registry, model)
+        apply_costs(registry, self.costs)
         configurations = lab_endpoints(server.version, self.settings)
         username, password = lab_username(server), lab_password(server)
         winrm = LabServer(server.name, registry, {username: password}, configurations=configurations,
-                          auth=("negotiate",), port=0, latency=self.latency)
+                          auth=("negotiate",), port=0, latency=self.latency, costs=self.costs, limits=self.limits)
         return FarmServer(server, model, winrm, username, password)
 
     def start(self) -> Self:
@@ -179,8 +192,10 @@ class LabFarm:
         ports = self.ports()
         servers = []
         for server in self.wanted:
-            connection = server.connection.model_copy(update={"host": "127.0.0.1", "port": ports[server.name],
-                                                              "system_port": ports[server.name]})
+            update: dict[str, Any] = {"host": "127.0.0.1", "port": ports[server.name], "system_port": ports[server.name]}
+            if self.winrs_targets and server.version == 2007:
+                update["transport"] = "winrs"
+            connection = server.connection.model_copy(update=update)
             servers.append(server.model_copy(update={"connection": connection}))
         playbook = self._base.playbook.model_copy(update={
             "servers": servers, "issuer": LabIssuer(type="lab", ca_dir=str(self.ca.directory))})

@@ -6,6 +6,10 @@
 2. Fan-out: the same migration with N 2007 targets at one latency: wall time of the targets' part and
    requests per target, with exmig's default --parallel and with --parallel N.
 3. CLI start-up: `exmig --help` and `exmig plan playbooks/mitserv.yml` (benchmarks/startup.py).
+4. Realistic costs (issue 19, benchmarks/realistic.py): the migration for exmig, the naive per-cmdlet baseline,
+   the minimum, and a 2007 target over WinRS (exmig, and one powershell.exe per command), then the fan-out,
+   against the lab's REALISTIC cost profile (x --cost-scale) with WinRM 2.0's and Exchange's limits enforced;
+   where the time goes per server, and the issue's targets against the measured figures.
 
 Prints Markdown tables (the ones in BENCHMARKS.md) and writes every number to --json.
 Everything runs on 127.0.0.1; every client and lab request is bounded by its timeouts.
@@ -28,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import startup
+from benchmarks import realistic, startup
 from benchmarks.clients import RunResult, extra_commands, run_exmig, run_plain
 from benchmarks.labfarm import LabFarm, LabFarmProcess, ServerCount
 from orchestrator.execute import RunOptions
@@ -240,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", default="default,16,all",
                         help="fan-out concurrency: 'default' (exmig's), 'all' (= N), or numbers; comma-separated")
     parser.add_argument("--startup-runs", type=int, default=15, help="runs per start-up command (part 3)")
-    parser.add_argument("--only", default="migration,fanout,startup", help="which parts to run")
+    parser.add_argument("--only", default="migration,fanout,startup,realistic", help="which parts to run")
+    parser.add_argument("--realistic-latencies", type=_ints, default=[20, 100], help="RTT in ms (part 4)")
+    parser.add_argument("--realistic-targets", type=_ints, default=[1, 50], help="fan-out target counts (part 4)")
+    parser.add_argument("--realistic-fanout-latency", type=int, default=100, help="RTT in ms (part 4's fan-out)")
+    parser.add_argument("--cost-scale", type=float, default=1.0,
+                        help="the realistic profile's scale (part 4): 0.5 halves every server cost")
     parser.add_argument("--lab", choices=("process", "inline"), default="process",
                         help="lab servers in a child process (default: their CPU work does not share the client's "
                              "GIL, like remote servers) or in the benchmark's own process")
@@ -262,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         if "fanout" in parts:
             results["fanout"] = fanout(ca, tmp, args.targets, args.fanout_latency, args.parallel.split(","),
                                        farm_class)
+        if "realistic" in parts:
+            if not 0 < args.cost_scale <= 1:
+                parser.error("--cost-scale must be in (0, 1]")
+            results["realistic"] = realistic.migration(ca, tmp, args.realistic_latencies, args.cost_scale)
+            results["realistic_fanout"] = realistic.fanout(ca, tmp, args.realistic_targets,
+                                                           args.realistic_fanout_latency, args.cost_scale)
     if "startup" in parts:
         results["startup"] = startup.measure(args.startup_runs)
     results["seconds"] = time.monotonic() - started
@@ -285,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     if "startup" in results:
         print("### 3. CLI start-up\n")
         print(startup_table(results["startup"]) + "\n")
+    if "realistic" in results:
+        print("### 4. Realistic server costs and limits\n")
+        print(realistic.migration_table(results["realistic"], args.cost_scale) + "\n")
+        print(f"Fan-out at {args.realistic_fanout_latency} ms RTT, --parallel = N:\n")
+        print(realistic.fanout_table(results["realistic_fanout"]) + "\n")
+        print("Issue 19's targets:\n")
+        print(realistic.targets_table(results["realistic"], results["realistic_fanout"]) + "\n")
     args.json.write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     print(f"(all numbers: {args.json.relative_to(ROOT) if args.json.is_relative_to(ROOT) else args.json})")
     return 0

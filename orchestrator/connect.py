@@ -8,11 +8,19 @@ from collections.abc import Callable
 from orchestrator.dialects import add_snapin
 from orchestrator.errors import UsageError
 from orchestrator.kerberos import check_ticket, check_username, principal_name
-from orchestrator.playbook import LoadedPlaybook, Server
+from orchestrator.playbook import Endpoint, LoadedPlaybook, Server
 from orchestrator.secrets_store import SecretStore
-from orchestrator.transport.base import ServerSession, SessionSpec
+from orchestrator.transport.base import FULL_LANGUAGE, NO_LANGUAGE, ServerSession, SessionSpec
+from orchestrator.transport.limits import Limits
 
 log = logging.getLogger(__name__)
+
+
+def language(endpoint: Endpoint) -> str:
+    """Exchange 2010's remote PowerShell endpoint (Microsoft.Exchange) runs commands only and refuses script text
+    ("The syntax is not supported by this runspace...": exchange-cmdlets reference §4.2, [S14]);
+    Microsoft.PowerShell (/wsman, and 2007's session) is a FullLanguage endpoint."""
+    return NO_LANGUAGE if endpoint.configuration.lower() == "microsoft.exchange" else FULL_LANGUAGE
 
 
 def session_spec(server: Server) -> SessionSpec:
@@ -25,7 +33,16 @@ def session_spec(server: Server) -> SessionSpec:
         prelude=(snapin,) if snapin is not None else (),
         # Exchange 2010's /PowerShell (IIS) takes Kerberos only (jborean93/pypsrp issue #187).
         kerberos_only=server.version == 2010,
+        exchange_language=language(server.exchange_endpoint),
+        exchange_throttled=server.exchange_endpoint.configuration.lower() == "microsoft.exchange",
+        system_language=language(server.system_endpoint),
     )
+
+
+def limits(loaded: LoadedPlaybook) -> Limits:
+    given = loaded.playbook.limits
+    return Limits(shells=given.max_shells_per_user, operations=given.max_operations_per_user,
+                  exchange_sessions=given.exchange_max_sessions, idle_timeout=given.idle_timeout)
 
 
 def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
@@ -63,6 +80,7 @@ def session_factory(loaded: LoadedPlaybook, secrets: SecretStore,
             verify_tls=verify,
             operation_timeout=policy.operation_timeout,
             read_timeout=policy.read_timeout,
+            limits=limits(loaded),
         )
         if server.connection.transport == "winrs":
             from orchestrator.render.winrs_script import EXSHELL_CONSOLE_FILE

@@ -799,6 +799,22 @@ class Coexistence(_Model):
         return tuple(s.value for s in self.services)
 
 
+class ServerLimits(_Model):
+    """What each server allows one user; exmig stays within it. Defaults: WinRM 2.0 (every stock 2008 R2, and
+    2003/2008 with WMF 2.0; PowerShell team, "Configuring WSMAN Limits", 2010) and Exchange 2010's default
+    throttling policy (PowerShellMaxConcurrency 18)."""
+
+    max_shells_per_user: Annotated[StrictInt, Field(ge=1, le=1000, description="WinRM MaxShellsPerUser: "
+                                                    "sessions (shells) open at /wsman at once.")] = 5
+    max_operations_per_user: Annotated[StrictInt, Field(ge=1, le=1000, description="WinRM "
+                                                        "MaxConcurrentOperationsPerUser: requests in progress at "
+                                                        "once.")] = 15
+    exchange_max_sessions: Annotated[StrictInt, Field(ge=1, le=1000, description="Exchange 2010 "
+                                                      "PowerShellMaxConcurrency: /PowerShell sessions at once.")] = 18
+    idle_timeout: Annotated[float, Field(gt=0, le=86400, description="WinRM IdleTimeout (seconds): a shell idle "
+                                         "this long is deleted by the server; exmig opens a new one first.")] = 180.0
+
+
 class Playbook(_Model):
     certificate: CertificateSpec = Field(description="The certificate to request.")
     servers: Annotated[list[Server], Field(min_length=2, description="The Exchange servers: one source (2010) and "
@@ -823,6 +839,8 @@ class Playbook(_Model):
                                             "re-enable there what served before.")
     coexistence: Coexistence | None = Field(None, description="Exchange 2007-2010 coexistence: the 2007 targets' "
                                             "ExternalUrls move to a legacy host name.")
+    limits: ServerLimits = Field(ServerLimits(), description="What each server allows one user (shells, concurrent "
+                                 "operations, Exchange sessions, idle time); exmig never exceeds it.")
 
     @field_validator("pfx_password", mode="before")
     @classmethod

@@ -108,9 +108,13 @@ def run_pipeline(
     language: LanguageMode = LanguageMode.FULL,
     input_objects: list[Any] | None = None,
     stop: threading.Event | None = None,
+    stop_on_error: bool = False,
 ) -> None:
-    """Run all statements; raises LabError (terminating) or PipelineStopped."""
+    """Run all statements; raises LabError (terminating) or PipelineStopped. `stop_on_error`: as with
+    $ErrorActionPreference = 'Stop', the first error record, also a non-terminating one, is terminating."""
     check_language(statements, language)
+    if stop_on_error:
+        sink = _Strict(sink)
     stop = stop or threading.Event()
     natives = language is LanguageMode.FULL
     for index, statement in enumerate(statements):
@@ -123,6 +127,20 @@ def run_pipeline(
                 piped = _run_native(native, session, inv, sink, stop, to_sink=last)
             else:
                 piped = _run_command(registry, session, inv, piped, sink, stop, to_sink=last)
+
+
+class _Strict:
+    def __init__(self, inner: Sink) -> None:
+        self._inner = inner
+
+    def output(self, value: Any) -> None:
+        self._inner.output(value)
+
+    def error(self, error: LabError) -> None:
+        raise error
+
+    def warning(self, text: str) -> None:
+        self._inner.warning(text)
 
 
 def _native_for(registry: Registry, session: Session, name: str) -> NativeCommandSpec | None:

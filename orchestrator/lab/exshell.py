@@ -7,17 +7,17 @@ Runs exactly what exmig's WinRS transport sends (`orchestrator/render/winrs_scri
 
 and refuses anything else with a clear lab error, because the lab does not interpret script text:
 other switches (`-Command`, `-File`, ...) get a "Lab limitation" line on stderr and exit code 1; a
-script that is not one of the three shapes `pslang.parse_winrs_script` reads gets the
-`LabScriptNotSupported` error record.
+script that is not the shape `pslang.parse_winrs_script` reads gets the `LabScriptNotSupported` error
+record.
 
 - `-PSConsoleFile` must name the server's `exshell.psc1` (default path in `EXSHELL_CONSOLE_FILE`);
   it adds the Exchange snap-in to this process's session, as the console file does. Without it only
   Windows commands exist. Each invocation is a new process: a new session.
-- A command runs through `engine.run_pipeline` (binding, errors, natives such as certutil.exe);
+- The commands run through `engine.run_pipeline` (binding, errors, natives such as certutil.exe), one
+  statement per line, the first error ending the script when there are several ('Stop');
   each `$exmigSecretN` is read as one line of the program's stdin (WinRS Send), waiting at most
-  `stdin_timeout` seconds, and bound as a SecureString.
-- The byte write and the hash check act on the server's file system like .NET's File.Open/OpenRead,
-  with .NET's exception texts wrapped as PowerShell's MethodInvocationException does.
+  `stdin_timeout` seconds, and bound as a SecureString; each `$exmigBytesN` as two (base64, SHA-256),
+  refused with the script's own error when they do not match.
 
 Output (lab choice, documented; the exact bytes of a real PowerShell 1.0 are not in the reference):
 stdout is `#< CLIXML` + `<Objs>` with every output object, stderr is `#< CLIXML` + `<Objs>` with
@@ -41,7 +41,6 @@ from psrpcore.types import ClixmlStream, PSCryptoProvider, serialize_clixml
 
 from orchestrator.lab import engine, pslang, serialize
 from orchestrator.lab.exchange import EMS_2007_SNAPIN, ExchangeServerModel
-from orchestrator.lab.exchange.winfs import PathError, normalize, parent
 from orchestrator.lab.objects import Secret
 from orchestrator.lab.psrp_shell import error_record
 from orchestrator.lab.registry import ErrorCategory, LabError, NativeCommandSpec, NativeResult, Registry, Session
@@ -161,12 +160,7 @@ class ExShell:
         except pslang.ParseError as exc:
             return self._result([], [lab_script_error(str(exc), script)], [])
         try:
-            if isinstance(form, pslang.ByteWrite):
-                self._write(form)
-            elif isinstance(form, pslang.HashCheck):
-                outputs.append(self._hash(form))
-            else:
-                outputs.extend(self._command(form, session, console, sink))
+            outputs.extend(self._command(form, session, console, sink))
         except LabError as err:  # terminating: what ran before it still reaches the client
             sink.errors.append(err)
         return self._result(outputs, sink.errors, sink.warnings)
@@ -182,16 +176,32 @@ class ExShell:
 
     def _command(self, form: pslang.WinrsCommand, cmd_session: Session, console: bool,
                  sink: _Collect) -> list[Any]:
-        secrets: dict[str, Secret] = {}
+        values: dict[str, Any] = {}
         reader = current_stdin()
-        for name in form.secrets:
-            line = reader.read_line(self.stdin_timeout) if reader is not None else None
-            if line is None:
+
+        def line(name: str) -> str:
+            text = reader.read_line(self.stdin_timeout) if reader is not None else None
+            if text is None:
                 raise lab_script_error(f"no line on stdin for ${name} within {self.stdin_timeout:g} s")
-            secrets[name.lower()] = Secret(line)
-        arguments: list[tuple[str | None, Any]] = []
-        for param, value in form.command.arguments:
-            arguments.append((param, self._value(value, secrets)))
+            return text
+
+        for kind, name in form.inputs:
+            if kind == "secret":
+                values[name.lower()] = Secret(line(name))
+                continue
+            encoded, digest = line(name), line(name)
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise _method_error("FromBase64String", 1, "Invalid character in a Base-64 string.", name) from None
+            if hashlib.sha256(data).hexdigest().upper() != digest:
+                raise LabError(message="exmig: the bytes read from stdin arrived damaged",
+                               error_id="exmig: the bytes read from stdin arrived damaged",
+                               category=ErrorCategory.OperationStopped,
+                               exception_type="System.Management.Automation.RuntimeException")
+            values[name.lower()] = data
+        statements = [[engine.Invocation(c.name, [(param, self._value(value, values)) for param, value in c.arguments])]
+                      for c in form.commands]
         # A new process: its own session, with the snap-in only when the console file loaded it.
         session = Session(configuration="Microsoft.PowerShell", username=cmd_session.username,
                           snapins={self.snapin} if console else set())
@@ -208,50 +218,22 @@ class ExShell:
                 sink.warnings.append(text)
 
         try:
-            engine.run_pipeline(self.registry, session, [[engine.Invocation(form.command.name, arguments)]], Sink(),
-                                engine.LanguageMode.FULL)
+            # Several commands come after $ErrorActionPreference = 'Stop': the first error ends the script.
+            engine.run_pipeline(self.registry, session, statements, Sink(), engine.LanguageMode.FULL,
+                                stop_on_error=len(statements) > 1)
         except LabError as err:
             sink.errors.append(err)
         return out
 
-    def _value(self, value: Any, secrets: dict[str, Secret]) -> Any:
+    def _value(self, value: Any, values: dict[str, Any]) -> Any:
         if isinstance(value, pslang.Variable):
-            return secrets[value.name.lower()]
+            return values[value.name.lower()]
         if isinstance(value, list):
-            return [self._value(v, secrets) for v in value]
+            return [self._value(v, values) for v in value]
         if isinstance(value, (pslang.CredentialPassword, pslang.FileBytes, pslang.VariableProperty,
                               pslang.Placeholder)):
             raise lab_script_error(f"{type(value).__name__} is a dry-run form, not something the transport sends")
         return value
-
-    def _path(self, raw: str, method: str, count: int) -> str:
-        try:
-            path = normalize(raw)
-        except PathError:
-            raise _method_error(method, count, "The given path's format is not supported.", raw) from None
-        if not (len(raw) > 2 and raw[1] == ":" and raw[2] in "\\/"):
-            # .NET would resolve against the process's directory; exmig always sends absolute paths.
-            raise lab_script_error("a relative path in a .NET file call", raw)
-        return path
-
-    def _write(self, form: pslang.ByteWrite) -> None:
-        path = self._path(form.path, "Open", 3)
-        with self.model.transaction():
-            fs = self.model.fs
-            if not fs.is_dir(parent(path)):
-                raise _method_error("Open", 3, f"Could not find a part of the path '{form.path}'.", form.path)
-            if fs.is_dir(path):
-                raise _method_error("Open", 3, f"Access to the path '{form.path}' is denied.", form.path)
-            before = (fs.read(path) or b"") if form.append else b""
-            fs.write(path, before + form.data)
-
-    def _hash(self, form: pslang.HashCheck) -> str:
-        path = self._path(form.path, "OpenRead", 1)
-        with self.model.lock:
-            data = self.model.fs.read(path)
-        if data is None:
-            raise _method_error("OpenRead", 1, f"Could not find file '{form.path}'.", form.path)
-        return hashlib.sha256(data).hexdigest().upper()
 
 
 def register_exshell(registry: Registry, model: ExchangeServerModel, **options: Any) -> ExShell:

@@ -12,15 +12,21 @@ Values: 'verbatim', 'a','b' lists, integers, $true/$false, (Get-Credential).Pass
 ([Byte[]]$(Get-Content -Path '...' -Encoding Byte -ReadCount 0)), $Var.Property, and bare
 words for native-program arguments; a bare `$Var` only when the caller declares it.
 
-`parse_winrs_script` reads the three script shapes of the WinRS transport
-(`orchestrator/render/winrs_script.py`): a command after one fixed stdin-reading prelude line per
-SecureString, a byte-write chunk, and a SHA-256 hash check. Those fixed texts are written out
-again here rather than imported, so the round-trip tests compare two independent spellings.
+`parse_winrs_script` reads the one script shape of the WinRS transport
+(`orchestrator/render/winrs_script.py`): fixed stdin-reading prelude lines (a SecureString, or bytes
+with their SHA-256), `$ErrorActionPreference = 'Stop'` before several commands, then one command per
+line. Those fixed texts are written out again here rather than imported, so the round-trip tests
+compare two independent spellings.
+
+`dispatched_commands` reads the one script a FullLanguage PowerShell 2.0 session is sent for several
+commands in one pipeline (`orchestrator/transport/psrp.DISPATCHER`, spelled again here): exactly that
+text, with its single typed argument -Commands, each item [name, Hashtable of named parameters, list of
+positional arguments]. The lab runs the commands that argument names, bound from its values; any other
+script text is refused.
 """
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,86 +227,117 @@ def parse_command(line: str, variables: frozenset[str] = frozenset()) -> ParsedC
 _SECRET_PRELUDE = ("${v} = New-Object System.Security.SecureString; foreach ($exmigChar in "
                    "[Console]::In.ReadLine().ToCharArray()) {{ ${v}.AppendChar($exmigChar) }}; ${v}.MakeReadOnly()")
 _SECRET_NAME = "exmigSecret{index}"
-_WRITE_HEAD = "$exmigBytes = [System.Convert]::FromBase64String("
-_WRITE_MID = "); $exmigFile = [System.IO.File]::Open("
-_WRITE_TAIL = ", 'Write'); $exmigFile.Write($exmigBytes, 0, $exmigBytes.Length); $exmigFile.Close()"
-_HASH_HEAD = "$exmigStream = [System.IO.File]::OpenRead("
-_HASH_TAIL = ("); $exmigHash = [System.BitConverter]::ToString([System.Security.Cryptography.SHA256]::Create()"
-              ".ComputeHash($exmigStream)).Replace('-', ''); $exmigStream.Close(); $exmigHash")
-_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
-
-
 @dataclass(frozen=True)
 class WinrsCommand:
-    command: ParsedCommand
-    secrets: tuple[str, ...]  # the declared variables, one stdin line each, in order
+    commands: tuple[ParsedCommand, ...]
+    secrets: tuple[str, ...]  # the declared SecureString variables, one stdin line each
+    # Every declared variable in stdin order: ("secret", name) one line, ("bytes", name) two (base64, SHA-256).
+    inputs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def command(self) -> ParsedCommand:
+        return self.commands[0]
 
 
-@dataclass(frozen=True)
-class ByteWrite:
-    path: str
-    data: bytes
-    append: bool
+WinrsScript = WinrsCommand
 
 
-@dataclass(frozen=True)
-class HashCheck:
-    path: str
+_BYTES_PRELUDE = ("${v} = [System.Convert]::FromBase64String([Console]::In.ReadLine()); if ([System.BitConverter]::"
+                  "ToString([System.Security.Cryptography.SHA256]::Create().ComputeHash(${v})).Replace('-', '') -ne "
+                  "[Console]::In.ReadLine()) {{ throw 'exmig: the bytes read from stdin arrived damaged' }}")
+_BYTES_NAME = "exmigBytes{index}"
+_STOP = "$ErrorActionPreference = 'Stop'"
 
 
-WinrsScript = WinrsCommand | ByteWrite | HashCheck
-
-
-def _byte_write(text: str) -> ByteWrite:
-    r = _Reader(text)
-    r.literal(_WRITE_HEAD)
-    encoded = r.verbatim_string()
-    if not _BASE64.match(encoded) or len(encoded) % 4:
-        raise ParseError("the byte write carries no base64 text")
-    if not r.literal(_WRITE_MID):
-        raise ParseError("unsupported byte write form")
-    path = r.verbatim_string()
-    mode = ""
-    for candidate in (", 'Create'", ", 'Append'"):
-        if r.literal(candidate):
-            mode = candidate[3:-1]
-    if not mode or not r.literal(_WRITE_TAIL) or not r.eof():
-        raise ParseError("unsupported byte write form")
-    return ByteWrite(path=path, data=base64.b64decode(encoded, validate=True), append=mode == "Append")
-
-
-def _hash_check(text: str) -> HashCheck:
-    r = _Reader(text)
-    r.literal(_HASH_HEAD)
-    path = r.verbatim_string()
-    if not r.literal(_HASH_TAIL) or not r.eof():
-        raise ParseError("unsupported hash check form")
-    return HashCheck(path)
+def _top_level_lines(text: str) -> list[str]:
+    """Split at line breaks outside verbatim strings (the only quoting the accepted commands use)."""
+    lines: list[str] = []
+    start, pos, quoted = 0, 0, False
+    while pos < len(text):
+        ch = text[pos]
+        if ch in SINGLE_QUOTES:
+            if quoted and pos + 1 < len(text) and text[pos + 1] in SINGLE_QUOTES:
+                pos += 2
+                continue
+            quoted = not quoted
+        elif ch == "\n" and not quoted:
+            lines.append(text[start:pos])
+            start = pos + 1
+        pos += 1
+    lines.append(text[start:])
+    return lines
 
 
 def parse_winrs_script(text: str) -> WinrsScript:
     """One script the WinRS transport sends (see the module docstring), or ParseError."""
-    if text.startswith(_WRITE_HEAD):
-        return _byte_write(text)
-    if text.startswith(_HASH_HEAD):
-        return _hash_check(text)
-    secrets: list[str] = []
+    inputs: list[tuple[str, str]] = []
     rest = text
     while True:
-        name = _SECRET_NAME.format(index=len(secrets) + 1)
-        prelude = _SECRET_PRELUDE.format(v=name) + "\n"
-        if not rest.startswith(prelude):
+        secret = _SECRET_NAME.format(index=sum(k == "secret" for k, _ in inputs) + 1)
+        blob = _BYTES_NAME.format(index=sum(k == "bytes" for k, _ in inputs) + 1)
+        for kind, name, prelude in (("secret", secret, _SECRET_PRELUDE.format(v=secret) + "\n"),
+                                    ("bytes", blob, _BYTES_PRELUDE.format(v=blob) + "\n")):
+            if rest.startswith(prelude):
+                inputs.append((kind, name))
+                rest = rest[len(prelude):]
+                break
+        else:
             break
-        secrets.append(name)
-        rest = rest[len(prelude):]
-    command = parse_command(rest, variables=frozenset(s.lower() for s in secrets))
-    if command.capture is not None:
-        raise ParseError("an assignment is not a command")
-    for _, value in command.arguments:
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, (CredentialPassword, FileBytes, VariableProperty, Placeholder)):
-                raise ParseError(f"{type(item).__name__} is a dry-run form, not something the transport sends")
-    used = [v.name.lower() for _, v in command.arguments if isinstance(v, Variable)]
-    if sorted(used) != sorted(s.lower() for s in secrets):
-        raise ParseError("each SecureString read from stdin must be used exactly once")
-    return WinrsCommand(command, tuple(secrets))
+    stop = rest.startswith(_STOP + "\n")
+    if stop:
+        rest = rest[len(_STOP) + 1:]
+    lines = _top_level_lines(rest)
+    if len(lines) > 1 and not stop:
+        raise ParseError("several commands come after $ErrorActionPreference = 'Stop'")
+    declared = frozenset(name.lower() for _, name in inputs)
+    commands = [parse_command(line, variables=declared) for line in lines]
+    used: list[str] = []
+    for command in commands:
+        if command.capture is not None:
+            raise ParseError("an assignment is not a command")
+        for _, value in command.arguments:
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, (CredentialPassword, FileBytes, VariableProperty, Placeholder)):
+                    raise ParseError(f"{type(item).__name__} is a dry-run form, not something the transport sends")
+        used += [v.name.lower() for _, v in command.arguments if isinstance(v, Variable)]
+    if sorted(used) != sorted(declared):
+        raise ParseError("each value read from stdin must be used exactly once")
+    secrets = tuple(name for kind, name in inputs if kind == "secret")
+    return WinrsCommand(tuple(commands), secrets, tuple(inputs))
+
+
+# --- the PSRP dispatcher (PowerShell 2.0 FullLanguage sessions) --------------------------------------
+
+_DISPATCHER = "\n".join([
+    "param([object[]]$Commands)",
+    "$ErrorActionPreference = 'Stop'",
+    "foreach ($exmigCommand in $Commands) {",
+    "    $exmigName = $exmigCommand[0]",
+    "    $exmigNamed = $exmigCommand[1]",
+    "    $exmigPositional = $exmigCommand[2]",
+    "    & $exmigName @exmigPositional @exmigNamed",
+    "}",
+])
+
+
+def is_dispatcher(text: str) -> bool:
+    return text.replace("\r\n", "\n") == _DISPATCHER
+
+
+def dispatched_commands(arguments: list[tuple[str | None, Any]]) -> list[tuple[str, list[tuple[str | None, Any]]]]:
+    """The dispatcher's -Commands as (name, [(parameter name or None, value)]), positional first as the
+    splatting binds them; ParseError for any other argument shape."""
+    if len(arguments) != 1 or (arguments[0][0] or "").lower() != "commands" or not isinstance(arguments[0][1], list):
+        raise ParseError("the dispatcher takes one argument, -Commands, a list")
+    out: list[tuple[str, list[tuple[str | None, Any]]]] = []
+    for item in arguments[0][1]:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], dict) and isinstance(item[2], list)):
+            raise ParseError("each dispatched command is [name, Hashtable, list]")
+        name, named, positional = item
+        if not _NAME.fullmatch(name):
+            raise ParseError(f"not a command name: {name!r}")
+        args: list[tuple[str | None, Any]] = [(None, v) for v in positional]
+        args += [(str(k), v) for k, v in named.items()]
+        out.append((name, args))
+    return out

@@ -41,7 +41,7 @@ from psrpcore.types import (
     ErrorCategory as PSErrorCategory,
 )
 
-from orchestrator.lab import engine, serialize
+from orchestrator.lab import engine, pslang, serialize
 from orchestrator.lab import metadata as command_metadata
 from orchestrator.lab.registry import ErrorCategory, LabError, Registry, Session
 
@@ -165,6 +165,8 @@ class _Pipeline:
     stop: threading.Event = field(default_factory=threading.Event)
     worker: threading.Thread | None = None
     host_answers: dict[int, Any] = field(default_factory=dict)  # PipelineHostResponse results by call id
+    strict: bool = False  # the first error stops the pipeline ($ErrorActionPreference = 'Stop')
+    dispatched: list[str] | None = None  # the dispatcher's commands (fault rules match on them)
 
 
 class ShellClosed(Exception):
@@ -407,6 +409,16 @@ class PsrpShell:
             if cmd.end_of_statement:
                 statements.append([])
         statements = [s for s in statements if s]
+        if (self.language is engine.LanguageMode.FULL and len(statements) == 1 and len(statements[0]) == 1
+                and statements[0][0].is_script and pslang.is_dispatcher(statements[0][0].name)):
+            # exmig's fixed script for several commands on PowerShell 2.0: run what its typed argument names.
+            try:
+                commands = pslang.dispatched_commands(statements[0][0].arguments)
+            except pslang.ParseError as exc:
+                raise engine.script_not_supported_error(f"{exc}: {statements[0][0].name}") from None
+            pipe.strict = True
+            pipe.dispatched = [name for name, _ in commands]
+            return [[engine.Invocation(name=name, arguments=args)] for name, args in commands]
         if self.protocol < MULTI_STATEMENT_PROTOCOL:
             # Statements after the first travel in the PowerShell object's ExtraCmds, which protocol 2.2
             # (PowerShell 3.0) added. What a PowerShell 2.0 server does with it is UNCONFIRMED; the lab
@@ -419,6 +431,9 @@ class PsrpShell:
         pipe.pipeline.start()
         try:
             statements = self._statements(pipe)
+        except LabError as err:  # a script the lab does not run
+            self._finish(pipe, err)
+            return
         except Exception as exc:  # noqa: BLE001 - e.g. a SecureString the pool has no session key for
             self._finish(pipe, LabError(
                 message=f"The pipeline's parameters could not be read: {type(exc).__name__}",
@@ -497,7 +512,7 @@ class PsrpShell:
         self._worker_pipe.pipe = pipe
         try:
             engine.run_pipeline(self.registry, self.session, statements, _Sink(), self.language,
-                                input_objects, pipe.stop)
+                                input_objects, pipe.stop, stop_on_error=pipe.strict)
         except LabError as err:
             failure = err
         except engine.PipelineStopped:
@@ -583,6 +598,8 @@ class PsrpShell:
             metadata = pipe.pipeline.metadata if pipe is not None else None
             if pipe is None or metadata is None or not pipe.finished or self._queues.get(pid):
                 return None
+            if pipe.dispatched is not None:  # the dispatcher script: the commands its argument named
+                return list(pipe.dispatched)
             return [cmd.command_text for cmd in getattr(metadata, "commands", [])]
 
     def send(self, command_id: str | None, data: bytes) -> None:

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -184,6 +185,7 @@ class LabServer:
         self.limits = limits
         # Highest use seen per user (benchmarks and tests check that exmig stays within the limits).
         self.peaks: dict[str, int] = {"shells": 0, "exchange_sessions": 0, "operations": 0}
+        self.pool_opens: Counter[str] = Counter()  # runspace pools opened, per configuration (benchmarks)
         self._lock = threading.Lock()
         self._http: LabHTTPServer | None = None
         self._bound_port: int | None = None
@@ -575,6 +577,7 @@ class LabServer:
             shell = PsrpShell(shell_id, ep.configuration, self.registry, user, ep.language, ep.powershell)
             shell.create(creation.text or "")
             # Opening the runspace is the server's work (Exchange builds the user's cmdlets and RBAC scope).
+            self.pool_opens[ep.configuration] += 1
             pause = self.costs.pool_open(ep.configuration)
             if pause:
                 time.sleep(pause)

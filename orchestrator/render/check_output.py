@@ -12,7 +12,7 @@ from orchestrator.decision import Noop, Send
 from orchestrator.names_in_use import Coverage, render_table
 from orchestrator.plan import WORKSTATION
 from orchestrator.playbook import Playbook, Server
-from orchestrator.render.plan_output import _server_heading, command_json, rendered_lines
+from orchestrator.render.plan_output import _server_heading, command_json, request_lines, winrs_json
 
 if TYPE_CHECKING:
     from orchestrator.execute import Planned
@@ -60,8 +60,7 @@ def render_check_text(planned: list[Planned], playbook: Playbook, names: list[Co
             for pipeline in decision.pipelines:
                 if len(pipeline) > 1:
                     lines.append("      # in one request:")
-                for command in pipeline:
-                    lines.extend("      " + line for line in rendered_lines(server, command))
+                lines.extend("      " + line for line in request_lines(server, pipeline))
         elif isinstance(decision, Noop):
             lines.append(f"  {number:>2}. {entry.step}: nothing to do: {entry.reason}")
         elif entry.server == WORKSTATION:
@@ -88,6 +87,9 @@ def render_check_json(planned: list[Planned], playbook: Playbook, names: list[Co
             "changes": isinstance(entry.decision, Send) and entry.decision.outcome == "changed",
             "requests": [[command_json(c, server) for c in pipeline] for pipeline in pipelines],
         })
+        sent = winrs_json(server, pipelines)
+        if sent is not None:
+            steps[-1]["winrs"] = sent  # per request: the one powershell.exe command line and its script
     judged = [{"server": c.row.server, "setting": c.row.setting, "name": c.row.host, "value": c.row.value,
                "status": c.status, "detail": c.detail} for c in names or []]
     return json.dumps({"names_in_use": judged, "stops_before_request": problems or [], "steps": steps},
@@ -104,8 +106,8 @@ def render_check_ps1(planned: list[Planned], playbook: Playbook) -> str:
         lines.append("")
         if isinstance(entry.decision, Send):
             lines.append(f"# --- {entry.step}: {entry.reason}")
-            for command in entry.decision.commands:
-                lines.extend(rendered_lines(server, command))
+            for pipeline in entry.decision.pipelines:
+                lines.extend(request_lines(server, pipeline))
         else:
             lines.append(f"# --- {entry.step}: nothing to do: {entry.reason}")
     return "\n".join(f"# ===== {name}.ps1 =====\n" + "\n".join(body) + "\n" for name, body in scripts.items())

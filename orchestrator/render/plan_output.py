@@ -43,34 +43,48 @@ def _console_file(server: Server) -> str:
     return server.connection.console_file or EXSHELL_CONSOLE_FILE
 
 
-def winrs_sent(server: Server | None, command: Command) -> tuple[str, str] | None:
-    """(powershell.exe command line, the script it carries decoded) for a command a WinRS server gets as one
-    process; None on PSRP servers and for what the transport sends otherwise (byte writes)."""
-    if server is None or server.connection.transport != "winrs":
+def _winrs(server: Server | None) -> bool:
+    return server is not None and server.connection.transport == "winrs"
+
+
+def requests(server: Server | None, commands: tuple[Command, ...]) -> tuple[tuple[Command, ...], ...]:
+    """How a WinRS server gets a step's commands: one process per request, grouped as the executor groups
+    them (its sessions batch both shells); elsewhere each command on its own (the PSRP grouping depends on
+    the server's PowerShell, which a plan does not know; `exmig run --check` shows it)."""
+    if not _winrs(server):
+        return tuple((c,) for c in commands)
+    from orchestrator.steps import pipelines
+
+    return pipelines(commands, frozenset(Shell))
+
+
+def winrs_sent(server: Server | None, commands: tuple[Command, ...]) -> tuple[str, str] | None:
+    """(powershell.exe command line, the script it carries decoded) for one request to a WinRS server; None on
+    PSRP servers and for what cannot be sent yet (a thumbprint not known)."""
+    if server is None or not _winrs(server):
         return None
-    from orchestrator.render.winrs_script import NotSendable, sent_command_line
+    from orchestrator.render.winrs_script import NotSendable, sent_request
 
     try:
-        line, script = sent_command_line(command, _console_file(server))
+        line, script = sent_request(commands, _console_file(server))
     except NotSendable:
         return None
     return line, script.text
 
 
-def rendered_lines(server: Server | None, command: Command) -> list[str]:
-    """The command as it is sent: PowerShell text, or on a WinRS server the powershell.exe command line that
-    goes over the cmd shell with, beside it, the script its -EncodedCommand carries (secrets read from stdin,
-    bytes written in chunks)."""
-    if server is None or server.connection.transport != "winrs":
-        return [render_command(command)]
-    sent = winrs_sent(server, command)
+def request_lines(server: Server | None, commands: tuple[Command, ...]) -> list[str]:
+    """One request as it is sent: PowerShell text, or on a WinRS server the powershell.exe command line that
+    goes over the cmd shell with, beside it, the script its -EncodedCommand carries (secrets and bytes read
+    from stdin)."""
+    sent = winrs_sent(server, commands)
     if sent is not None:
         line, script = sent
         return [f"# over WinRS: {line}", "# which runs:", *script.splitlines()]
-    if any(isinstance(p.value, Blob) for p in command.params):
-        return ["# over WinRS: written in base64 chunks with [System.IO.File], then checked by SHA-256",
-                render_command(command)]
-    return [render_command(command)]
+    return [render_command(c) for c in commands]
+
+
+def rendered_lines(server: Server | None, command: Command) -> list[str]:
+    return request_lines(server, (command,))
 
 
 def _session_note(server: Server, command: Command) -> str | None:
@@ -80,15 +94,17 @@ def _session_note(server: Server, command: Command) -> str | None:
     return None
 
 
-def _command_lines(server: Server | None, commands: tuple[Command, ...], indent: str) -> list[str]:
+def _command_lines(server: Server | None, commands: tuple[Command, ...], indent: str,
+                   grouped: bool = True) -> list[str]:
+    """`grouped` False: each command its own request (reads: the executor sends each read on its own)."""
     lines: list[str] = []
     last_note: str | None = None
-    for command in commands:
-        note = _session_note(server, command) if server else None
+    for request in requests(server, commands) if grouped else tuple((c,) for c in commands):
+        note = _session_note(server, request[0]) if server else None
         if note and note != last_note:
             lines.append(indent + note)
         last_note = note
-        lines.extend(indent + line for line in rendered_lines(server, command))
+        lines.extend(indent + line for line in request_lines(server, request))
     return lines
 
 
@@ -101,7 +117,7 @@ def step_lines(step: Step, server: Server | None, indent: str = "      ") -> lis
     lines: list[str] = []
     if step.reads:
         lines.append(indent + "# " + _reads_heading(step))
-        lines.extend(_command_lines(server, step.reads, indent))
+        lines.extend(_command_lines(server, step.reads, indent, grouped=False))
         if step.commands:
             lines.append(indent + "# then, unless the server holds the result already:")
     lines.extend(_command_lines(server, step.commands, indent))
@@ -216,14 +232,23 @@ def command_json(command: Command, server: Server | None = None) -> dict[str, An
         "parameters": [{"name": p.name, "value": _value_json(p.value)} for p in command.params],
         "powershell": render_command(command),
     }
-    sent = winrs_sent(server, command)
-    if sent is not None:
-        out["winrs"] = {"command_line": sent[0], "script": sent[1]}
+    return out
+
+
+def winrs_json(server: Server | None, commands: tuple[tuple[Command, ...], ...]) -> list[dict[str, Any]] | None:
+    """Per request to a WinRS server: its commands' names, the command line and the script (None elsewhere)."""
+    if not _winrs(server):
+        return None
+    out: list[dict[str, Any]] = []
+    for request in commands:
+        sent = winrs_sent(server, request)
+        out.append({"commands": [c.name for c in request], "command_line": sent[0] if sent else None,
+                    "script": sent[1] if sent else None})
     return out
 
 
 def step_json(number: int, step: Step, server: Server | None = None) -> dict[str, Any]:
-    return {
+    out = {
         "number": number,
         "step": step.name.value,
         "server": step.server,
@@ -236,6 +261,11 @@ def step_json(number: int, step: Step, server: Server | None = None) -> dict[str
         "branches": [{"branch": b.name.value, "when": b.when, "commands": [command_json(c, server) for c in b.commands]}
                      for b in step.branches],
     }
+    sent = winrs_json(server, (*((c,) for c in step.reads), *requests(server, step.commands),
+                               *(r for b in step.branches for r in requests(server, b.commands))))
+    if sent is not None:
+        out["winrs"] = sent  # each request as the WinRS server gets it: one powershell.exe
+    return out
 
 
 def render_json(plan: Plan, playbook: Playbook | None = None) -> str:

@@ -104,6 +104,10 @@ def classify_http(server: str, exc: BaseException) -> Exception | None:
     return None
 
 
+FULL_LANGUAGE = "FullLanguage"
+NO_LANGUAGE = "NoLanguage"
+
+
 @dataclass(frozen=True)
 class SessionSpec:
     """What a transport needs of a server: where its two sessions are, and what each session gets first.
@@ -117,9 +121,20 @@ class SessionSpec:
     # The Exchange endpoint takes Kerberos only (2010's /PowerShell in IIS): a detail-less refusal of another
     # scheme is explained as that.
     kerberos_only: bool = False
+    # Each endpoint's language mode: FullLanguage runs a script (several commands in one pipeline on
+    # PowerShell 2.0); Exchange 2010's Microsoft.Exchange endpoint is NoLanguage (commands only).
+    exchange_language: str = FULL_LANGUAGE
+    system_language: str = FULL_LANGUAGE
+    # The Exchange endpoint is Exchange 2010's own /PowerShell (IIS-hosted): its sessions count against
+    # Exchange's throttling policy, not against WinRM's shells per user.
+    exchange_throttled: bool = False
 
     def endpoint(self, shell: Shell) -> Endpoint:
         return self.exchange if shell is Shell.EXCHANGE else self.system
+
+    def runs_scripts(self, shell: Shell) -> bool:
+        language = self.exchange_language if shell is Shell.EXCHANGE else self.system_language
+        return language == FULL_LANGUAGE
 
 
 class ServerSession(Protocol):

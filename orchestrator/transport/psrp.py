@@ -7,8 +7,11 @@ SecureStrings are encrypted with the session key exchanged first.
 
 Where the server speaks PSRP 2.2 or later (PowerShell 3.0+), several commands can share one pipeline,
 one statement each (AddStatement; MS-PSRP sends them in the PowerShell object's ExtraCmds): one
-Command + Receive instead of one per command. PowerShell 2.0 servers (protocol 2.1) get one command
-per pipeline, and the 2007 snap-in its own pipeline.
+Command + Receive instead of one per command. PowerShell 2.0 servers (protocol 2.1) have no ExtraCmds;
+there a FullLanguage endpoint (/wsman's Microsoft.PowerShell, 2007's session) gets the commands as the
+typed argument of one fixed script, `DISPATCHER` (AddScript + AddParameter -Commands: never a value in
+script text; SecureStrings stay SecureString, bytes byte[]), and the 2007 snap-in rides in it. A
+no-language endpoint (2010's Microsoft.Exchange, which refuses script) keeps one command per pipeline.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pypsrp.complex_objects import GenericComplexObject
@@ -42,6 +46,7 @@ from orchestrator.transport.base import (
     classify_kerberos_error,
     first_line,
 )
+from orchestrator.transport.limits import Budget, Limits
 from orchestrator.troubleshoot import watch_wsman
 
 log = logging.getLogger(__name__)
@@ -106,6 +111,12 @@ class ConnectionSettings:
     # Kerberos (auth kerberos/negotiate): the SPN asked for is <spn_service>/<spn_hostname>.
     spn_service: str | None = None
     spn_hostname: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    # How long a request waits for room within the server's limits before it counts as a transient failure.
+    limit_wait: float = 120.0
+
+    def budget(self, server: str) -> Budget:
+        return Budget(server, self.host, self.username, self.limits, self.limit_wait)
 
     def __repr__(self) -> str:  # never show the password
         return f"ConnectionSettings(host={self.host!r}, auth={self.auth!r}, username={self.username!r})"
@@ -226,6 +237,32 @@ def _multi_statement(pool: RunspacePool) -> bool:
         return False
 
 
+# Several commands in one pipeline without ExtraCmds (PowerShell 2.0): each item of -Commands is
+# [name, named parameters (a Hashtable), positional arguments (a list)], invoked with splatting, which binds
+# a Hashtable by name and a list by position (about_Splatting; a native program such as certutil.exe gets
+# the list as its argv and its output lines come back as strings). 'Stop' turns the first error, also a
+# non-terminating one, into the terminating error record of that command: the rest does not run and the
+# pipeline fails with the server's own text (about_Preference_Variables).
+DISPATCHER = """param([object[]]$Commands)
+$ErrorActionPreference = 'Stop'
+foreach ($exmigCommand in $Commands) {
+    $exmigName = $exmigCommand[0]
+    $exmigNamed = $exmigCommand[1]
+    $exmigPositional = $exmigCommand[2]
+    & $exmigName @exmigPositional @exmigNamed
+}"""
+
+def _failed_command(name: str, record: Any) -> str:
+    """Of a request "A + B", the command whose error record this is (its CategoryInfo activity, or the name it
+    was invoked by), so the one-line error names it; the request's name when the record names none of them."""
+    names = name.split(" + ")
+    for said in (getattr(record, "activity", None), getattr(record, "invocation_name", None)):
+        for candidate in names:
+            if said and str(said).lower() == candidate.lower():
+                return candidate
+    return name
+
+
 MAX_POLLS = 10_000  # with idle_polls, a bound on polling a command that keeps sending something
 
 
@@ -249,6 +286,8 @@ class PsrpServerSession:
         self._snapin_pending: set[tuple[str, int, str, str]] = set()
         self._endpoints: dict[tuple[str, int, str, str], Endpoint] = {}
         self._on_send = on_send
+        self._budget = settings.budget(spec.name)
+        self._last_used: dict[tuple[str, int, str, str], float] = {}
 
     def _wsman(self, endpoint: Endpoint) -> WSMan:
         s = self._settings
@@ -282,18 +321,30 @@ class PsrpServerSession:
     def _pool(self, endpoint: Endpoint) -> tuple[tuple[str, int, str, str], RunspacePool]:
         key = (endpoint.scheme, endpoint.port, endpoint.path.lower(), endpoint.configuration)
         pool = self._pools.get(key)
+        idle = self._idle_for(key)
+        if pool is not None and idle >= 0.75 * self._settings.limits.idle_timeout:
+            # The server deletes a shell idle for its IdleTimeout (a long wait for the CA): rather than find it
+            # gone mid-step, start a new one before sending anything (three quarters of the timeout: what runs
+            # next fits in the rest). Past the whole timeout the server has deleted it already.
+            self._drop(key, delete=idle < self._settings.limits.idle_timeout)
+            pool = None
         if pool is not None:
             return key, pool
         pool = RunspacePool(self._wsman(endpoint), configuration_name=endpoint.configuration)
         self._endpoints[key] = endpoint
+        throttled = self._throttled(endpoint)
+        self._budget.open_shell(endpoint.port, throttled)
         try:
-            pool.open()
+            with self._budget.operation(endpoint.port):
+                pool.open()
         except Exception as exc:  # noqa: BLE001 - classified below
+            self._budget.close_shell(endpoint.port, throttled)
             raise self._classify(exc) from exc
         self._pools[key] = pool
+        self._touch(key)
         if self._spec.prelude and endpoint == self._spec.exchange:
             # Exchange 2007: the cmdlets exist only once the snap-in is in the session.
-            if _multi_statement(pool):
+            if _multi_statement(pool) or self._spec.runs_scripts(Shell.EXCHANGE):
                 self._snapin_pending.add(key)
             else:
                 ps = PowerShell(pool)
@@ -301,18 +352,34 @@ class PsrpServerSession:
                 self._run(ps, " + ".join(c.name for c in self._spec.prelude))
         return key, pool
 
+    def _throttled(self, endpoint: Endpoint) -> bool:
+        return self._spec.exchange_throttled and endpoint == self._spec.exchange
+
+    def _touch(self, key: tuple[str, int, str, str]) -> None:
+        self._last_used[key] = time.monotonic()
+
+    def _idle_for(self, key: tuple[str, int, str, str]) -> float:
+        last = self._last_used.get(key)
+        return 0.0 if last is None else time.monotonic() - last
+
     def _run(self, ps: PowerShell, name: str) -> InvocationResult:
+        key = next((k for k, p in self._pools.items() if p is ps.runspace_pool), None)
+        endpoint = self._endpoints.get(key) if key is not None else None
         try:
-            output = self._invoke(ps, name)
+            with self._budget.operation(endpoint.port if endpoint is not None else 0):
+                output = self._invoke(ps, name)
         except TransientError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
             raise self._classify(exc) from exc
+        finally:
+            if key is not None:
+                self._touch(key)
         errors = [str(e) for e in ps.streams.error]
         if ps.had_errors or errors:
             first = ps.streams.error[0] if ps.streams.error else None
             message = errors[0] if errors else "the command failed"
-            raise RemoteError(self.name, name, message, getattr(first, "fq_error", None))
+            raise RemoteError(self.name, _failed_command(name, first), message, getattr(first, "fq_error", None))
         return InvocationResult(
             output=[to_python(o) for o in output],
             # pypsrp's InformationalRecord keeps the text in .message (MS-PSRP 2.2.3.16); str() of it is "None".
@@ -339,9 +406,10 @@ class PsrpServerSession:
         return self.invoke_batch((command,), values)
 
     def can_batch(self, shell: Shell) -> bool:
-        """Whether several commands for this shell can go as the statements of one pipeline."""
+        """Whether several commands for this shell can go in one pipeline: as its statements (PSRP 2.2+) or
+        through the dispatcher script (a FullLanguage endpoint)."""
         _, pool = self._pool(self._endpoint(shell))
-        return _multi_statement(pool)
+        return _multi_statement(pool) or self._spec.runs_scripts(shell)
 
     def invoke_batch(self, commands: Sequence[Command], values: ValueSource) -> InvocationResult:
         """The commands as the statements of one pipeline (all for the same shell; see can_batch). Their
@@ -349,24 +417,33 @@ class PsrpServerSession:
         shells = {c.shell for c in commands}
         if len(shells) != 1:
             raise ValueError("a batch goes to one shell")
-        key, pool = self._pool(self._endpoint(commands[0].shell))
-        if len(commands) > 1 and not _multi_statement(pool):
-            raise ValueError(f"{self.name}: PSRP {pool.protocol_version} runs one statement per pipeline")
+        shell = commands[0].shell
+        key, pool = self._pool(self._endpoint(shell))
+        statements = _multi_statement(pool)
+        if len(commands) > 1 and not statements and not self._spec.runs_scripts(shell):
+            raise ValueError(f"{self.name}: PSRP {pool.protocol_version} runs one statement per pipeline and "
+                             "this endpoint runs no script")
         needs_key = any(isinstance(p.value, Secret) for c in commands for p in c.params)
         if needs_key and key not in self._keyed:
             try:
-                pool.exchange_keys()
+                with self._budget.operation(self._endpoints[key].port):
+                    pool.exchange_keys()
             except Exception as exc:  # noqa: BLE001
                 raise self._classify(exc) from exc
             self._keyed.add(key)
         ps = PowerShell(pool)
         names = [c.name for c in commands]
         snapin = key in self._snapin_pending
+        prelude = self._spec.prelude if snapin else ()
         if snapin:
-            self._add_commands(ps, self._spec.prelude, None)
-            ps.add_statement()
-            names[:0] = [c.name for c in self._spec.prelude]
-        self._add_commands(ps, commands, values)
+            names[:0] = [c.name for c in prelude]
+        if statements or len(prelude) + len(commands) == 1:
+            if prelude:
+                self._add_commands(ps, prelude, None)
+                ps.add_statement()
+            self._add_commands(ps, commands, values)
+        else:
+            self._add_dispatch(ps, prelude, commands, values)
         try:
             result = self._run(ps, " + ".join(names))
         except BaseException:
@@ -393,15 +470,45 @@ class PsrpServerSession:
             if self._on_send is not None and values is not None:
                 self._on_send(self.name, command)
 
-    def _drop(self, key: tuple[str, int, str, str]) -> None:
+    def _add_dispatch(self, ps: PowerShell, prelude: Sequence[Command], commands: Sequence[Command],
+                      values: ValueSource) -> None:
+        """The commands as the one typed argument of DISPATCHER."""
+        items: list[list[Any]] = []
+        for command, resolve in [*((c, _NO_VALUES) for c in prelude), *((c, values) for c in commands)]:
+            named: dict[str, Any] = {}
+            positional: list[Any] = []
+            for param in command.params:
+                value = _value(self.name, param.name, param.value, resolve)
+                if isinstance(param.value, Switch):
+                    value = param.value.present  # splatting binds a switch from a boolean
+                if param.name is None:
+                    positional.append(value)
+                else:
+                    named[param.name] = value
+            items.append([command.name, named, positional])
+        ps.add_script(DISPATCHER)
+        ps.add_parameter("Commands", items)
+        if self._on_send is not None:
+            for command in commands:
+                self._on_send(self.name, command)
+
+    def _drop(self, key: tuple[str, int, str, str], delete: bool = True) -> None:
         pool = self._pools.pop(key, None)
         self._keyed.discard(key)
         self._snapin_pending.discard(key)
+        self._last_used.pop(key, None)
         if pool is not None:
+            endpoint = self._endpoints[key]
             try:
-                pool.close()
+                if delete:
+                    with self._budget.operation(endpoint.port):
+                        pool.close()
+                else:
+                    pool.connection.close()
             except Exception as exc:  # noqa: BLE001 - best effort; the server expires the shell
                 log.debug("closing a pool on %s failed: %s", self.name, first_line(exc))
+            finally:
+                self._budget.close_shell(endpoint.port, self._throttled(endpoint))
 
     def reopen(self) -> None:
         """Drop the pools; the next command opens new ones.
@@ -413,10 +520,17 @@ class PsrpServerSession:
         pools, self._pools = self._pools, {}
         self._keyed.clear()
         self._snapin_pending.clear()
+        self._last_used.clear()
         for key, pool in pools.items():
-            self._abandon(self._endpoints[key], pool)
-            with contextlib.suppress(Exception):
-                pool.connection.close()
+            endpoint = self._endpoints[key]
+            try:
+                with self._budget.operation(endpoint.port):
+                    self._abandon(endpoint, pool)
+                with contextlib.suppress(Exception):
+                    pool.connection.close()
+            finally:
+                # Deleted, or (a dead server) expired by it: either way not ours to count any more.
+                self._budget.close_shell(endpoint.port, self._throttled(endpoint))
 
     def _abandon(self, endpoint: Endpoint, pool: RunspacePool) -> None:
         shell_id = pool.shell.id

@@ -1,21 +1,22 @@
 """WinRS transport (pywinrm) for Exchange 2007 hosts without PowerShell remoting.
 
 One cmd shell per server (WS-Management `.../windows/shell/cmd` at /wsman), opened on first use and
-kept for the run; every plan command is one `powershell.exe ... -OutputFormat xml -EncodedCommand`
-process in it, its script rendered by `orchestrator/render/winrs_script.py` from the same Command
-the dry-run renders (the shapes, the SecureString-over-stdin rule and the chunk sizing are
-documented there). Exchange cmdlets get `-PSConsoleFile <exshell.psc1>`, which loads the Exchange
+kept for the run; every request (a step's pipeline: one or more commands for one shell) is one
+`powershell.exe ... -OutputFormat xml -EncodedCommand` process in it, its script rendered by
+`orchestrator/render/winrs_script.py` from the same Commands the dry-run renders (the shape and the
+secrets-and-bytes-over-stdin rule are documented there). Exchange cmdlets get `-PSConsoleFile <exshell.psc1>`, which loads the Exchange
 snap-in the way the Exchange Management Shell shortcut does; Windows commands run without it.
 
-Per command: Command, [Send stdin with End=true: only when the script reads SecureStrings],
+Per request: Command, [Sends of stdin, the last with End=true: only when the script reads SecureStrings
+or bytes],
 Receive until Done (bounded in count and time; pywinrm's own loop is unbounded, so it is not
 used), Signal terminate. Stdout and stderr are CLIXML and are read with pypsrp's deserializer, so
 output objects are the same `RemoteObject`s/values the PSRP transport returns; error records (or
 `<S S="Error">` lines) become `RemoteError` with the server's text and FullyQualifiedErrorId.
 
-`Set-Content -Value <bytes> -Encoding Byte` becomes chunked byte writes (first chunk truncates,
-so a retried step rewrites the file from the start) followed by a SHA-256 check on the server;
-a mismatch is a `TransientError` (the step is retried and the file rewritten).
+`Set-Content -Value <bytes> -Encoding Byte` gets its bytes from stdin with their SHA-256, checked on
+the server before any command of the request runs; a mismatch is a `TransientError` (the step is
+retried and the file written again).
 
 The connection uses the playbook's host, scheme, port, auth and TLS settings; the path is always
 /wsman (where WinRM serves the cmd shell), so `connection.path`/`configuration` do not apply.
@@ -27,6 +28,7 @@ credentials, TLS validation and unknown resources are `ConnectError`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -46,7 +48,7 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
-from orchestrator.commands import Blob, Command, Shell, Text
+from orchestrator.commands import Command, Shell
 from orchestrator.errors import ExmigError
 from orchestrator.kerberos import DEFAULT_SPN_SERVICE, KerberosTarget
 from orchestrator.render import winrs_script
@@ -72,6 +74,8 @@ WSMAN_ACCESS_DENIED = 5
 SHELL_CODEPAGE = 437  # pywinrm's default; stdin (the secrets) is encoded in it
 MAX_RECEIVES = 10_000  # a bound on Receive requests per command, whatever the server does
 CLIXML_HEADER = "#< CLIXML"
+STDIN_SEND_BYTES = 32 * 1024
+MAX_STDIN_SENDS = 1024  # 32 MB: far beyond a PFX
 _NS = "{http://schemas.microsoft.com/powershell/2004/04}"
 
 # pywinrm's names for the playbook's auth values (pywinrm's "ntlm" speaks Negotiate/NTLM).
@@ -186,17 +190,17 @@ class WinrsServerSession:
 
     def __init__(self, spec: SessionSpec, settings: ConnectionSettings,
                  on_send: Callable[[str, Command], None] | None = None,
-                 console_file: str = winrs_script.EXSHELL_CONSOLE_FILE,
-                 command_line_budget: int = winrs_script.COMMAND_LINE_BUDGET) -> None:
+                 console_file: str = winrs_script.EXSHELL_CONSOLE_FILE) -> None:
         self.name = spec.name
         self._spec = spec
         self._settings = settings
         self._kerberos = settings.kerberos
         self._on_send = on_send
         self.console_file = console_file
-        self.command_line_budget = command_line_budget
         self._protocol: Protocol | None = None
         self._shell_id: str | None = None
+        self._budget = settings.budget(spec.name)
+        self._last_used = 0.0
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -205,9 +209,20 @@ class WinrsServerSession:
         host = f"[{self._settings.host}]" if ":" in self._settings.host else self._settings.host
         return f"{ep.scheme}://{host}:{ep.port}/wsman"  # the cmd shell lives at /wsman
 
+    def _port(self) -> int:
+        return self._spec.exchange.port
+
     def _shell(self) -> tuple[Protocol, str]:
         if self._protocol is not None and self._shell_id is not None:
-            return self._protocol, self._shell_id
+            idle = time.monotonic() - self._last_used
+            if idle < 0.75 * self._settings.limits.idle_timeout:
+                return self._protocol, self._shell_id
+            # The server deletes a shell idle for its IdleTimeout: a new one before sending anything (past the
+            # whole timeout the server has deleted it already).
+            if idle < self._settings.limits.idle_timeout:
+                self.close()
+            else:
+                self.reopen()
         s = self._settings
         https = self._spec.exchange.scheme == "https"
         verify = s.verify_tls
@@ -221,17 +236,24 @@ class WinrsServerSession:
             service=s.spn_service or DEFAULT_SPN_SERVICE["winrs"], kerberos_hostname_override=s.spn_hostname,
         )
         watch_protocol(protocol, self.name)
+        self._budget.open_shell(self._port(), exchange=False)  # WinRS's cmd shell is a WinRM shell
         try:
-            shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
+            with self._budget.operation(self._port()):
+                shell_id = protocol.open_shell(codepage=SHELL_CODEPAGE, noprofile=True)
         except Exception as exc:
+            self._budget.close_shell(self._port(), exchange=False)
             raise classify(self.name, exc, self._kerberos) from exc
         self._protocol, self._shell_id = protocol, shell_id
+        self._last_used = time.monotonic()
         return protocol, shell_id
 
     def reopen(self) -> None:
-        """Forget the shell without a Delete (the connection is suspect); the server expires it."""
+        """Forget the shell without a Delete (the connection is suspect); the server expires it. It no longer
+        counts against this session's budget: the lab shows the old shell gone by the time a new one opens
+        (the reset or the fault that caused this ended it), and a real server expires it after IdleTimeout."""
         protocol, self._protocol, self._shell_id = self._protocol, None, None
         if protocol is not None:
+            self._budget.close_shell(self._port(), exchange=False)
             try:
                 protocol.transport.close_session()
             except Exception as exc:  # noqa: BLE001 - best effort
@@ -242,9 +264,12 @@ class WinrsServerSession:
         self._protocol, self._shell_id = None, None
         if protocol is not None and shell_id is not None:
             try:
-                protocol.close_shell(shell_id)
+                with self._budget.operation(self._port()):
+                    protocol.close_shell(shell_id)
             except Exception as exc:  # noqa: BLE001 - closing is best effort; the server expires the shell
                 log.debug("closing the shell on %s failed: %s", self.name, first_line(exc))
+            finally:
+                self._budget.close_shell(self._port(), exchange=False)
 
     # -- one process -------------------------------------------------------------------------------
 
@@ -264,9 +289,24 @@ class WinrsServerSession:
             raise ExmigError(f"{self.name}: the command is {length} characters, over cmd.exe's "
                              f"{winrs_script.CMD_EXE_LIMIT}; WinRS cannot send it")
         try:
+            with self._budget.operation(self._port()):
+                return self._run_process(protocol, shell_id, args, stdin)
+        finally:
+            self._last_used = time.monotonic()
+
+    def _run_process(self, protocol: Protocol, shell_id: str, args: list[str],
+                     stdin: bytes | None) -> tuple[str, str, int]:
+        try:
             command_id = protocol.run_command(shell_id, winrs_script.POWERSHELL_EXE, args)
             if stdin is not None:
-                protocol.send_command_input(shell_id, command_id, stdin, end=True)
+                # Bounded Sends: WinRM 2.0 refuses an envelope over MaxEnvelopeSizekb (150 KB), and the stream
+                # is base64 again inside the SOAP body.
+                pieces = [stdin[i:i + STDIN_SEND_BYTES] for i in range(0, len(stdin), STDIN_SEND_BYTES)]
+                if len(pieces) > MAX_STDIN_SENDS:
+                    raise ExmigError(f"{self.name}: {len(stdin)} bytes of input are more than WinRS is sent "
+                                     f"({MAX_STDIN_SENDS} Sends of {STDIN_SEND_BYTES})")
+                for index, piece in enumerate(pieces):
+                    protocol.send_command_input(shell_id, command_id, piece, end=index == len(pieces) - 1)
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + self._max_seconds()
             code: int | None = None
@@ -319,29 +359,38 @@ class WinrsServerSession:
     # -- ServerSession ----------------------------------------------------------------------------
 
     def invoke(self, command: Command, values: ValueSource) -> InvocationResult:
-        if self._on_send is not None:
-            self._on_send(self.name, command)
-        data = _byte_write(command)
-        if data is not None:
-            path, blob = data
-            return self._write_file(command.name, path, values.blob(blob.key))
-        try:
-            script = winrs_script.command_script(command)
-        except winrs_script.NotSendable as exc:
-            raise ExmigError(f"{self.name}: {exc}") from None
-        stdin = None
-        if script.secrets:
-            stdin = b"".join(self._secret_line(values.secret(key)) for key in script.secrets)
-        stdout, stderr, code = self.run_powershell(script.text, command.shell is Shell.EXCHANGE, stdin)
-        return self._checked(command.name, stdout, stderr, code)
+        return self.invoke_batch((command,), values)
 
     def can_batch(self, shell: Shell) -> bool:
-        return False  # one powershell.exe per command: its exit and error streams stay its own
+        return True  # a request's commands are the lines of one powershell.exe's script
 
     def invoke_batch(self, commands: Sequence[Command], values: ValueSource) -> InvocationResult:
-        if len(commands) != 1:
-            raise ValueError(f"{self.name}: WinRS sends one command per powershell.exe")
-        return self.invoke(commands[0], values)
+        """One powershell.exe for the request: its commands one line each (the first error ends the process
+        with that command's record), SecureStrings and bytes on stdin."""
+        try:
+            _, script = winrs_script.sent_request(commands, self.console_file)
+        except winrs_script.NotSendable as exc:
+            raise ExmigError(f"{self.name}: {exc}") from None
+        if self._on_send is not None:
+            for command in commands:
+                self._on_send(self.name, command)
+        stdin = b"".join(self._input_lines(kind, key, values) for kind, key in script.inputs) or None
+        name = " + ".join(c.name for c in commands)
+        stdout, stderr, code = self.run_powershell(script.text, commands[0].shell is Shell.EXCHANGE, stdin)
+        try:
+            return self._checked(name, stdout, stderr, code)
+        except RemoteError as exc:
+            if winrs_script.DAMAGED_INPUT in exc.remote_message:
+                # The stdin bytes failed their SHA-256 check before any command ran: send them again.
+                raise TransientError(self.name, f"{name}: the bytes sent on stdin arrived damaged") from exc
+            raise
+
+    def _input_lines(self, kind: str, key: str, values: ValueSource) -> bytes:
+        if kind == "secret":
+            return self._secret_line(values.secret(key))
+        data = values.blob(key)
+        encoded = base64.b64encode(data) + b"\r\n"
+        return encoded + hashlib.sha256(data).hexdigest().upper().encode("ascii") + b"\r\n"
 
     def _secret_line(self, secret: str) -> bytes:
         if "\r" in secret or "\n" in secret:
@@ -351,29 +400,3 @@ class WinrsServerSession:
         except UnicodeEncodeError:
             raise ExmigError(f"{self.name}: the PFX password has characters outside code page {SHELL_CODEPAGE}, "
                              "which WinRS stdin carries") from None
-
-    def _write_file(self, name: str, path: str, data: bytes) -> InvocationResult:
-        try:
-            scripts = winrs_script.write_scripts(path, data, None, self.command_line_budget)
-        except winrs_script.NotSendable as exc:
-            raise ExmigError(f"{self.name}: {exc}") from None
-        for script in scripts:
-            self._checked(name, *self.run_powershell(script, exchange=False))
-        result = self._checked(name, *self.run_powershell(winrs_script.hash_script(path), exchange=False))
-        remote = str(result.output[0]) if result.output else ""
-        local = hashlib.sha256(data).hexdigest().upper()
-        if remote.upper() != local:
-            raise TransientError(self.name, f"{path}: SHA-256 on the server is {remote or 'missing'}, "
-                                 f"expected {local}; the file will be written again")
-        return InvocationResult()
-
-
-def _byte_write(command: Command) -> tuple[str, Blob] | None:
-    """(path, bytes reference) when `command` is the plan's file write (Set-Content -Encoding Byte)."""
-    if command.name.lower() != "set-content":
-        return None
-    path, value, encoding = command.param("Path"), command.param("Value"), command.param("Encoding")
-    if isinstance(path, Text) and isinstance(value, Blob) and isinstance(encoding, Text) \
-            and encoding.value.lower() == "byte" and len(command.params) == 3:
-        return path.value, value
-    return None

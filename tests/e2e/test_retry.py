@@ -18,8 +18,9 @@ def test_reset_on_the_reply_of_import_leads_to_one_import(lab: Lab, server: str)
     assert proc.returncode == 0, proc.stderr
 
     assert [r.fault for r in winrm.log.records() if r.fault] == ["reset_after"]  # the fault did fire
+    # (2007: with its Enable in one request, "Import-ExchangeCertificate + Enable-ExchangeCertificate")
     imports = [e for e in events if e["event"] == "command" and e["server"] == server
-               and e["command"] == "Import-ExchangeCertificate"]
+               and "Import-ExchangeCertificate" in e["command"].split(" + ")]
     assert [e["outcome"] for e in imports] == ["transient-error"]  # sent once; its reply was lost
     retries = [e for e in events if e["event"] == "retry" and e["server"] == server]
     assert len(retries) == 1

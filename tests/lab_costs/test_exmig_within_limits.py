@@ -57,7 +57,7 @@ def test_a_shell_deleted_for_idleness_is_reopened_without_repeating_a_change(tmp
         assert any(e["event"] == "retry" and e["server"] == "EX2007" for e in events)
         assert site_state(lab.site) == expected  # one certificate, one import, nothing twice
         imports = [e for e in events if e.get("event") == "command" and e.get("server") == "EX2007"
-                   and e.get("command") == "Import-ExchangeCertificate"]
+                   and "Import-ExchangeCertificate" in e.get("command", "").split(" + ")]
         assert len(imports) == 1
     finally:
         lab.site.stop()

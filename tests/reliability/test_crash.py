@@ -40,9 +40,11 @@ from tests.reliability.harness import (
 )
 
 HOLD_SECONDS = 1.0  # the stall that holds the step open while the process is killed
+# EX2007's enable sends nothing of its own: its Enable rides in the import's request (on the lab's PowerShell
+# 2.0 hosts too, through the dispatcher script, since issue 19), so a kill inside the import covers it.
 CHANGING_STEPS = {("EX2010", "request"), ("EX2010", "install-chain"), ("EX2010", "complete"), ("EX2010", "enable"),
                   ("EX2010", "export"), ("EX2007", "install-chain"), ("EX2007", "copy"), ("EX2007", "import"),
-                  ("EX2007", "cleanup"), ("EX2007", "enable")}
+                  ("EX2007", "cleanup")}
 
 
 @pytest.fixture(scope="session")

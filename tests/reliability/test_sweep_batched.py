@@ -27,7 +27,8 @@ def batched_reference(batched_template: LabTemplate) -> Reference:
 
 def test_the_reference_run_batches(batched_reference: Reference, reference: Reference) -> None:
     for server in SERVERS:
-        assert batched_reference.requests[server] < reference.requests[server], server
+        # Since issue 19 PowerShell 2.0's FullLanguage endpoints batch too (the dispatcher script): as few.
+        assert batched_reference.requests[server] <= reference.requests[server], server
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.value for k in KINDS])

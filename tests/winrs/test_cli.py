@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,11 +32,15 @@ def test_the_dry_run_plans_the_winrs_server_like_a_psrp_one(exmig) -> None:  # t
     # The dry-run shows what is sent: the password is read from stdin, never on a command line...
     assert "(Get-Credential).Password" in psrp.out and "(Get-Credential).Password" not in winrs.out
     assert "[Console]::In.ReadLine()" in winrs.out and "-Password $exmigSecret1" in winrs.out
-    assert "written in base64 chunks" in winrs.out
-    # ...and otherwise the same commands: the WinRS scripts are rendered from them.
-    sent = [line for line in winrs.out.splitlines()[1:]
-            if "exmigSecret" not in line and "over WinRS" not in line and "# which runs:" not in line]
-    same = [line for line in psrp.out.splitlines()[1:] if "-Password" not in line]
+    # ...the bytes too (was: "written in base64 chunks", one process per chunk), so the command line is exact
+    # before the CA has answered...
+    assert "-Value $exmigBytes1 -Encoding 'Byte'" in winrs.out and "Get-Content" not in winrs.out
+    # ...and otherwise the same commands: the WinRS scripts are rendered from them, a request's in one script.
+    stdin = ("$exmigSecret1 =", "$exmigBytes1 =", "over WinRS", "# which runs:", "$ErrorActionPreference = 'Stop'")
+    sent = [line.replace("$exmigBytes1", "<bytes>") for line in winrs.out.splitlines()[1:]
+            if not any(s in line for s in stdin) and "-Password" not in line]
+    same = [re.sub(r"-Value (<[^>]*>|\$Export\.FileData)", "-Value <bytes>", line)
+            for line in psrp.out.splitlines()[1:] if "-Password" not in line and "Get-Content" not in line]
     assert sent == same
 
 
@@ -63,12 +68,14 @@ def test_the_dry_run_shows_the_powershell_exe_command_line_and_its_decoded_scrip
     assert imports and all("-Password $exmigSecret1" in s and "ReadLine()" in s for s in imports)
 
     as_json = exmig("plan", ROOT / "playbooks" / "lab-winrs.yml", "--server", "EX2007", "--format", "json")
-    # Every command the text shows: the reads, the commands and the conditional branches (issue 15).
-    commands = [c for step in json.loads(as_json.out)["steps"]
-                for c in (*step["reads"], *step["commands"], *(x for b in step["branches"] for x in b["commands"]))]
-    winrs = [c["winrs"] for c in commands if "winrs" in c]
-    assert len(winrs) == len(sent)
-    for c in winrs:
-        assert c["command_line"].startswith("powershell.exe -NoLogo") and _decoded(c["command_line"]) == c["script"]
+    # Every request the text shows (the reads, the commands and the conditional branches), one process each,
+    # with the commands it carries (was: one "winrs" per command).
+    steps = json.loads(as_json.out)["steps"]
+    # (a request that needs a thumbprint the CA has not given yet has no command line yet)
+    winrs = [r for step in steps for r in step.get("winrs", []) if r["command_line"] is not None]
+    assert [r["command_line"] for r in winrs] == [lines[i].removeprefix("# over WinRS: ") for i in sent]
+    for r in winrs:
+        assert r["command_line"].startswith("powershell.exe -NoLogo") and _decoded(r["command_line"]) == r["script"]
+    assert any(len(r["commands"]) > 1 for r in winrs)
     psrp = exmig("plan", ROOT / "playbooks" / "lab.yml", "--server", "EX2007", "--format", "json")
-    assert not any("winrs" in c for step in json.loads(psrp.out)["steps"] for c in step["commands"])
+    assert not any("winrs" in step for step in json.loads(psrp.out)["steps"])

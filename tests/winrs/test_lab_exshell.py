@@ -3,7 +3,9 @@ it refuses and how results and errors come back."""
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -77,22 +79,53 @@ def test_non_ascii_and_hostile_names_survive_the_oem_code_page(lab: InProcessLab
     assert out == [True]
 
 
-def test_bytes_are_written_in_chunks_and_checked_by_hash(lab: InProcessLab) -> None:
-    data = os.urandom(20_000)
-    small = WinrsServerSession(session_spec(lab.loaded.playbook.server("EX2007")), settings(lab), command_line_budget=2500)
+def test_bytes_go_on_stdin_in_bounded_sends_and_are_checked_by_hash(lab: InProcessLab,
+                                                                    session: WinrsServerSession) -> None:
+    """Was: bytes written in command-line chunks, one process each, then a hash process. Now one process: the
+    bytes and their SHA-256 on stdin (several Sends for 100 KB), the command line the same whatever the data."""
+    data = os.urandom(100_000)
     before = len(lab.exshell().invocations)
-    try:
-        small.invoke(Command("Set-Content", (Param("Path", Text("C:\\Certs\\big.bin")),
-                                             Param("Value", Blob("b", Captured("X", "FileData", "bytes"))),
-                                             Param("Encoding", Text("Byte"))), shell=Shell.SYSTEM),
-                     Values(blobs={"b": data}))
-    finally:
-        small.close()
+    write = Command("Set-Content", (Param("Path", Text("C:\\Certs\\big.bin")),
+                                    Param("Value", Blob("b", Captured("X", "FileData", "bytes"))),
+                                    Param("Encoding", Text("Byte"))), shell=Shell.SYSTEM)
+    sends = lab.server("EX2007").winrm.log.count("Send")
+    session.invoke(write, Values(blobs={"b": data}))
     assert lab.server("EX2007").model.fs.read("C:\\Certs\\big.bin") == data
     seen = lab.exshell().invocations[before:]
-    chunks = winrs_script.write_scripts("C:\\Certs\\big.bin", data, None, 2500)
-    assert len(chunks) > 10 and [i.script for i in seen] == [*chunks, winrs_script.hash_script("C:\\Certs\\big.bin")]
-    assert all(len(i.command_line) <= 2500 for i in seen)
+    line, script = winrs_script.sent_command_line(write, winrs_script.EXSHELL_CONSOLE_FILE)
+    assert [i.command_line for i in seen] == [line]
+    assert len(line) < 2000 and "$exmigBytes1" in script.text  # 100 KB of data, not in the line
+    assert lab.server("EX2007").winrm.log.count("Send") - sends >= 5  # 136 KB of base64 in 32 KB Sends
+
+
+def test_damaged_bytes_on_stdin_are_refused_before_any_command(lab: InProcessLab,
+                                                               session: WinrsServerSession) -> None:
+    write = Command("Set-Content", (Param("Path", Text("C:\\Certs\\damaged.bin")),
+                                    Param("Value", Blob("b", Captured("X", "FileData", "bytes"))),
+                                    Param("Encoding", Text("Byte"))), shell=Shell.SYSTEM)
+    script = winrs_script.command_script(write).text
+    good = base64.b64encode(b"abc") + b"\r\n"
+    stdout, stderr, code = session.run_powershell(script, exchange=False, stdin=good + b"0" * 64 + b"\r\n")
+    assert code == 1 and winrs_script.DAMAGED_INPUT in stderr
+    assert lab.server("EX2007").model.fs.read("C:\\Certs\\damaged.bin") is None
+
+
+def test_a_request_is_one_process_and_stops_at_its_first_error(lab: InProcessLab,
+                                                               session: WinrsServerSession) -> None:
+    folder = Command("New-Item", (Param("Path", Text("C:\\Req")), Param("ItemType", Text("Directory")),
+                                  Param("Force", Switch())), shell=Shell.SYSTEM)
+    probe = Command("Test-Path", (Param("Path", Text("C:\\Req")),), shell=Shell.SYSTEM)
+    missing = Command("Remove-Item", (Param("Path", Text("C:\\Nowhere")),), shell=Shell.SYSTEM)
+    never = Command("New-Item", (Param("Path", Text("C:\\Req\\Never")), Param("ItemType", Text("Directory"))),
+                    shell=Shell.SYSTEM)
+    before = len(lab.exshell().invocations)
+    assert session.can_batch(Shell.SYSTEM) and session.can_batch(Shell.EXCHANGE)
+    assert session.invoke_batch((folder, probe), Values()).output[-1] is True
+    with pytest.raises(RemoteError) as failed:
+        session.invoke_batch((missing, never), Values())
+    assert "Nowhere" in failed.value.remote_message
+    assert not lab.server("EX2007").model.fs.is_dir("C:\\Req\\Never")
+    assert len(lab.exshell().invocations) - before == 2
 
 
 def test_a_secret_arrives_on_stdin_and_binds_as_a_securestring(lab: InProcessLab,
@@ -168,3 +201,30 @@ def test_command_lines_split_back_to_the_rendered_arguments() -> None:
     assert split_command_line(" ".join(["powershell.exe", *args]))[1:] == [
         "-NoLogo", "-NoProfile", "-NonInteractive", "-PSConsoleFile", winrs_script.EXSHELL_CONSOLE_FILE,
         "-OutputFormat", "xml", "-EncodedCommand", winrs_script.encode(script)]
+
+
+def test_an_idle_shell_is_replaced_before_anything_is_sent(lab: InProcessLab) -> None:
+    """limits.idle_timeout known (2 s here): idle for three quarters of it, the shell is deleted and a new one
+    opened first; idle past it, a new one without the Delete (the server has expired it). No request meets a
+    deleted shell either way."""
+    from dataclasses import replace
+
+    from orchestrator.transport.limits import Limits
+
+    quick = replace(settings(lab), limits=Limits(idle_timeout=2.0))
+    log = lab.server("EX2007").winrm.log
+    probe = Command("Test-Path", (Param("Path", Text("C:\\Certs")),), shell=Shell.SYSTEM)
+    session = WinrsServerSession(session_spec(lab.loaded.playbook.server("EX2007")), quick)
+    start = len(log.records())
+    try:
+        session.invoke(probe, Values())
+        creates, deletes = log.count("Create"), log.count("Delete")
+        time.sleep(1.6)  # within 1.5..2 s: a Delete, then a new shell
+        assert session.invoke(probe, Values()).output == [True]
+        assert (log.count("Create"), log.count("Delete")) == (creates + 1, deletes + 1)
+        time.sleep(2.1)  # past 2 s: the server expired it
+        assert session.invoke(probe, Values()).output == [True]
+        assert (log.count("Create"), log.count("Delete")) == (creates + 2, deletes + 1)
+    finally:
+        session.close()
+    assert not any(r.wsman_fault for r in log.records()[start:])

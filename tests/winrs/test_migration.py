@@ -51,6 +51,12 @@ def test_winrs_migration_ends_like_psrp_and_a_second_run_changes_nothing(
         assert all(r.path.lower() == "/wsman" for r in ex2007_log.records())
         invocations = lab.exshell().invocations
         assert invocations and all(i.script is not None for i in invocations)
+        # One powershell.exe per request (a step's pipeline), not per command: the import and its enable, the
+        # chain's four commands, the copy's folder and write each share one.
+        sent = [e["command"] for e in first.events if e["event"] == "command" and e["server"] == "EX2007"]
+        assert len(invocations) == len(sent) < len([c for e in sent for c in e.split(" + ")])
+        assert "Import-ExchangeCertificate + Enable-ExchangeCertificate" in sent, sent
+        assert "New-Item + Set-Content + certutil.exe + Remove-Item" in sent, sent
 
         # No secret in any command line or decoded script (the PFX password went on stdin).
         assert first.secrets
@@ -112,10 +118,13 @@ FAULTS = [
     (FaultKind.HTTP_500, "Receive", 4),
     (FaultKind.HTTP_503, "Command", 7),
     (FaultKind.OPERATION_TIMEOUT, "Command", 6),
-    (FaultKind.RESET_AFTER, "Send", 1),      # the stdin carrying the PFX password
+    # One process per request now (7 in a migration, was 15): the stdin Sends are the intermediate's bytes, the
+    # PFX's bytes, then the PFX password (was: the password was the only Send).
+    (FaultKind.RESET_AFTER, "Send", 2),      # the stdin carrying the PFX bytes
+    (FaultKind.RESET_AFTER, "Send", 3),      # the stdin carrying the PFX password
     (FaultKind.RESET_BEFORE, "Create", 1),
-    (FaultKind.RESET_AFTER, "Receive", 9),
-    (FaultKind.STALL, "Send", 1),            # past the read timeout: the import runs after the client gave up
+    (FaultKind.RESET_AFTER, "Receive", 5),   # the import and enable's answer (was Receive 9, past the end now)
+    (FaultKind.STALL, "Send", 3),            # past the read timeout: the import runs after the client gave up
 ]
 
 

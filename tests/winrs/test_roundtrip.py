@@ -3,7 +3,6 @@ and parameter values, hostile values included; every command line fits cmd.exe's
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.commands import (
+    Blob,
     Command,
     Flag,
     Number,
@@ -28,7 +28,6 @@ from orchestrator.lab.winrs_shell import split_command_line
 from orchestrator.plan import Facts, IntermediateFact, build_plan
 from orchestrator.playbook import Playbook, parse_playbook
 from orchestrator.render import winrs_script
-from orchestrator.transport.winrs import _byte_write
 from orchestrator.yamlsource import SourceMap
 
 THUMB = "0123456789ABCDEF0123456789ABCDEF01234567"
@@ -105,35 +104,35 @@ def decode(script: str, exchange: bool) -> pslang.WinrsScript:
 
 
 def check_round_trip(command: Command, blob: bytes = b"") -> None:
-    write = _byte_write(command)
-    if write is not None:
-        path, _ = write
-        data = bytearray()
-        for index, chunk in enumerate(winrs_script.write_scripts(path, blob)):
-            form = decode(chunk, exchange=False)
-            assert isinstance(form, pslang.ByteWrite) and form.path == path and form.append == (index > 0)
-            data += form.data
-        assert bytes(data) == blob
-        check = decode(winrs_script.hash_script(path), exchange=False)
-        assert check == pslang.HashCheck(path)
-        return
-    if command.unresolved:
+    check_request((command,))
+
+
+def check_request(commands: tuple[Command, ...]) -> None:
+    """A request's script decodes to the same commands and values: secrets and bytes as the stdin variables."""
+    # A thumbprint the CA has not given yet cannot be in a script; bytes not known yet can (they go on stdin).
+    if any(isinstance(p.value, Thumbprint) and not p.value.known for c in commands for p in c.params):
         with pytest.raises(winrs_script.NotSendable):
-            winrs_script.command_script(command)
+            winrs_script.request_script(commands)
         return
-    script = winrs_script.command_script(command)
-    form = decode(script.text, exchange=command.shell is Shell.EXCHANGE)
+    script = winrs_script.request_script(commands)
+    form = decode(script.text, exchange=commands[0].shell is Shell.EXCHANGE)
     assert isinstance(form, pslang.WinrsCommand)
-    assert form.command.name == command.name and form.command.capture is None
-    secrets = iter(form.secrets)
-    assert len(form.command.arguments) == len(command.params)
-    for (name, value), param in zip(form.command.arguments, command.params, strict=True):
-        assert name == param.name
-        if isinstance(param.value, Secret):
-            assert value == pslang.Variable(next(secrets))
-        else:
-            assert value == _expected(param.value), (command.name, param.name)
-    assert script.secrets == tuple(p.value.key for p in command.params if isinstance(p.value, Secret))
+    assert [c.name for c in form.commands] == [c.name for c in commands]
+    inputs = iter(form.inputs)
+    for parsed, command in zip(form.commands, commands, strict=True):
+        assert parsed.capture is None
+        assert len(parsed.arguments) == len(command.params)
+        for (name, value), param in zip(parsed.arguments, command.params, strict=True):
+            assert name == param.name
+            if isinstance(param.value, (Secret, Blob)):
+                kind, variable = next(inputs)
+                assert kind == ("secret" if isinstance(param.value, Secret) else "bytes")
+                assert value == pslang.Variable(variable)
+            else:
+                assert value == _expected(param.value), (command.name, param.name)
+    assert script.inputs == tuple(("secret" if isinstance(p.value, Secret) else "bytes", p.value.key)
+                                  for c in commands for p in c.params if isinstance(p.value, (Secret, Blob)))
+    assert script.secrets == tuple(p.value.key for c in commands for p in c.params if isinstance(p.value, Secret))
 
 
 def test_every_plan_command_round_trips() -> None:
@@ -155,16 +154,16 @@ def test_the_secret_is_read_from_stdin_never_rendered() -> None:
     assert script.text.splitlines()[-1].endswith("-Password $exmigSecret1")
 
 
-@settings(max_examples=60, deadline=None)
-@given(size=st.integers(min_value=0, max_value=40_000), leaf=st.sampled_from(["Certs", "a'b\u2019c", "x" * 120]))
-def test_byte_writes_are_chunked_within_the_limit(size: int, leaf: str) -> None:
-    data = hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1)
-    data = data[:size]
-    path = "C:\\" + leaf + "\\mail.pfx"
-    scripts = winrs_script.write_scripts(path, data)
-    assert len(scripts) == max(1, -(-size // winrs_script.chunk_capacity(path)))
-    check_round_trip(Command("Set-Content", (Param("Path", Text(path)), Param("Value", _blob()),
-                                             Param("Encoding", Text("Byte")))), blob=data)
+def test_every_plan_request_round_trips() -> None:
+    """A step's pipelines as the WinRS server gets them (every shell batches), one process each."""
+    from orchestrator.steps import pipelines
+
+    playbook = _playbook()
+    for facts in (Facts(), FACTS):
+        for step in build_plan(playbook, facts).steps:
+            for commands in (step.commands, *(b.commands for b in step.branches)):
+                for request in pipelines(commands, frozenset(Shell)):
+                    check_request(request)
 
 
 def _blob() -> Any:
@@ -223,9 +222,12 @@ def test_any_text_values_round_trip(value: str, values: list[str]) -> None:
     winrs_script.secret_prelude("exmigSecret1") + "\nGet-ExchangeCertificate",
     winrs_script.secret_prelude("exmigSecret1") + "\nImport-ExchangeCertificate -Password $exmigSecret1 "
     "-Path $exmigSecret1",
-    winrs_script.write_chunk_script("C:\\a", b"x", True).replace("'Create'", "'Truncate'"),
-    winrs_script.write_chunk_script("C:\\a", b"x", True) + "; Remove-Item -Path 'C:\\'",
-    winrs_script.hash_script("C:\\a") + "; calc.exe",
+    winrs_script.bytes_prelude("exmigBytes1") + "\nSet-Content -Path 'C:\\a' -Value $exmigBytes1; calc.exe",
+    winrs_script.bytes_prelude("exmigBytes1").replace("throw", "Remove-Item") + "\nSet-Content -Value $exmigBytes1",
+    winrs_script.secret_prelude("exmigSecret1") + "\nGet-ExchangeCertificate\nImport-ExchangeCertificate "
+    "-Password $exmigSecret1",
+    "$ErrorActionPreference = 'Continue'\nGet-ExchangeCertificate\nRemove-Item -Path 'C:\\'",
+    "$ErrorActionPreference = 'Stop'\nGet-ExchangeCertificate; Remove-Item -Path 'C:\\'",
     "[System.IO.File]::Delete('C:\\a')",
     "iex ([Text.Encoding]::Unicode.GetString([Convert]::FromBase64String('AAAA')))",
 ])
