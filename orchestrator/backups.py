@@ -34,6 +34,17 @@ def backup_path(journal: Path, server: str, thumbprint: str) -> Path:
     return backup_folder(journal) / f"{_SAFE.sub('_', server)}-{thumbprint.upper()}.pfx"
 
 
+def backed_up(journal: Path) -> dict[str, Path]:
+    """Thumbprint -> a backup of that certificate beside the journal, from whichever server it was exported on
+    (the same certificate on a 2007 target, whose key cannot be exported, is backed up by its source's copy)."""
+    folder = backup_folder(journal)
+    found: dict[str, Path] = {}
+    if folder.is_dir():
+        for path in sorted(folder.glob("*-*.pfx")):
+            found.setdefault(path.stem.rsplit("-", 1)[1].upper(), path)
+    return found
+
+
 def check_backup(data: bytes, password: str, thumbprint: str) -> None:
     """The backup opens with `password` and holds the certificate `thumbprint` with its private key."""
     try:

@@ -39,7 +39,7 @@ from orchestrator import (
     trust,
     workstation,
 )
-from orchestrator.backups import backup_path, check_backup, write_backup
+from orchestrator.backups import backed_up, backup_path, check_backup, write_backup
 from orchestrator.certs import IssuedCertificate, der
 from orchestrator.certs import thumbprint as sha1_thumbprint
 from orchestrator.commands import Command, Text
@@ -232,7 +232,8 @@ class Executor:
             return replace(self._state, csr_pem=self.journal.csr_pem, thumbprint=self.thumbprint,
                            intermediates=intermediates, chain_top=self._chain_top(), pfx_held="pfx" in self._blobs,
                            pfx_wanted=wanted, enable_pending=pending, previous=dict(self.journal.previous),
-                           finished=frozenset(k for k in self.journal.steps if self.journal.done(k)))
+                           finished=frozenset(k for k in self.journal.steps if self.journal.done(k)),
+                           backed_up=frozenset(backed_up(self.journal.path)))
 
     def server_facts(self, server: Server) -> ServerFacts:
         with self._state_lock:
@@ -828,8 +829,11 @@ class Executor:
         try:
             record = self.journal.previous.get(server.name, {})
             backups = {}
+            anywhere = backed_up(self.journal.path)
             for thumb in previous.previous_services(record):
                 path = backup_path(self.journal.path, server.name, thumb)
+                if not path.exists():
+                    path = anywhere.get(thumb.upper(), path)  # the same certificate's backup from its source
                 if path.exists():
                     backups[thumb] = path
                     self._blobs[f"backup:{thumb}"] = path.read_bytes()

@@ -25,7 +25,7 @@ backup is kept. Without a backup the decision's reason says so: rolling back to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +134,7 @@ def _why_kept(cert: Held, new: str, now: dict[Service, tuple[str | None, str]], 
 
 def retire(server: Server, held_now: Iterable[Held], before: Mapping[str, Any], new_thumbprint: str,
            presented_now: Mapping[str, str | None], options: RetireOptions, default_smtp: str | None = None,
-           services: Iterable[Service] = SERVICES) -> Decision:
+           services: Iterable[Service] = SERVICES, backed_up: Collection[str] = ()) -> Decision:
     """Remove what served `services` before and serves none now (see the module's rules).
 
     `held_now`: the server's certificates (previous.held_certificates) after the new one was enabled and verified;
@@ -145,6 +145,7 @@ def retire(server: Server, held_now: Iterable[Held], before: Mapping[str, Any], 
     new = new_thumbprint.upper()
     kept: list[str] = []
     removals: list[tuple[str, bool]] = []  # (thumbprint, backed up first)
+    kept_backup: set[str] = set()  # removed without an export: a backup of the same certificate exists
     for thumb in previous_services(before, services):
         cert = certs.get(thumb)
         if cert is None:
@@ -157,6 +158,9 @@ def retire(server: Server, held_now: Iterable[Held], before: Mapping[str, Any], 
         exportable = cert.exportable is not False and cert.info.has_private_key is not False
         if exportable and options.backup_possible:
             removals.append((thumb, True))
+        elif thumb in backed_up:
+            kept_backup.add(thumb)  # the same certificate, backed up from another server (its source)
+            removals.append((thumb, False))
         elif options.without_backup:
             removals.append((thumb, False))
         elif not exportable:
@@ -176,6 +180,7 @@ def retire(server: Server, held_now: Iterable[Held], before: Mapping[str, Any], 
             pipelines += [(c,) for c in export_backup(server, thumb)]
     pipelines += [(remove_certificate(server, thumb),) for thumb, _ in removals]
     said = [f"retired {thumb}" + (" (backed up)" if backup else
+                                  " (its backup from another server is kept)" if thumb in kept_backup else
                                   " without a backup: rolling back to it will be impossible")
             for thumb, backup in removals]
     return Send(tuple(pipelines), "; ".join(said + kept))

@@ -81,6 +81,7 @@ class RunState:
     pfx_held: bool = False  # the PFX bytes are in memory
     pfx_wanted: bool = False  # a target still needs the PFX, or --save-pfx asks for it
     enable_pending: frozenset[str] = frozenset()  # servers whose enable step is selected and not done
+    backed_up: frozenset[str] = frozenset()  # thumbprints with a backup beside the journal (from any server)
     # The journal's record of what served before this run, per server (orchestrator/previous.py served_before).
     previous: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     finished: frozenset[str] = frozenset()  # step keys the journal holds as done (earlier runs and this one)
@@ -419,7 +420,7 @@ def _retire(step: Step, server: Server, facts: ServerFacts, run: RunState, attem
     # One command per request: each backup's bytes are written to disk before the next request (the removal).
     return retire.retire(server, facts.held, before, run.thumbprint, facts.presented,
                          retire.RetireOptions.from_playbook(run.playbook), _default_smtp(server, run),
-                         _services(server, run))
+                         _services(server, run), run.backed_up)
 
 
 def rollback_decision(server: Server, facts: ServerFacts, run: RunState, backups: Mapping[str, Path]) -> Decision:

@@ -31,6 +31,7 @@ from tests.e2e.conftest import write_playbook
 LAB_PLAYBOOK = ROOT / "playbooks" / "lab.yml"
 NAMES = ("mail.mitserv.net", "autodiscover.mitserv.net", "legacy.mitserv.net")
 PASSWORD_ENV = "ACME_TEST_LAB_PASSWORD"
+BACKUP_ENV = "ACME_TEST_BACKUP_PASSWORD"
 
 
 @dataclass
@@ -42,7 +43,8 @@ class AcmeRehearsal:
     def exmig(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240
               ) -> subprocess.CompletedProcess[str]:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} \
-            | self.site.acme_secrets() | {PASSWORD_ENV: next(iter(self.site.servers.values())).password} | (env or {})
+            | self.site.acme_secrets() | {PASSWORD_ENV: next(iter(self.site.servers.values())).password,
+                                         BACKUP_ENV: "backup-Passw0rd!"} | (env or {})
         return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=self.tmp, env=environment,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -74,7 +76,9 @@ def _acme(challenge: str, eab: bool = False) -> Any:
         binding = AcmeEab(kid="exmig-kid", hmac=SecretRef(env="UNUSED")) if eab else None
         issuer = AcmeIssuer(type="acme", directory="https://acme.mitserv.net/dir", challenge=challenge, dns=dns,
                             contact="hostmaster@mitserv.net", eab=binding)
-        return playbook.model_copy(update={"issuer": issuer})
+        # A renewal retires what served before (issue 18), backed up with a password the admin knows.
+        return playbook.model_copy(update={"issuer": issuer, "retire_previous": True,
+                                           "backup_password": SecretRef(env=BACKUP_ENV)})
     return mutate
 
 
@@ -126,6 +130,11 @@ def test_the_certificate_from_the_acme_ca_on_every_server_then_renew(rehearsal: 
     again = _journal(rehearsal)["issued_thumbprint"]
     assert again != thumb
     assert rehearsal.serving() == {"EX2010": {again}, "EX2007": {again}}
+    # The previous (first) certificate is retired everywhere, and its backup kept.
+    for name, server in rehearsal.site.servers.items():
+        held = {t.upper() for t in server.inspector.thumbprints("My")}
+        assert thumb not in held and again in held, name
+    assert list((rehearsal.tmp / ".exmig").glob("*.backups/*.pfx"))
     assert list((rehearsal.tmp / ".exmig").glob("lab.journal.*.json"))  # the first run's journal is kept
 
 
@@ -162,7 +171,8 @@ def test_a_run_killed_in_the_acme_step_resumes_the_same_order(tmp_path: Path) ->
     lab = build(tmp_path, "dns-01")
     try:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")} \
-            | lab.site.acme_secrets() | {PASSWORD_ENV: next(iter(lab.site.servers.values())).password}
+            | lab.site.acme_secrets() | {PASSWORD_ENV: next(iter(lab.site.servers.values())).password,
+                                        BACKUP_ENV: "backup-Passw0rd!"}
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", str(lab.path), "--yes", "--json"],
                                 cwd=lab.tmp, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True)
@@ -198,3 +208,18 @@ def test_a_run_killed_in_the_acme_step_resumes_the_same_order(tmp_path: Path) ->
         assert all(not v for v in lab.records_left().values())
     finally:
         lab.site.stop()
+
+
+def test_playbooks_mitserv_acme_rehearsed(tmp_path: Path) -> None:
+    """The shipped ACME playbook, rehearsed as an admin would: pebble and bind9 started for it, verify green."""
+    require_acme_lab()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("EXMIG_")}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "rehearse", str(ROOT / "playbooks" / "mitserv-acme.yml"),
+                           "--auth", "ntlm", "--json"], cwd=tmp_path, env=environment, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    issued = next(e for e in events if e["event"] == "step" and e.get("step") == "issue" and e.get("phase") == "end")
+    assert issued["outcome"] == "changed" and "over ACME" in issued["reason"]
+    verdicts = {e["verdict"] for e in events if e["event"] == "verify"}
+    assert verdicts == {"ok"}

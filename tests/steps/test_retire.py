@@ -17,7 +17,7 @@ def test_retire_case(case: dict[str, Any]) -> None:
     def decide() -> dict[str, Any]:
         return outcome(retire(server(case["server"]), iter(held(case["certificates"])), case["before"], case["new"],
                               case["presented_now"], RetireOptions(**case["options"]),
-                              default_smtp=case["default_smtp"]))
+                              default_smtp=case["default_smtp"], backed_up=case.get("backed_up", ())))
 
     expect = case["expect"]
     if "refused" in expect:
