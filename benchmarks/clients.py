@@ -27,6 +27,7 @@ from pypsrp.wsman import WSMan
 
 from benchmarks.labfarm import LabFarm
 from orchestrator import journal as journal_mod
+from orchestrator import names_in_use
 from orchestrator.certs import der
 from orchestrator.commands import Blob, Command, Flag, Number, Secret, Shell, Switch, Text, TextList, Thumbprint
 from orchestrator.connect import session_factory
@@ -246,6 +247,11 @@ def run_plain(farm: LabFarm, per_command: bool, pfx_password: str = "Bench-Pfx-P
     start = time.monotonic()
     try:
         source = playbook.source
+        # The procedure reads every server's names in use before the request (issue 17): so does a script.
+        for server in playbook.servers:
+            for read in names_in_use.reads(server.name, server.version):
+                client.invoke(server, read.command, blobs, secrets)
+                commands.setdefault(server.name, []).append(read.command.name)
         request = next(s for s in build_plan(playbook).steps if s.name is StepName.REQUEST)
         output: list[Any] = []
         for command in request.commands:

@@ -491,9 +491,9 @@ def renew(
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Renew the certificate when it is about to expire: for cron or a systemd timer.
+    """Renew the certificate when it is about to expire.
 
-    Reads what every server presents (verify's TLS view). When every certificate is valid for more than --days
+    For cron or a systemd timer. Reads what every server presents (verify's TLS view). When every certificate is valid for more than --days
     days it does nothing and says so (exit 0). Otherwise it runs the whole migration with a new request,
     unattended (no prompt: secrets from the environment), retiring the previous certificate as the playbook
     says, and ends with verify. Exit codes: 0 renewed or nothing to do, 1 failed, 2 usage, 3 waiting for a

@@ -73,7 +73,7 @@ def test_bash_completion_script_completes_commands_and_choices(tmp_path: Path) -
                 'COMP_WORDS=({words}); COMP_CWORD={cword}; _exmig_completion exmig; printf "%s\\n" "${{COMPREPLY[@]}}"')
     proc = _bash(complete.format(words="exmig re", cword=1), tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.split()) == ["rehearse", "report"]
+    assert sorted(proc.stdout.split()) == ["rehearse", "renew", "report"]
     proc = _bash(complete.format(words="exmig init --issuer ''", cword=3), tmp_path)
     assert proc.stdout.split() == ["manual", "files", "lab"], proc.stdout + proc.stderr
     proc = _bash(complete.format(words="exmig rehearse x.yml --windows-powershell ''", cword=4), tmp_path)
