@@ -246,7 +246,9 @@ class LabSite:
                 f"servers[{server.name}].connection: the lab serves both endpoints on one port; set system_port "
                 f"to {ep.port} (the same as port)"
             )
-        fqdn = self.fqdns.get(server.name) or lab_fqdn(server.name, server.connection.host)
+        # A Kerberos lab keeps each server's SPN host name (production's), whatever address it listens on.
+        fqdn = self.fqdns.get(server.name) or lab_fqdn(server.name, server.connection.spn_hostname
+                                                       or server.connection.host)
         fresh = store.read_state(self.state_dir / server.name) is None
         model = ExchangeServerModel.load_or_create(self.state_dir / server.name, name=server.name,
                                                    version=str(server.version), fqdn=fqdn)
