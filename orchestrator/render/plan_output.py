@@ -272,4 +272,25 @@ def render_json(plan: Plan, playbook: Playbook | None = None) -> str:
     def server(step: Step) -> Server | None:
         return playbook.server(step.server) if playbook is not None and step.server != WORKSTATION else None
 
-    return json.dumps({"steps": [step_json(n, s, server(s)) for n, s in enumerate(plan.steps, 1)]}, indent=2) + "\n"
+    return json.dumps({"preflight": preflight_json(plan, playbook) if playbook is not None else [],
+                       "steps": [step_json(n, s, server(s)) for n, s in enumerate(plan.steps, 1)]}, indent=2) + "\n"
+
+
+def preflight_json(plan: Plan, playbook: Playbook) -> list[dict[str, Any]]:
+    """The reads before the run's first change, per server (as the text's first section shows them)."""
+    from orchestrator.plan import StepName
+    from orchestrator.reads import preflight
+
+    requesting = any(s.name is StepName.REQUEST for s in plan.steps)
+    out: list[dict[str, Any]] = []
+    for name in plan.servers:
+        if name == WORKSTATION:
+            continue
+        server = playbook.server(name)
+        reads = tuple(r.command for r in preflight(server, requesting))
+        entry: dict[str, Any] = {"server": name, "reads": [command_json(c, server) for c in reads]}
+        sent = winrs_json(server, tuple((c,) for c in reads))
+        if sent is not None:
+            entry["winrs"] = sent
+        out.append(entry)
+    return out
