@@ -15,6 +15,7 @@ import typer
 from orchestrator.errors import ExitCode, ExmigError, UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast
+    from orchestrator.events import Events
     from orchestrator.journal import Journal
     from orchestrator.lab.costs import LabCosts
     from orchestrator.plan import Plan
@@ -359,25 +360,36 @@ def rollback(
         raise typer.Exit(code)
 
 
-def _rollback(loaded: LoadedPlaybook, journal: Journal, json_output: bool, selected: list[Server]) -> int:
-    from orchestrator.backups import backup_path
-    from orchestrator.connect import session_factory
+def _events(json_output: bool) -> tuple[Events, Callable[[str], None]]:
+    """The run's event display, and how a warning reaches the admin: in --json mode stdout carries only events,
+    so warnings go to stderr."""
     from orchestrator.events import ConsoleEvents, JsonEvents
-    from orchestrator.execute import Executor, RunOptions
-    from orchestrator.secret_keys import backup_password_source
-    from orchestrator.secrets_store import SecretStore
 
-    secrets = SecretStore(loaded.playbook)
-    restores = any(backup_path(journal.path, s.name, thumb).exists()
-                   for s in selected for thumb in (journal.previous[s.name].get("services") or {}).values() if thumb)
-    secrets.resolve(selected, False, backup_password=restores and backup_password_source(loaded.playbook) is not None)
-    events = JsonEvents() if json_output else ConsoleEvents()
+    events: Events = JsonEvents() if json_output else ConsoleEvents()
 
     def warn(text: str) -> None:
         if json_output:
             sys.stderr.write(text + "\n")
         else:
             events.note(text)
+
+    return events, warn
+
+
+def _rollback(loaded: LoadedPlaybook, journal: Journal, json_output: bool, selected: list[Server]) -> int:
+    from orchestrator.backups import backed_up
+    from orchestrator.connect import session_factory
+    from orchestrator.execute import Executor, RunOptions
+    from orchestrator.secret_keys import backup_password_source
+    from orchestrator.secrets_store import SecretStore
+
+    secrets = SecretStore(loaded.playbook)
+    # A retired certificate comes back from its backup (its own server's, or its source's of the same certificate).
+    kept = backed_up(journal.path)
+    restores = any(thumb.upper() in kept
+                   for s in selected for thumb in (journal.previous[s.name].get("services") or {}).values() if thumb)
+    secrets.resolve(selected, False, backup_password=restores and backup_password_source(loaded.playbook) is not None)
+    events, warn = _events(json_output)
 
     options = RunOptions(servers=[s.name for s in selected])
     executor = Executor(loaded, journal, session_factory(loaded, secrets, warn), secrets, events, options)
@@ -431,7 +443,6 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
              interactive: bool | None = None) -> int:
     from orchestrator import journal as journal_mod
     from orchestrator.connect import session_factory
-    from orchestrator.events import ConsoleEvents, JsonEvents
     from orchestrator.execute import Executor, RunOptions
     from orchestrator.issuance import WaitingForCA
     from orchestrator.secrets_store import SecretStore
@@ -447,14 +458,7 @@ def _execute(loaded: LoadedPlaybook, state: Path | None, json_output: bool, serv
     if needs_pfx and loaded.playbook.source not in involved:
         involved.append(loaded.playbook.source)  # the PFX is exported there, whichever target imports it
     secrets.resolve(involved, needs_pfx, backup_password=_needs_backup_password(loaded, steps, from_step))
-    events = JsonEvents() if json_output else ConsoleEvents()
-
-    def warn(text: str) -> None:
-        # In --json mode stdout carries only events.
-        if json_output:
-            sys.stderr.write(text + "\n")
-        else:
-            events.note(text)
+    events, warn = _events(json_output)
 
     if parallel is not None:
         options.parallel = parallel
