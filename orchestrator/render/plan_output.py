@@ -171,6 +171,10 @@ def render_text(plan: Plan, playbook: Playbook) -> str:
 
 def render_ps1(plan: Plan, playbook: Playbook) -> dict[str, str]:
     """One script per server, in plan order, for an admin to read or paste into that server's shell."""
+    from orchestrator.plan import StepName
+    from orchestrator.reads import preflight
+
+    requesting = any(s.name is StepName.REQUEST for s in plan.steps)
     scripts: dict[str, str] = {}
     for name in plan.servers:
         if name == WORKSTATION:
@@ -184,6 +188,8 @@ def render_ps1(plan: Plan, playbook: Playbook) -> dict[str, str]:
         snapin = add_snapin(server)
         if snapin is not None:
             lines.append(render_command(snapin))
+        lines += ["", "# --- before the first change: what the run reads of this server"]
+        lines += _command_lines(server, tuple(r.command for r in preflight(server, requesting)), "")
         for step in plan.for_server(name):
             lines.append("")
             lines.append(f"# --- {step.name.value}: {step.why}")

@@ -3,6 +3,21 @@
 # Generated from the playbook; exmig sends these as commands with typed parameters.
 # Values in <angle brackets> are not known yet; (Get-Credential).Password stands for a secret.
 
+# --- before the first change: what the run reads of this server
+Get-ExchangeCertificate -Server 'EX2010'
+# in Windows PowerShell on EX2010 (Microsoft.PowerShell at http://ex2010.mitserv.net:5985/wsman), not the Exchange endpoint
+Get-ChildItem -Path 'Cert:\LocalMachine\CA','Cert:\LocalMachine\Root'
+Get-OwaVirtualDirectory -Server 'EX2010'
+Get-WebServicesVirtualDirectory -Server 'EX2010'
+Get-ActiveSyncVirtualDirectory -Server 'EX2010'
+Get-OabVirtualDirectory -Server 'EX2010'
+Get-EcpVirtualDirectory -Server 'EX2010'
+Get-ClientAccessServer -Identity 'EX2010'
+Get-OutlookAnywhere -Server 'EX2010'
+Get-ReceiveConnector -Server 'EX2010'
+Get-POPSettings -Server 'EX2010'
+Get-IMAPSettings -Server 'EX2010'
+
 # --- request: The key is generated on the source and never leaves it until the PFX export; it must be exportable so the certificate can go to the other servers.
 # reads first:
 Get-ExchangeCertificate -Server 'EX2010'
@@ -55,6 +70,18 @@ Get-ExchangeCertificate -Server 'EX2010'
 # Generated from the playbook; exmig sends these as commands with typed parameters.
 # Values in <angle brackets> are not known yet; (Get-Credential).Password stands for a secret.
 Add-PSSnapin -Name 'Microsoft.Exchange.Management.PowerShell.Admin'
+
+# --- before the first change: what the run reads of this server
+Get-ExchangeCertificate
+Get-OwaVirtualDirectory -Server 'EX2007'
+Get-WebServicesVirtualDirectory -Server 'EX2007'
+Get-ActiveSyncVirtualDirectory -Server 'EX2007'
+Get-OabVirtualDirectory -Server 'EX2007'
+Get-ClientAccessServer -Identity 'EX2007'
+Get-OutlookAnywhere -Server 'EX2007'
+Get-ReceiveConnector -Server 'EX2007'
+Get-POPSettings -Server 'EX2007'
+Get-IMAPSettings -Server 'EX2007'
 
 # --- install-chain: Clients only trust the certificate if the server sends the CA's intermediate; Exchange builds that chain from LocalMachine\CA.
 # reads first:
