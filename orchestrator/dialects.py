@@ -56,8 +56,7 @@ def remote_path(server: Server, file_name: str) -> str:
 
 def ensure_folder(server: Server) -> Command:
     """Set-Content cannot create folders; New-Item -Force is a no-op when the folder exists."""
-    return Command("New-Item", (text("Path", server.workdir), text("ItemType", "Directory"), switch("Force")),
-                   shell=Shell.SYSTEM, affects=FILES_ONLY)
+    return make_folder(server.workdir)
 
 
 def write_file(server: Server, path: str, data: Blob) -> Command:
