@@ -125,6 +125,33 @@ class _Child:
         stop_child(process)
 
 
+class _ChildService:
+    """What pebble and named share as lab services: one child process, its pid, stopping, `with`."""
+
+    _child: _Child | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.running
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _private_folder(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -134,7 +161,7 @@ def _private_folder(directory: Path) -> None:
 
 
 @dataclass
-class LabDns:
+class LabDns(_ChildService):
     """`named` serving `zone` from `directory` on `host`:`port` (TCP and UDP), updatable with the TSIG key.
 
     `records` are {name: IPv4 address} A records in the zone (names the lab's servers answer for).
@@ -248,24 +275,6 @@ class LabDns:
             time.sleep(0.05)
         raise RuntimeError(f"named did not serve {self.zone} within {START_TIMEOUT:.0f} s: {self._child.last_line()}")
 
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._child is not None and self._child.running
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def txt(self, name: str) -> list[str]:
         """The TXT values at `name` now (what a test checks is gone afterwards)."""
         import dns.message
@@ -309,7 +318,7 @@ def new_eab_hmac() -> str:
 
 
 @dataclass
-class LabPebble:
+class LabPebble(_ChildService):
     """`pebble` from `directory` on `host` (ACME on `port`, management on `management_port`).
 
     `dns` is the resolver pebble validates with (a LabDns: its A records for http-01, its TXT records for
@@ -411,24 +420,6 @@ class LabPebble:
         path = Path(path)
         path.write_bytes(self.root_pem())
         return path
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._child is not None and self._child.running
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --- both, for one playbook ----------------------------------------------------------------------
